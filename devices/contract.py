@@ -1,0 +1,241 @@
+"""The one typed contract that travels from gateway to api (schema version 1).
+
+Every message is a msgspec ``Struct`` with a ``kind`` tag, so a batch of mixed items decodes in one
+pass on the ingest fast path. Times are integers in milliseconds since the Unix epoch (UTC): ``ts``
+is always the gateway's receive time (the gateway owns time); ``device_ts`` is what the device's
+own clock said, kept as a field and never trusted for ordering or storage keys.
+
+Message tree::
+
+    Item (one reading, keyed by device + stream + seq)
+    ├── Observation   numeric value of one metric (MDC code, UCUM unit)
+    ├── DeviceEvent   alarm or technical condition raised by a device itself
+    ├── TagRead       an RFID/BLE tag seen by a reader
+    └── WasteEvent    a medical-waste bag scanned at a handover point
+    Batch             items from one gateway, the unit of publishing
+    Commit            ingest -> gateway: which sequence ranges are durably stored
+    GatewayStatus     birth / heartbeat / last will of a gateway
+    ServiceStatus     heartbeat of a backend service (ingest, alerts)
+    Alert             an alarm raised by the alert engine, in its current state
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+# Observation / event flags (bit mask). Alerting never raises physiological alarms on flagged data.
+FLAG_DEMO: Final = 1  # device in demo mode (e.g. HL7 OBX-8 DEMO)
+FLAG_UNVERIFIED: Final = 2  # non-final result status
+FLAG_INVALID: Final = 4  # device marked the value invalid (sensor off, artefact)
+FLAG_IMPLAUSIBLE: Final = 8  # outside the physiologically possible range
+FLAG_CLOCK_SKEW: Final = 16  # device clock differs from gateway receive time by more than 5 s
+FLAG_NO_ALARM: Final = FLAG_DEMO | FLAG_UNVERIFIED | FLAG_INVALID | FLAG_IMPLAUSIBLE
+
+Priority = Literal["high", "medium", "low", "info"]
+AlarmKind = Literal["physiological", "technical", "advisory"]
+Phase = Literal["start", "continue", "update", "escalate", "de-escalate", "end"]
+WasteCategory = Literal["infectious", "sharps", "pathological", "pharmaceutical", "chemical"]
+WastePoint = Literal["ward", "collector", "storage", "disposer"]
+ConnectionState = Literal["connecting", "connected", "lost"]
+AlertState = Literal["active", "acknowledged", "resolved"]
+
+
+class _Base(msgspec.Struct, tag_field="kind", omit_defaults=True, forbid_unknown_fields=False):
+    """Common config: tagged by ``kind``, defaults left out on the wire."""
+
+
+class Observation(_Base, tag="obs"):
+    """One numeric reading of one metric from one device."""
+
+    device: str
+    stream: str
+    seq: int
+    ts: int
+    metric: str  # MDC reference id, e.g. MDC_PULS_OXIM_SAT_O2; unknown codes keep the vendor's text
+    value: float
+    unit: str  # UCUM, e.g. "%", "/min", "mm[Hg]"
+    code: int = 0  # MDC context-free code (partition * 65536 + term); 0 when unknown
+    bed: str | None = None
+    device_ts: int | None = None
+    flags: int = 0
+
+
+class DeviceEvent(_Base, tag="evt"):
+    """An alarm or technical condition raised by the device (or by the gateway about the device)."""
+
+    device: str
+    stream: str
+    seq: int
+    ts: int
+    event: str  # e.g. MDC_EVT_LEAD_OFF, or a wardlink technical code such as "device.silent"
+    alarm_kind: AlarmKind
+    priority: Priority
+    phase: Phase = "start"
+    source: str | None = None  # the metric the alarm is about, when there is one
+    text: str = ""
+    alert_uuid: str | None = None  # IHE PCD-04 alert identity, when the device gives one
+    bed: str | None = None
+    device_ts: int | None = None
+    flags: int = 0
+
+
+class TagRead(_Base, tag="tag"):
+    """A location tag seen by a reader."""
+
+    device: str  # the reader
+    stream: str
+    seq: int
+    ts: int
+    tag: str
+    rssi: float
+    device_ts: int | None = None
+    flags: int = 0
+
+
+class WasteEvent(_Base, tag="waste"):
+    """A medical-waste bag scanned at a handover point."""
+
+    device: str  # the scanner / scale
+    stream: str
+    seq: int
+    ts: int
+    bag: str
+    category: WasteCategory
+    weight_g: float
+    point: WastePoint
+    handler: str
+    unit: str | None = None
+    device_ts: int | None = None
+    flags: int = 0
+
+
+Item = Observation | DeviceEvent | TagRead | WasteEvent
+
+
+class Batch(msgspec.Struct, omit_defaults=True):
+    """Items published together by one gateway; the unit of transfer on the data and alarm topics."""
+
+    gateway: str
+    sent: int
+    items: list[Item]
+    v: int = SCHEMA_VERSION
+
+
+class SeqRange(msgspec.Struct, array_like=True):
+    """An inclusive range of sequence numbers of one stream: ``[device, stream, first, last]``."""
+
+    device: str
+    stream: str
+    first: int
+    last: int
+
+
+class Commit(msgspec.Struct, omit_defaults=True):
+    """Ingest tells a gateway which ranges are durably stored, so its outbox may release them."""
+
+    gateway: str
+    ts: int
+    ranges: list[SeqRange]
+    v: int = SCHEMA_VERSION
+
+
+class DeviceHealth(msgspec.Struct, omit_defaults=True):
+    """A gateway's view of one device link."""
+
+    device: str
+    state: ConnectionState
+    last_seen: int | None = None
+    frames_ok: int = 0
+    frames_bad: int = 0
+
+
+class GatewayStatus(msgspec.Struct, omit_defaults=True):
+    """Birth, heartbeat and last will of a gateway (retained on its status topic)."""
+
+    gateway: str
+    state: Literal["online", "offline"]
+    ts: int
+    version: str = ""
+    outbox_depth: int = 0
+    outbox_shed: int = 0
+    devices: list[DeviceHealth] = []
+    v: int = SCHEMA_VERSION
+
+
+class ServiceStatus(msgspec.Struct, omit_defaults=True):
+    """Heartbeat of a backend service instance (retained; last will says offline)."""
+
+    service: str
+    instance: str
+    state: Literal["online", "offline"]
+    ts: int
+    lag_ms: int | None = None
+    counters: dict[str, int] = {}
+    v: int = SCHEMA_VERSION
+
+
+class Alert(msgspec.Struct, omit_defaults=True):
+    """An alarm as the alert engine holds it; republished (retained) on every transition."""
+
+    id: str
+    type: str  # rule or event name, e.g. "spo2_low"
+    source: str  # the device (or bed) the alert is about
+    alarm_kind: AlarmKind
+    priority: Priority
+    state: AlertState
+    onset: int
+    updated: int
+    message: str
+    bed: str | None = None
+    unit: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    v: int = SCHEMA_VERSION
+
+
+class ContractError(ValueError):
+    """A payload that does not fit the contract; the message names the device and field when known."""
+
+
+_batch_decoder = msgspec.json.Decoder(Batch)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Encode any contract message as compact JSON."""
+    return _encoder.encode(message)
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Decode and validate a batch; raise :class:`ContractError` naming what is wrong."""
+    try:
+        batch = _batch_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ContractError(f"invalid batch: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"undecodable batch: {exc}") from exc
+    if batch.v != SCHEMA_VERSION:
+        raise ContractError(f"gateway {batch.gateway}: unsupported schema version v={batch.v}")
+    return batch
+
+
+def check_item(item: Item) -> None:
+    """Validate what the type system cannot: finite numbers. Raise :class:`ContractError`."""
+    if isinstance(item, Observation) and not math.isfinite(item.value):
+        raise ContractError(f"device {item.device}: field value is not finite ({item.value!r}) in {item.metric}")
+    if isinstance(item, TagRead) and not math.isfinite(item.rssi):
+        raise ContractError(f"device {item.device}: field rssi is not finite")
+    if isinstance(item, WasteEvent) and not (math.isfinite(item.weight_g) and item.weight_g >= 0):
+        raise ContractError(f"device {item.device}: field weight_g is not a finite non-negative number")
+    if item.seq < 0:
+        raise ContractError(f"device {item.device}: field seq is negative")
+
+
+def decoder(message_type: type[msgspec.Struct]) -> msgspec.json.Decoder[msgspec.Struct]:
+    """A reusable JSON decoder for one message type (status, commit, alert)."""
+    return msgspec.json.Decoder(message_type)
