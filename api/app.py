@@ -1,0 +1,224 @@
+"""The HTTP and WebSocket API (FastAPI): beds, vitals, history, alerts, devices and health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import RedirectResponse
+
+from api import schemas
+from api.view import LiveView
+from devices import mdc
+from devices.clock import now_ms
+from devices.site import Site
+from storage.base import StoreError, TimeSeriesStore
+
+log = logging.getLogger(__name__)
+
+_STEP = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+_STEP_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
+GATEWAY_STALE_MS = 20_000
+
+
+def parse_time(value: str | None, default: int) -> int:
+    """Epoch milliseconds or ISO 8601 (``Z`` or an offset; naive means UTC) to epoch ms."""
+    if value is None or value == "":
+        return default
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(422, f"time {value!r}: expected epoch milliseconds or ISO 8601") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def parse_step(value: str | None) -> int | None:
+    """``60``, ``60s``, ``1m``, ``500ms``, ``1h`` to milliseconds."""
+    if not value:
+        return None
+    match = _STEP.match(value.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise HTTPException(422, f"step {value!r}: expected a duration such as 60s, 1m or 1h")
+    return int(float(match.group(1)) * _STEP_MS[match.group(2)])
+
+
+def iso(ms: int) -> str:
+    """Epoch ms as ISO 8601 UTC."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
+    """Build the application around a site, a store and the live bus view."""
+    app = FastAPI(title="Wardlink API", version="0.1.0",
+                  description="Device telemetry, vitals and alarms for a hospital's connected devices.")
+    beds = {bed: unit.id for unit in site.units for bed in unit.beds}
+
+    def known_bed(bed: str) -> None:
+        if bed not in beds:
+            raise HTTPException(404, f"bed {bed!r} not found")
+
+    async def in_thread(fn: Any, /, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except StoreError as exc:
+            raise HTTPException(503, f"store unavailable: {exc}") from exc
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/api/v1/beds", response_model=list[schemas.Bed])
+    async def list_beds() -> list[schemas.Bed]:
+        """Beds with their unit and the devices bound to each."""
+        return [schemas.Bed(id=bed, unit=unit.id, devices=[
+            schemas.DeviceRef(id=d.id, kind=d.kind, model=d.model) for d in site.devices_at(bed)])
+            for unit in site.units for bed in unit.beds]
+
+    @app.get("/api/v1/beds/{bed}/vitals", response_model=list[schemas.Vital])
+    async def bed_vitals(bed: str) -> list[schemas.Vital]:
+        """Latest value, unit, MDC code and time per metric at a bed."""
+        known_bed(bed)
+        latest = await in_thread(store.latest, bed=bed)
+        return [_vital(v) for v in latest]
+
+    @app.get("/api/v1/beds/{bed}/vitals/{metric}", response_model=schemas.History)
+    async def bed_history(
+        bed: str, metric: str,
+        start: Annotated[str | None, Query(description="epoch ms or ISO 8601; default one hour ago")] = None,
+        end: Annotated[str | None, Query(description="epoch ms or ISO 8601; default now")] = None,
+        step: Annotated[str | None, Query(description="bucket width (60s, 1m, 1h): mean/min/max per bucket")] = None,
+    ) -> schemas.History:
+        """History of one metric at a bed, downsampled when ``step`` is given."""
+        known_bed(bed)
+        refid = mdc.resolve(metric)
+        end_ms = parse_time(end, now_ms() + 1)
+        start_ms = parse_time(start, end_ms - 3_600_000)
+        if start_ms >= end_ms:
+            raise HTTPException(422, "start must be before end")
+        step_ms = parse_step(step)
+        points = await in_thread(store.history, bed=bed, metric=refid, start_ms=start_ms, end_ms=end_ms,
+                                 step_ms=step_ms)
+        known = mdc.BY_REFID.get(refid)
+        return schemas.History(bed=bed, metric=refid, code=known.code if known else None,
+                               unit=known.unit if known else None, start=iso(start_ms), end=iso(end_ms),
+                               step_ms=step_ms, points=[_point(p) for p in points])
+
+    @app.get("/api/v1/alerts", response_model=list[schemas.AlertOut])
+    async def list_alerts(
+        state: Annotated[str | None, Query(pattern="^(active|acknowledged|resolved|open)$")] = None,
+        unit: str | None = None, bed: str | None = None,
+    ) -> list[schemas.AlertOut]:
+        """Alerts, newest first; ``state=active`` for the open ones, ``resolved`` for recent history."""
+        pool = list(view.resolved.values()) if state == "resolved" else list(view.alerts.values())
+        if state is None:
+            pool += list(view.resolved.values())
+        if state in ("active", "acknowledged"):
+            pool = [a for a in pool if a.state == state]
+        if unit:
+            pool = [a for a in pool if a.unit == unit]
+        if bed:
+            pool = [a for a in pool if a.bed == bed]
+        pool.sort(key=lambda a: a.updated, reverse=True)
+        return [schemas.AlertOut(**msgspec.to_builtins(a)) for a in pool]
+
+    @app.websocket("/api/v1/alerts/stream")
+    async def alert_stream(ws: WebSocket) -> None:
+        """Open alerts as a snapshot, then every alert transition as it happens."""
+        await ws.accept()
+        subscriber = view.subscribe()
+        try:
+            await ws.send_json({"type": "snapshot",
+                                "alerts": [msgspec.to_builtins(a) for a in view.alerts.values()]})
+            while True:
+                try:
+                    alert = await asyncio.wait_for(subscriber.queue.get(), timeout=15)
+                except TimeoutError:
+                    if subscriber.overflowed:
+                        break
+                    await ws.send_json({"type": "ping", "ts": now_ms()})
+                    continue
+                await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(alert)})
+                if subscriber.overflowed and subscriber.queue.empty():
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            view.unsubscribe(subscriber)
+            if subscriber.overflowed:
+                with contextlib.suppress(RuntimeError):
+                    await ws.close(code=1013, reason="too slow: reconnect and resynchronise")
+
+    @app.get("/api/v1/devices", response_model=list[schemas.DeviceOut])
+    async def list_devices() -> list[schemas.DeviceOut]:
+        """Devices with identifiers, bed, gateway and connection state."""
+        health = {h.device: h for g in view.gateways.values() for h in g.devices}
+        out = []
+        for d in site.devices:
+            h = health.get(d.id)
+            out.append(schemas.DeviceOut(id=d.id, kind=d.kind, gateway=d.gateway, bed=d.bed,
+                                         manufacturer=d.manufacturer, model=d.model,
+                                         serial_number=d.serial_number,
+                                         state=h.state if h else "unknown",
+                                         last_seen=iso(h.last_seen) if h and h.last_seen else None,
+                                         frames_ok=h.frames_ok if h else 0, frames_bad=h.frames_bad if h else 0))
+        return out
+
+    @app.get("/api/v1/devices/{device}/vitals", response_model=list[schemas.Vital])
+    async def device_vitals(device: str) -> list[schemas.Vital]:
+        """Latest value per metric of one device."""
+        if device not in {d.id for d in site.devices}:
+            raise HTTPException(404, f"device {device!r} not found")
+        return [_vital(v) for v in await in_thread(store.latest, device=device)]
+
+    @app.get("/api/v1/health", response_model=schemas.Health)
+    async def health() -> schemas.Health:
+        """Each component's state: broker, store, gateways, ingest and alerts."""
+        now = now_ms()
+        try:
+            stats = await asyncio.to_thread(store.stats)
+            store_state = schemas.Component(state="ok", detail=msgspec.to_builtins(stats))
+        except StoreError as exc:
+            store_state = schemas.Component(state="down", detail={"error": str(exc)})
+        gateways = {
+            g.gateway: schemas.Component(
+                state=("offline" if g.state == "offline" else "stale" if now - g.ts > GATEWAY_STALE_MS else "online"),
+                detail={"last_heard": iso(g.ts), "outbox_depth": g.outbox_depth, "outbox_shed": g.outbox_shed,
+                        "devices": {d.device: d.state for d in g.devices}})
+            for g in view.gateways.values()}
+        services = {
+            name: schemas.Component(
+                state=("offline" if s.state == "offline" else "stale" if now - s.ts > GATEWAY_STALE_MS else "online"),
+                detail={"last_heard": iso(s.ts), "lag_ms": s.lag_ms, "counters": s.counters})
+            for name, s in view.services.items()}
+        broker = schemas.Component(state="ok" if view.connected else "down",
+                                   detail={"url": view.address.url, "embedded": view.embedded_broker})
+        parts = [broker.state == "ok", store_state.state == "ok",
+                 all(c.state == "online" for c in (*gateways.values(), *services.values()))]
+        return schemas.Health(status="ok" if all(parts) else "degraded", broker=broker, store=store_state,
+                              gateways=gateways, services=services,
+                              open_alerts=len(view.alerts), live_clients=len(view.subscribers))
+
+    return app
+
+
+def _vital(latest: Any) -> schemas.Vital:
+    known = mdc.BY_REFID.get(latest.metric)
+    return schemas.Vital(metric=latest.metric, label=known.label if known else latest.metric,
+                         code=latest.code or None, value=latest.value, unit=latest.unit, ts=latest.ts,
+                         time=iso(latest.ts), device=latest.device, flags=latest.flags)
+
+
+def _point(point: Any) -> schemas.Point:
+    data = msgspec.to_builtins(point)
+    data["time"] = iso(data["ts"])
+    return schemas.Point(**data)

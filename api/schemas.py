@@ -1,0 +1,116 @@
+"""Response models of the HTTP API (pydantic, so the OpenAPI document describes every field)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class DeviceRef(BaseModel):
+    """A device bound to a bed."""
+
+    id: str
+    kind: str
+    model: str = ""
+
+
+class Bed(BaseModel):
+    """A bed, its unit and its devices."""
+
+    id: str
+    unit: str
+    devices: list[DeviceRef]
+
+
+class Vital(BaseModel):
+    """The latest value of one metric."""
+
+    metric: str
+    label: str
+    code: int | None
+    value: float
+    unit: str
+    ts: int
+    time: str
+    device: str
+    flags: int = 0
+
+
+class Point(BaseModel):
+    """A raw reading (``value``) or a downsampled bucket (``mean``, ``min``, ``max``, ``count``)."""
+
+    ts: int
+    time: str
+    value: float | None = None
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    count: int | None = None
+
+
+class History(BaseModel):
+    """History of one metric at one bed."""
+
+    bed: str
+    metric: str
+    code: int | None
+    unit: str | None
+    start: str
+    end: str
+    step_ms: int | None
+    points: list[Point]
+
+
+class AlertOut(BaseModel):
+    """An alert in its current state."""
+
+    id: str
+    type: str
+    source: str
+    alarm_kind: str
+    priority: str
+    state: str
+    onset: int
+    updated: int
+    message: str
+    bed: str | None = None
+    unit: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    v: int = 1
+
+
+class DeviceOut(BaseModel):
+    """A device in the registry with its live link state."""
+
+    id: str
+    kind: str
+    gateway: str
+    bed: str | None
+    manufacturer: str
+    model: str
+    serial_number: str
+    state: str
+    last_seen: str | None
+    frames_ok: int
+    frames_bad: int
+
+
+class Component(BaseModel):
+    """Health of one component."""
+
+    state: str
+    detail: dict[str, Any] = {}
+
+
+class Health(BaseModel):
+    """Health of the whole system."""
+
+    status: str
+    broker: Component
+    store: Component
+    gateways: dict[str, Component]
+    services: dict[str, Component]
+    open_alerts: int
+    live_clients: int

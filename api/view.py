@@ -1,0 +1,116 @@
+"""The API's live view of the system, kept from the bus: alerts, gateway and service status.
+
+Services meet only through the bus, so the API learns alerts and health by subscribing, like any
+other consumer. WebSocket clients each get a bounded queue; one that cannot keep up is cut off
+rather than allowed to grow memory or delay the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import aiomqtt
+import msgspec
+
+from devices import bus, topics
+from devices.clock import now_ms
+from devices.contract import Alert, GatewayStatus, ServiceStatus
+
+log = logging.getLogger(__name__)
+
+RECENT_RESOLVED = 500
+CLIENT_QUEUE = 256
+
+
+@dataclass(slots=True)
+class Subscriber:
+    """One live WebSocket client."""
+
+    queue: asyncio.Queue[Alert] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    overflowed: bool = False
+
+
+class LiveView:
+    """Alerts and health as last heard on the bus."""
+
+    def __init__(self, site_id: str, address: bus.BrokerAddress, *, embedded_broker: bool = False) -> None:
+        """Empty view; :meth:`run` fills it."""
+        self.site_id = site_id
+        self.address = address
+        self.embedded_broker = embedded_broker
+        self.connected = False
+        self.alerts: dict[str, Alert] = {}  # open alerts by id
+        self.resolved: OrderedDict[str, Alert] = OrderedDict()  # bounded recent history
+        self.gateways: dict[str, GatewayStatus] = {}
+        self.services: dict[str, ServiceStatus] = {}
+        self.subscribers: set[Subscriber] = set()
+        self.dropped_clients = 0
+        self._alert = msgspec.json.Decoder(Alert)
+        self._gateway = msgspec.json.Decoder(GatewayStatus)
+        self._service = msgspec.json.Decoder(ServiceStatus)
+
+    async def run(self) -> None:
+        """Follow the bus until cancelled."""
+        await bus.supervise("api view", self._session)
+
+    async def _session(self) -> None:
+        try:
+            async with bus.client(self.address, f"wardlink-api-{now_ms()}") as client:
+                await client.subscribe(topics.alert_filter(self.site_id), qos=1)
+                await client.subscribe(topics.gateway_filter(self.site_id, "status"), qos=1)
+                await client.subscribe(topics.service_filter(self.site_id), qos=1)
+                self.connected = True
+                async for message in client.messages:
+                    if isinstance(message.payload, bytes):
+                        self.apply(str(message.topic), message.payload)
+        finally:
+            self.connected = False
+
+    def apply(self, topic: str, payload: bytes) -> None:
+        """Update the view from one bus message (bad messages are logged and ignored)."""
+        if not payload:
+            return  # a cleared retained message
+        try:
+            parsed = topics.parse(topic)
+            if parsed.area == "alert":
+                self._apply_alert(self._alert.decode(payload))
+            elif parsed.area == "gw" and parsed.channel == "status":
+                status = self._gateway.decode(payload)
+                self.gateways[status.gateway] = status
+            elif parsed.area == "svc":
+                service = self._service.decode(payload)
+                self.services[f"{service.service}/{service.instance}"] = service
+        except (topics.TopicError, msgspec.DecodeError) as exc:
+            log.warning("api view: ignoring message on %s: %s", topic, exc)
+
+    def _apply_alert(self, alert: Alert) -> None:
+        known = self.alerts.get(alert.id) or self.resolved.get(alert.id)
+        if known is not None and known.updated > alert.updated:
+            return  # an older state arriving late (retained copy after a live update)
+        if alert.state == "resolved":
+            self.alerts.pop(alert.id, None)
+            self.resolved[alert.id] = alert
+            while len(self.resolved) > RECENT_RESOLVED:
+                self.resolved.popitem(last=False)
+        else:
+            self.alerts[alert.id] = alert
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber.queue.put_nowait(alert)
+            except asyncio.QueueFull:
+                subscriber.overflowed = True  # the handler closes this client
+                self.subscribers.discard(subscriber)
+                self.dropped_clients += 1
+
+    def subscribe(self) -> Subscriber:
+        """Register a live client."""
+        subscriber = Subscriber()
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Forget a client."""
+        self.subscribers.discard(subscriber)

@@ -1,0 +1,10 @@
+"""Time in the contract's unit: integer milliseconds since the Unix epoch (UTC)."""
+
+from __future__ import annotations
+
+import time
+
+
+def now_ms() -> int:
+    """Wall-clock time in ms since the epoch."""
+    return time.time_ns() // 1_000_000

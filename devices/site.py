@@ -1,0 +1,122 @@
+"""The site description: units, beds, gateways and the devices bound to them (the fleet registry's seed).
+
+The site is data, loaded from TOML and validated before anything connects. Services look devices up
+here to check that a gateway speaks only for its own devices and to map devices to beds and units.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from devices.topics import TopicError, check_name
+
+
+class SiteError(ValueError):
+    """The site description is inconsistent; the message names the entry and field."""
+
+
+class Unit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A care unit (ward) and its beds."""
+
+    id: str
+    name: str
+    beds: list[str]
+
+
+class GatewaySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An edge gateway and the unit it serves."""
+
+    id: str
+    unit: str
+    name: str = ""
+
+
+class DeviceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A device on a gateway: its driver kind, identity, bed binding and connection settings."""
+
+    id: str
+    kind: str
+    gateway: str
+    bed: str | None = None
+    manufacturer: str = ""
+    model: str = ""
+    serial_number: str = ""
+    connection: dict[str, Any] = {}
+
+
+class Site(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One hospital site."""
+
+    id: str
+    name: str
+    units: list[Unit]
+    gateways: list[GatewaySpec]
+    devices: list[DeviceSpec] = []
+
+    def __post_init__(self) -> None:
+        """Check cross references so a bad site file fails at start-up with a clear message."""
+        try:
+            check_name(self.id, "site id")
+            for gateway in self.gateways:
+                check_name(gateway.id, "gateway id")
+            for device in self.devices:
+                check_name(device.id, "device id")
+        except TopicError as exc:
+            raise SiteError(str(exc)) from exc
+        units = {u.id for u in self.units}
+        beds = [b for u in self.units for b in u.beds]
+        if len(set(beds)) != len(beds):
+            raise SiteError("a bed id appears twice in units[].beds")
+        gateways = {g.id for g in self.gateways}
+        for gateway in self.gateways:
+            if gateway.unit not in units:
+                raise SiteError(f"gateway {gateway.id}: field unit {gateway.unit!r} is not a unit of the site")
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.id in seen:
+                raise SiteError(f"device {device.id}: declared twice")
+            seen.add(device.id)
+            if device.gateway not in gateways:
+                raise SiteError(f"device {device.id}: field gateway {device.gateway!r} is not a gateway of the site")
+            if device.bed is not None and device.bed not in beds:
+                raise SiteError(f"device {device.id}: field bed {device.bed!r} is not a bed of the site")
+
+    def device_index(self) -> dict[str, DeviceSpec]:
+        """Devices by id; hot paths build this once and keep it."""
+        return {d.id: d for d in self.devices}
+
+    def unit_of_bed(self, bed: str) -> str | None:
+        """The unit a bed belongs to, or None."""
+        for unit in self.units:
+            if bed in unit.beds:
+                return unit.id
+        return None
+
+    def devices_of(self, gateway: str) -> list[DeviceSpec]:
+        """Devices served by one gateway."""
+        return [d for d in self.devices if d.gateway == gateway]
+
+    def devices_at(self, bed: str) -> list[DeviceSpec]:
+        """Devices bound to one bed."""
+        return [d for d in self.devices if d.bed == bed]
+
+
+def site_from_dict(data: dict[str, Any]) -> Site:
+    """Build and validate a site from parsed TOML/JSON data."""
+    try:
+        return msgspec.convert(data, Site)
+    except msgspec.ValidationError as exc:
+        raise SiteError(f"site: {exc}") from exc
+
+
+def load_site(path: Path) -> Site:
+    """Load and validate a site file (TOML)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SiteError(f"site file {path}: {exc}") from exc
+    return site_from_dict(data)

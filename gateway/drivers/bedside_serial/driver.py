@@ -1,0 +1,185 @@
+"""Bedside monitor on a serial line (WLB/1 protocol, docs/serial-protocol.md), read with pyserial.
+
+The port is read without a thread: its file descriptor is watched by the event loop. A watchdog
+resets a partial frame that stops arriving, marks the link lost when no valid frame came for
+``silence_s``, and the driver reopens a port that failed (unplug) with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import ClassVar
+
+import serial
+
+from devices import mdc
+from devices.contract import FLAG_CLOCK_SKEW, FLAG_IMPLAUSIBLE, DeviceEvent, DeviceHealth, Item, Observation
+from devices.site import DeviceSpec
+from gateway.driver import Link, Sink, now_ms
+from gateway.drivers.bedside_serial import mapping
+from gateway.drivers.bedside_serial.parser import AlarmFrame, FrameParser, IdentFrame, NumericsFrame
+
+log = logging.getLogger(__name__)
+
+CLOCK_SKEW_MS = 5_000
+
+
+class BedsideSerialDriver:
+    """Reads one bedside monitor's serial port and turns its frames into contract items."""
+
+    kind: ClassVar[str] = "bedside_serial"
+
+    def __init__(self, spec: DeviceSpec, sink: Sink) -> None:
+        """Take the port settings from the device's ``connection`` table."""
+        self.spec = spec
+        self.sink = sink
+        conn = spec.connection
+        self.port = str(conn.get("port", ""))
+        self.baudrate = int(conn.get("baudrate", 115200))
+        self.silence_s = float(conn.get("silence_s", 5.0))
+        self.partial_timeout_s = float(conn.get("partial_timeout_s", 1.0))
+        self.link = Link(spec, sink, stream="link")
+        self.parser = FrameParser()
+        self.ident: IdentFrame | None = None
+        self._bad_logged = 0
+        self._bad_log_at = 0.0
+
+    def health(self) -> DeviceHealth:
+        """Link state with frame counters."""
+        return self.link.health()
+
+    async def run(self) -> None:
+        """Open the port, read until it fails, reopen with backoff; forever (until cancelled)."""
+        backoff = 0.5
+        while True:
+            try:
+                port = serial.Serial(self.port, self.baudrate, timeout=0)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self.link.lost(f"cannot open {self.port}: {exc}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            log.info("device %s: reading %s at %d baud", self.spec.id, self.port, self.baudrate)
+            backoff = 0.5
+            try:
+                await self._read(port)
+            finally:
+                port.close()
+            await asyncio.sleep(backoff)
+
+    async def _read(self, port: serial.Serial) -> None:
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[str] = loop.create_future()
+        last_byte = last_frame = loop.time()
+
+        def readable() -> None:
+            nonlocal last_byte, last_frame
+            try:
+                data = port.read(max(port.in_waiting, 1))
+            except (serial.SerialException, OSError) as exc:
+                if not failed.done():
+                    failed.set_result(f"read failed: {exc}")
+                return
+            if not data:
+                return
+            last_byte = loop.time()
+            if self._feed(data):
+                last_frame = last_byte
+
+        fd = port.fileno()
+        loop.add_reader(fd, readable)
+        self.parser.reset()
+        try:
+            while not failed.done():
+                await asyncio.wait([failed], timeout=0.25)
+                now = loop.time()
+                if self.parser.pending() and now - last_byte > self.partial_timeout_s:
+                    log.warning("device %s: partial frame timed out, %d bytes dropped", self.spec.id,
+                                self.parser.pending())
+                    self.parser.reset()
+                    self.link.frames_bad += 1
+                if now - last_frame > self.silence_s and self.link.state != "lost":
+                    self.link.lost(f"no valid frame for {self.silence_s:.0f} s")
+            self.link.lost(failed.result())
+            log.warning("device %s: %s", self.spec.id, failed.result())
+        finally:
+            loop.remove_reader(fd)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse bytes into items and hand them to the sink; True if a valid frame arrived."""
+        frames = self.parser.feed(data)
+        bad = self.parser.frames_bad_crc + self.parser.frames_malformed + self.parser.frames_oversize
+        if bad > self._bad_logged:
+            self.link.frames_bad += bad - self._bad_logged
+            self._bad_logged = bad
+            self._log_bad()
+        if not frames:
+            return False
+        received = now_ms()
+        items: list[Item] = []
+        for frame in frames:
+            if isinstance(frame, NumericsFrame):
+                items.extend(self._observations(frame, received))
+            elif isinstance(frame, AlarmFrame):
+                items.append(self._alarm(frame, received))
+            elif isinstance(frame, IdentFrame):
+                if self.ident != frame:
+                    log.info("device %s: %s serial %s firmware %s", self.spec.id, frame.model,
+                             frame.serial_number, frame.firmware)
+                self.ident = frame
+        self.link.seen(len(frames))
+        if items:
+            self.sink.accept(items)
+        return True
+
+    def _log_bad(self) -> None:
+        """Log rejected frames once per burst (at most every 10 s), naming the device."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._bad_log_at > 10:
+            self._bad_log_at = loop.time()
+            log.warning("device %s: %d frames rejected so far (%s)", self.spec.id, self.link.frames_bad,
+                        self.parser.last_error)
+
+    def _observations(self, frame: NumericsFrame, received: int) -> list[Item]:
+        skew = FLAG_CLOCK_SKEW if abs(frame.device_time_ms - received) > CLOCK_SKEW_MS else 0
+        out: list[Item] = []
+        for value in frame.values:
+            refid, code, unit = mapping.to_mdc(value.param)
+            flags = mapping.status_flags(value.status) | skew
+            if not mdc.is_plausible(refid, value.value):
+                flags |= FLAG_IMPLAUSIBLE
+            out.append(
+                Observation(
+                    device=self.spec.id,
+                    stream="numerics",
+                    seq=0,
+                    ts=received,
+                    metric=refid,
+                    value=value.value,
+                    unit=unit,
+                    code=code,
+                    bed=self.spec.bed,
+                    device_ts=frame.device_time_ms,
+                    flags=flags,
+                )
+            )
+        return out
+
+    def _alarm(self, frame: AlarmFrame, received: int) -> DeviceEvent:
+        source = mapping.to_mdc(frame.param)[0] if frame.param else None
+        return DeviceEvent(
+            device=self.spec.id,
+            stream="alarms",
+            seq=0,
+            ts=received,
+            event=mapping.alarm_event(frame.code),
+            alarm_kind=mapping.alarm_kind(frame.kind),
+            priority=mapping.alarm_priority(frame.priority),
+            phase=mapping.alarm_phase(frame.phase),
+            source=source,
+            text=frame.text,
+            bed=self.spec.bed,
+            device_ts=frame.device_time_ms,
+            flags=FLAG_CLOCK_SKEW if abs(frame.device_time_ms - received) > CLOCK_SKEW_MS else 0,
+        )

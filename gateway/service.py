@@ -1,0 +1,166 @@
+"""The edge gateway service: runs its drivers, keeps their readings in the outbox, publishes them.
+
+Store-and-forward: drivers hand readings to :meth:`Gateway.accept`, which returns only after the
+outbox holds them. The uplink publishes alarm batches before data batches (QoS 1, persistent
+session), and deletes rows only when ingest's commit message names their ranges. After a reconnect,
+or when commits stop arriving, everything not yet committed is sent again; ingest de-duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiomqtt
+import msgspec
+
+from devices import bus, topics
+from devices.contract import Commit, DeviceEvent, GatewayStatus, Item, encode
+from devices.site import Site
+from gateway.driver import Driver, now_ms
+from gateway.drivers.registry import create
+from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox, Pending
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Tuning of the uplink (all have sane defaults)."""
+
+    batch_max: int = 500
+    linger_s: float = 0.05  # how long to wait for more readings before publishing a small batch
+    resend_after_s: float = 10.0  # resend uncommitted rows when no commit arrived for this long
+    heartbeat_s: float = 5.0
+    outbox_max_rows: int = 1_000_000
+
+
+class Gateway:
+    """One edge gateway: drivers -> outbox -> MQTT, with commits flowing back."""
+
+    def __init__(self, site: Site, gateway_id: str, outbox_path: Path, address: bus.BrokerAddress,
+                 settings: GatewaySettings | None = None) -> None:
+        """Open the outbox and create a driver per device of this gateway."""
+        self.site = site
+        self.id = gateway_id
+        self.address = address
+        self.settings = settings or GatewaySettings()
+        self.outbox = Outbox(outbox_path, max_rows=self.settings.outbox_max_rows)
+        self.drivers: list[Driver] = [create(spec, self) for spec in site.devices_of(gateway_id)]
+        self.accepted = 0
+        self.published = 0
+        self.released = 0
+        self._wake = asyncio.Event()
+        self._shed_alarm_at = 0.0
+        self._last_commit = time.monotonic()
+        self._topic = {lane: topics.gateway_topic(site.id, gateway_id, ch)
+                       for lane, ch in ((LANE_ALARM, "alarm"), (LANE_DATA, "data"))}
+        self._status_topic = topics.gateway_topic(site.id, gateway_id, "status")
+        self._commit_topic = topics.gateway_topic(site.id, gateway_id, "commit")
+        self._prefix = b'{"gateway":"' + gateway_id.encode() + b'","sent":'
+
+    # -- the sink drivers write into -------------------------------------------------------------
+    def accept(self, items: Sequence[Item]) -> None:
+        """Store readings durably (sequence numbers assigned) and wake the uplink."""
+        _, result = self.outbox.accept(items)
+        self.accepted += result.accepted
+        self._wake.set()
+        if result.shed and time.monotonic() - self._shed_alarm_at > 30:
+            self._shed_alarm_at = time.monotonic()
+            self.accept([DeviceEvent(
+                device=self.id, stream="gateway", seq=0, ts=now_ms(), event="gateway.outbox_shed",
+                alarm_kind="technical", priority="medium",
+                text=f"outbox full: {self.outbox.shed_total} low-priority readings dropped",
+            )])
+
+    # -- running ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run drivers and the uplink until cancelled."""
+        log.info("gateway %s: %d devices, outbox %s holds %d rows", self.id, len(self.drivers),
+                 self.outbox.path, self.outbox.depth())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for driver in self.drivers:
+                    group.create_task(bus.supervise(f"driver {driver.kind}", driver.run))
+                group.create_task(bus.supervise(f"gateway {self.id} uplink", self._session))
+        finally:
+            self.outbox.close()
+
+    def status(self, state: str = "online") -> GatewayStatus:
+        """The status message for birth, heartbeat or will."""
+        return GatewayStatus(
+            gateway=self.id, state="online" if state == "online" else "offline", ts=now_ms(), version=VERSION,
+            outbox_depth=self.outbox.depth(), outbox_shed=self.outbox.shed_total,
+            devices=[d.health() for d in self.drivers],
+        )
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(self._status_topic, encode(self.status("offline")), qos=1, retain=True)
+        client = bus.client(self.address, f"wardlink-gw-{self.id}", will=will, clean_session=False)
+        async with client:
+            await client.subscribe(self._commit_topic, qos=1)
+            await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)
+            log.info("gateway %s: connected to %s", self.id, self.address.url)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._uplink(client))
+                    group.create_task(self._commits(client))
+                    group.create_task(self._heartbeat(client))
+            finally:
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(client.publish(
+                        self._status_topic, encode(self.status("offline")), qos=1, retain=True)), 1.0)
+
+    async def _uplink(self, client: aiomqtt.Client) -> None:
+        """Publish pending rows, alarms first; start over from the oldest after (re)connect or stall."""
+        cursor = {LANE_ALARM: 0, LANE_DATA: 0}
+        last_send = time.monotonic()
+        while True:
+            sent = False
+            for lane in (LANE_ALARM, LANE_DATA):
+                rows = self.outbox.pending(lane, cursor[lane], self.settings.batch_max)
+                if rows:
+                    await client.publish(self._topic[lane], self._batch(rows), qos=1)
+                    cursor[lane] = rows[-1].id
+                    self.published += len(rows)
+                    sent = True
+                    last_send = time.monotonic()
+                    break  # look at the alarm lane again before the next data batch
+            if sent:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            await asyncio.sleep(self.settings.linger_s)  # let a batch fill up
+            quiet = time.monotonic() - max(self._last_commit, last_send)
+            if self.outbox.depth() and quiet > self.settings.resend_after_s:
+                log.warning("gateway %s: no commit for %.0f s, resending %d uncommitted rows",
+                            self.id, quiet, self.outbox.depth())
+                cursor = {LANE_ALARM: 0, LANE_DATA: 0}
+                last_send = time.monotonic()
+
+    def _batch(self, rows: list[Pending]) -> bytes:
+        """A Batch message built from stored payloads without decoding them again."""
+        return b"".join((self._prefix, str(now_ms()).encode(), b',"items":[',
+                         b",".join(r.payload for r in rows), b"]}"))
+
+    async def _commits(self, client: aiomqtt.Client) -> None:
+        decoder = msgspec.json.Decoder(Commit)
+        async for message in client.messages:
+            try:
+                commit = decoder.decode(message.payload)  # type: ignore[arg-type]
+            except msgspec.DecodeError as exc:
+                log.warning("gateway %s: ignoring malformed commit on %s: %s", self.id, message.topic, exc)
+                continue
+            self.released += await asyncio.to_thread(self.outbox.release, commit.ranges)
+            self._last_commit = time.monotonic()
+
+    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)

@@ -1,0 +1,48 @@
+"""Services meet only through the bus: no service package imports another, the contract imports none."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("devices", "storage", "gateway", "ingest", "alerts", "api", "simulators", "wardlink")
+ALLOWED = {
+    "devices": {"devices"},
+    "storage": {"storage", "devices"},
+    "gateway": {"gateway", "devices"},
+    "ingest": {"ingest", "devices", "storage"},
+    "alerts": {"alerts", "devices"},
+    "api": {"api", "devices", "storage"},
+    "simulators": {"simulators", "devices"},  # never the gateway: the encoder must stay independent
+    "wardlink": set(PACKAGES),
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level names of the project's packages that a module imports."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_imports_only_what_it_may(package: str) -> None:
+    modules = sorted((ROOT / package).rglob("*.py"))
+    assert modules, f"package {package} has no modules"
+    offences = [f"{m.relative_to(ROOT)} imports {sorted(imported_packages(m) - ALLOWED[package])}"
+                for m in modules if imported_packages(m) - ALLOWED[package]]
+    assert offences == []
+
+
+def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text("from gateway.outbox import Outbox\nimport ingest.service\n")
+    assert imported_packages(module) == {"gateway", "ingest"}

@@ -1,0 +1,71 @@
+"""The gateway's durable outbox: sequence numbers, release on commit, bounds and shedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from devices.contract import DeviceEvent, Observation, SeqRange, TagRead
+from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox
+
+
+def o(device: str = "mon-1") -> Observation:
+    return Observation(device=device, stream="numerics", seq=0, ts=1, metric="MDC_TEMP", value=37.0, unit="Cel")
+
+
+def alarm() -> DeviceEvent:
+    return DeviceEvent(device="mon-1", stream="alarms", seq=0, ts=1, event="X", alarm_kind="technical",
+                       priority="high")
+
+
+def tag() -> TagRead:
+    return TagRead(device="rdr-1", stream="tags", seq=0, ts=1, tag="T", rssi=-50)
+
+
+def test_sequence_numbers_are_per_stream_and_survive_restart(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    stamped, _ = box.accept([o(), o(), o("mon-2"), alarm()])
+    assert [(i.device, i.stream, i.seq) for i in stamped] == [
+        ("mon-1", "numerics", 1), ("mon-1", "numerics", 2), ("mon-2", "numerics", 1), ("mon-1", "alarms", 1)]
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    stamped, _ = again.accept([o()])
+    assert stamped[0].seq == 3
+    assert again.depth() == 5
+
+
+def test_alarms_and_data_travel_in_separate_lanes(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.accept([o(), alarm(), o()])
+    alarms = box.pending(LANE_ALARM, 0, 10)
+    data = box.pending(LANE_DATA, 0, 10)
+    assert [msgspec.json.decode(p.payload)["kind"] for p in alarms] == ["evt"]
+    assert [msgspec.json.decode(p.payload)["seq"] for p in data] == [1, 2]
+    assert box.pending(LANE_DATA, data[0].id, 10) == data[1:]
+
+
+def test_release_deletes_only_committed_ranges(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.accept([o() for _ in range(10)])
+    assert box.release([SeqRange("mon-1", "numerics", 1, 4), SeqRange("mon-1", "numerics", 7, 7)]) == 5
+    left = [msgspec.json.decode(p.payload)["seq"] for p in box.pending(LANE_DATA, 0, 100)]
+    assert left == [5, 6, 8, 9, 10]
+    assert box.depth() == 5
+    assert box.release([SeqRange("mon-1", "numerics", 1, 4)]) == 0  # a repeated commit is harmless
+
+
+def test_full_outbox_sheds_lowest_priority_first_and_never_alarms(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_rows=6)
+    box.accept([alarm(), alarm(), o(), o(), tag(), tag()])
+    _, result = box.accept([o(), o(), alarm()])
+    assert result.shed == 3
+    kinds = [msgspec.json.decode(p.payload)["kind"] for lane in (LANE_ALARM, LANE_DATA)
+             for p in box.pending(lane, 0, 100)]
+    assert kinds.count("evt") == 3  # every alarm kept
+    assert kinds.count("tag") == 0  # tags went first
+    assert kinds.count("obs") == 3  # then the oldest trend
+    assert box.depth() == 6
+    assert box.shed_total == 3
+    box.close()
+    assert Outbox(tmp_path / "o.db", max_rows=6).shed_total == 3

@@ -1,0 +1,92 @@
+"""Persistence delay, hysteresis and flags in the alert rules and engine."""
+
+from __future__ import annotations
+
+from alerts.engine import AlertEngine
+from alerts.rules import Evaluator, LimitRule
+from devices.contract import FLAG_DEMO, FLAG_INVALID, DeviceEvent, Observation
+from wardlink.config import load
+
+SPO2 = LimitRule(name="spo2_low", metric="spo2", direction="below", limit=90, delay_s=10, hysteresis=2)
+
+
+def reading(t_s: float, value: float, flags: int = 0, bed: str = "ICU-03") -> Observation:
+    return Observation(device="mon-icu-03", stream="numerics", seq=int(t_s), ts=int(t_s * 1000),
+                       metric="MDC_PULS_OXIM_SAT_O2", value=value, unit="%", code=150456, bed=bed, flags=flags)
+
+
+def run(evaluator: Evaluator, series: list[tuple[float, float]], flags: int = 0) -> list[tuple[str, int]]:
+    out = []
+    for t, v in series:
+        verdict = evaluator.observe("ICU-03", reading(t, v, flags))
+        if verdict:
+            out.append((verdict.action, verdict.onset_ms))
+    return out
+
+
+def test_sustained_desaturation_fires_after_the_delay_with_its_onset() -> None:
+    series = [(t, 96.0) for t in range(5)] + [(t, 85.0) for t in range(5, 30)]
+    assert run(Evaluator(SPO2), series) == [("fire", 5000)]
+
+
+def test_fires_exactly_when_the_delay_has_passed() -> None:
+    evaluator = Evaluator(SPO2)
+    assert run(evaluator, [(t, 85.0) for t in range(10)]) == []  # 0..9 s: 9 s of violation
+    assert evaluator.observe("ICU-03", reading(10, 85.0)) is not None
+
+
+def test_two_second_artefact_dip_does_not_fire() -> None:
+    series = [(t, 97.0) for t in range(20)] + [(20, 78.0), (21, 78.0)] + [(t, 97.0) for t in range(22, 60)]
+    assert run(Evaluator(SPO2), series) == []
+
+
+def test_repeated_short_dips_do_not_add_up() -> None:
+    series = []
+    for start in range(0, 100, 5):
+        series += [(start, 80.0), (start + 1, 80.0), (start + 2, 80.0), (start + 3, 96.0), (start + 4, 96.0)]
+    assert run(Evaluator(SPO2), series) == []
+
+
+def test_clears_only_past_the_hysteresis() -> None:
+    series = [(t, 85.0) for t in range(12)] + [(12, 91.0), (13, 91.5), (14, 92.0)]
+    assert run(Evaluator(SPO2), series) == [("fire", 0), ("clear", 0)]
+    assert run(Evaluator(SPO2), [(t, 85.0) for t in range(12)] + [(12, 91.0)]) == [("fire", 0)]
+
+
+def test_flagged_readings_never_fire() -> None:
+    series = [(t, 80.0) for t in range(30)]
+    assert run(Evaluator(SPO2), series, flags=FLAG_DEMO) == []
+    assert run(Evaluator(SPO2), series, flags=FLAG_INVALID) == []
+
+
+def test_engine_keeps_one_open_alert_per_source_and_type() -> None:
+    site = load(env={}).site
+    engine = AlertEngine(site, [SPO2])
+    fired = engine.process([reading(t, 84.0) for t in range(15)], now=20_000)
+    assert [(a.state, a.bed, a.unit, a.priority) for a in fired] == [("active", "ICU-03", "ICU", "high")]
+    assert engine.process([reading(t, 84.0) for t in range(15, 30)], now=31_000) == []
+    resolved = engine.process([reading(31, 95.0)], now=32_000)
+    assert [(a.id, a.state) for a in resolved] == [(fired[0].id, "resolved")]
+
+
+def test_device_technical_events_open_and_close_an_alert() -> None:
+    engine = AlertEngine(load(env={}).site, [SPO2])
+    start = DeviceEvent(device="mon-icu-01", stream="link", seq=1, ts=5, event="device.disconnected",
+                        alarm_kind="technical", priority="medium", bed="ICU-01")
+    opened = engine.process([start], now=6)
+    assert [(a.alarm_kind, a.state, a.source) for a in opened] == [("technical", "active", "mon-icu-01")]
+    again = engine.process([start], now=7)
+    assert [a.id for a in again] == [opened[0].id]  # a repeat updates the same alert
+    end = DeviceEvent(device="mon-icu-01", stream="link", seq=2, ts=9, event="device.disconnected",
+                      alarm_kind="technical", priority="medium", phase="end", bed="ICU-01")
+    assert [a.state for a in engine.process([end], now=10)] == ["resolved"]
+
+
+def test_restored_open_alert_is_not_raised_twice() -> None:
+    site = load(env={}).site
+    first = AlertEngine(site, [SPO2])
+    [alert] = first.process([reading(t, 84.0) for t in range(12)], now=13_000)
+    second = AlertEngine(site, [SPO2])
+    second.restore([alert])
+    assert second.process([reading(t, 84.0) for t in range(12, 40)], now=41_000) == []
+    assert [a.state for a in second.process([reading(41, 96.0)], now=42_000)] == ["resolved"]

@@ -1,0 +1,81 @@
+"""The ``wardlink`` command line: ``run`` the system, ``bench`` it, print the effective ``config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from wardlink import bench, config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wardlink", description="Device-telemetry backbone for a hospital.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole system (embedded broker and store, simulated ward)")
+    run.add_argument("--config", type=Path, help="TOML file merged over the embedded defaults")
+    run.add_argument("--broker", help="use an external broker, mqtt://HOST:PORT, instead of the embedded one")
+    run.add_argument("--data-dir", help="where the store, outbox and state live (default ./data)")
+    run.add_argument("--api-port", type=int, help="API port (default 8000)")
+    run.add_argument("--no-simulation", action="store_true", help="do not start the simulated ward")
+
+    show = sub.add_parser("config", help="print the effective configuration as JSON")
+    show.add_argument("--config", type=Path)
+
+    b = sub.add_parser("bench", help="run a benchmark and print its figures")
+    b.add_argument("name", choices=sorted(bench.BENCHES), help="which benchmark")
+    b.add_argument("--quick", action="store_true", help="a small run (seconds), for smoke tests")
+    b.add_argument("--json", action="store_true", help="print one JSON object of figures")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "broker", None):
+        out["broker"] = {"url": args.broker}
+    if getattr(args, "data_dir", None):
+        out["data_dir"] = args.data_dir
+    if getattr(args, "api_port", None):
+        out["api"] = {"port": args.api_port}
+    if getattr(args, "no_simulation", False):
+        out["simulation"] = {"enabled": False}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wardlink`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("amqtt", "transitions", "websockets", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    try:
+        if args.command == "bench":
+            figures = bench.BENCHES[args.name](args.quick)
+            sys.stdout.write(json.dumps(figures) + "\n" if args.json else bench.table(args.name, figures) + "\n")
+            return 0
+        cfg = config.load(args.config, overrides=_overrides(args))
+        if args.command == "config":
+            sys.stdout.write(json.dumps(msgspec.to_builtins(cfg), indent=2) + "\n")
+            return 0
+        from wardlink import runner  # imported late: `bench` and `config` need none of the services
+
+        asyncio.run(runner.main(cfg))
+    except config.ConfigError as exc:
+        logging.getLogger("wardlink").error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

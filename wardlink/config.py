@@ -1,0 +1,130 @@
+"""Configuration: embedded defaults, merged with an optional TOML file, then WARDLINK_* variables.
+
+Validation only reads and checks; nothing connects while the configuration is built, and nothing
+is built at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from alerts.service import AlertSettings
+from devices.site import Site, SiteError
+from gateway.service import GatewaySettings
+from ingest.service import IngestSettings
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and field."""
+
+
+class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which broker to use."""
+
+    url: str = ""  # empty: the embedded broker
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 1883
+
+
+class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the API listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class MonitorSim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One simulated bedside monitor and its patient."""
+
+    device: str
+    profile: str = "stable"
+    seed: int = 0
+    onset_s: float = 30.0
+    period_s: float = 60.0
+
+
+class SimulationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The simulated ward."""
+
+    enabled: bool = True
+    interval_s: float = 1.0
+    monitors: list[MonitorSim] = []
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything ``wardlink run`` needs."""
+
+    site: Site
+    data_dir: str = "data"
+    broker: BrokerSettings = BrokerSettings()
+    api: ApiSettings = ApiSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    ingest: IngestSettings = IngestSettings()
+    alerts: AlertSettings = AlertSettings()
+    simulation: SimulationSettings = SimulationSettings()
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory."""
+        return Path(self.data_dir)
+
+
+_ENV = {
+    "WARDLINK_DATA_DIR": ("data_dir",),
+    "WARDLINK_BROKER": ("broker", "url"),
+    "WARDLINK_API_HOST": ("api", "host"),
+    "WARDLINK_API_PORT": ("api", "port"),
+}
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge tables; arrays and values in ``over`` replace those in ``base``."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def defaults() -> dict[str, Any]:
+    """The embedded defaults as a dict."""
+    text = resources.files("wardlink").joinpath("defaults.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build and validate the configuration: defaults < file < environment < ``overrides``."""
+    data = defaults()
+    if path is not None:
+        try:
+            data = _merge(data, tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    for name, keys in _ENV.items():
+        value = (os.environ if env is None else env).get(name)
+        if value is not None:
+            table = data
+            for key in keys[:-1]:
+                table = table.setdefault(key, {})
+            table[keys[-1]] = value
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        config = msgspec.convert(data, Config, strict=False)
+    except (msgspec.ValidationError, SiteError) as exc:
+        raise ConfigError(f"config{f' {path}' if path else ''}: {exc}") from exc
+    known = {d.id for d in config.site.devices}
+    for monitor in config.simulation.monitors:
+        if monitor.device not in known:
+            raise ConfigError(f"simulation.monitors: device {monitor.device!r} is not a device of the site")
+    return config
