@@ -13,11 +13,8 @@ from collections.abc import Iterable
 import msgspec
 
 from alerts.rules import Evaluator, LimitRule
-from devices.contract import Alert, DeviceEvent, Item, Observation
+from devices.contract import AlarmKind, Alert, DeviceEvent, Item, Observation, Priority
 from devices.site import Site
-
-_EVENT_PRIORITY = {"high": "high", "medium": "medium", "low": "low", "info": "info"}
-
 
 def alert_id(source: str, type_: str, onset: int) -> str:
     """A stable, topic-safe id for one alert episode."""
@@ -79,20 +76,19 @@ class AlertEngine:
         type_ = event.event
         if event.phase == "end":
             return self._resolve(event.device, type_, now, None)
-        priority = _EVENT_PRIORITY[event.priority]
-        return [self._raise(event.device, type_, event.alarm_kind, priority, event.ts, now,  # type: ignore[arg-type]
+        return [self._raise(event.device, type_, event.alarm_kind, event.priority, event.ts, now,
                             event.text or type_, event.bed, event.source, None)]
 
-    def _raise(self, source: str, type_: str, kind: str, priority: str, onset: int, now: int, message: str,
+    def _raise(self, source: str, type_: str, kind: AlarmKind, priority: Priority, onset: int, now: int, message: str,
                bed: str | None, metric: str | None, value: float | None) -> Alert:
         existing = self.open.get((source, type_))
         if existing is not None:  # a repeat updates the open alert
             alert = msgspec.structs.replace(existing, updated=now, message=message, value=value,
-                                            priority=priority)  # type: ignore[arg-type]
+                                            priority=priority)
         else:
             unit = self.site.unit_of_bed(bed) if bed else None
             alert = Alert(id=alert_id(source, type_, onset), type=type_, source=source,
-                          alarm_kind=kind, priority=priority, state="active",  # type: ignore[arg-type]
+                          alarm_kind=kind, priority=priority, state="active",
                           onset=onset, updated=now, message=message, bed=bed, unit=unit,
                           metric=metric, value=value)
         self.open[(source, type_)] = alert

@@ -12,7 +12,6 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import aiomqtt
 import msgspec
 
 from devices import bus, topics

@@ -58,8 +58,8 @@ class Gateway:
         self._wake = asyncio.Event()
         self._shed_alarm_at = 0.0
         self._last_commit = time.monotonic()
-        self._topic = {lane: topics.gateway_topic(site.id, gateway_id, ch)
-                       for lane, ch in ((LANE_ALARM, "alarm"), (LANE_DATA, "data"))}
+        self._topic = {LANE_ALARM: topics.gateway_topic(site.id, gateway_id, "alarm"),
+                       LANE_DATA: topics.gateway_topic(site.id, gateway_id, "data")}
         self._status_topic = topics.gateway_topic(site.id, gateway_id, "status")
         self._commit_topic = topics.gateway_topic(site.id, gateway_id, "commit")
         self._prefix = b'{"gateway":"' + gateway_id.encode() + b'","sent":'
@@ -152,8 +152,10 @@ class Gateway:
     async def _commits(self, client: aiomqtt.Client) -> None:
         decoder = msgspec.json.Decoder(Commit)
         async for message in client.messages:
+            if not isinstance(message.payload, bytes):
+                continue
             try:
-                commit = decoder.decode(message.payload)  # type: ignore[arg-type]
+                commit = decoder.decode(message.payload)
             except msgspec.DecodeError as exc:
                 log.warning("gateway %s: ignoring malformed commit on %s: %s", self.id, message.topic, exc)
                 continue

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import uvicorn
+from storage.sqlite import SqliteStore
 
 from alerts.service import AlertService
 from api.app import create_app
@@ -26,7 +27,6 @@ from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.bedside.monitor import SimulatedMonitor
 from simulators.bedside.patient import PatientModel
-from storage.sqlite import SqliteStore
 from wardlink.broker import EmbeddedBroker
 from wardlink.config import Config
 
@@ -108,7 +108,7 @@ async def run_system(config: Config, stop: asyncio.Event,
                      asyncio.create_task(view.run(), name="api view")]
         gateway_tasks = [asyncio.create_task(g.run(), name=f"gateway {g.id}") for g in gateways]
         api = asyncio.create_task(server.serve(), name="api")
-        while not server.started and not api.done():
+        while not server.started and not api.done():  # noqa: ASYNC110 - uvicorn offers a flag, not an event
             await asyncio.sleep(0.05)
         if api.done():
             api.result()  # the API could not start (port taken?): raise why

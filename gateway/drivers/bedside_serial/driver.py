@@ -109,7 +109,7 @@ class BedsideSerialDriver:
     def _feed(self, data: bytes) -> bool:
         """Parse bytes into items and hand them to the sink; True if a valid frame arrived."""
         frames = self.parser.feed(data)
-        bad = self.parser.frames_bad_crc + self.parser.frames_malformed + self.parser.frames_oversize
+        bad = self.parser.frames_bad
         if bad > self._bad_logged:
             self.link.frames_bad += bad - self._bad_logged
             self._bad_logged = bad

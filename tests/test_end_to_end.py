@@ -1,0 +1,169 @@
+"""The whole path on real transports: pty serial -> gateway -> Mosquitto -> ingest/alerts -> API/WebSocket.
+
+The simulated ward runs on pseudo-terminals, the gateway reads them with pyserial, and everything
+meets on a real Mosquitto started for the test. The persistence delay is shortened to keep the test
+quick; the artefact patient's 2-second dip is still shorter than it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import Mosquitto, free_port
+from wardlink.config import Config, load
+from wardlink.runner import System, run_system
+
+pytestmark = pytest.mark.slow
+
+RULES = [{"name": "spo2_low", "metric": "spo2", "direction": "below", "limit": 90, "priority": "high",
+          "delay_s": 3, "hysteresis": 2}]
+
+
+def ward_config(data_dir: Path, broker_url: str) -> Config:
+    monitors = [{"device": f"mon-icu-0{i}", "profile": "stable", "seed": i} for i in range(1, 9)]
+    monitors[2] = {"device": "mon-icu-03", "profile": "desaturating", "seed": 3, "onset_s": 1}
+    monitors[4] = {"device": "mon-icu-05", "profile": "artefact", "seed": 5, "onset_s": 3, "period_s": 8}
+    return load(env={}, overrides={
+        "data_dir": str(data_dir), "broker": {"url": broker_url}, "api": {"port": free_port()},
+        "alerts": {"rules": RULES}, "simulation": {"monitors": monitors},
+        "gateway": {"resend_after_s": 2.0},
+    })
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[System]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[System] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_system(config, stop, on_ready=ready.set_result))
+    done, _ = await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+    assert ready in done, "the system did not start within 30 s"
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def until(check: Callable[[], Awaitable[Any]], within: float, what: str) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.25)
+
+
+async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    config = ward_config(tmp_path / "data", mosquitto.address.url)
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+        ws_url = system.api_url.replace("http", "ws") + "/api/v1/alerts/stream"
+        async with websockets.connect(ws_url) as ws:
+            snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert snapshot["type"] == "snapshot"
+
+            beds = (await api.get("/api/v1/beds")).json()
+            assert [b["id"] for b in beds] == [f"ICU-0{i}" for i in range(1, 9)]
+            assert beds[0]["devices"][0]["id"] == "mon-icu-01"
+
+            async def vitals() -> dict[str, Any]:
+                rows = (await api.get("/api/v1/beds/ICU-01/vitals")).json()
+                return {r["metric"]: r for r in rows}
+
+            latest = await until(lambda: _has(vitals, "MDC_PULS_OXIM_SAT_O2", "MDC_ECG_HEART_RATE"), 20,
+                                 "SpO2 and heart rate of ICU-01 in the API")
+            spo2 = latest["MDC_PULS_OXIM_SAT_O2"]
+            assert (spo2["code"], spo2["unit"], spo2["device"]) == (150456, "%", "mon-icu-01")
+            assert 90 <= spo2["value"] <= 100
+            assert latest["MDC_ECG_HEART_RATE"]["unit"] == "/min"
+            assert any(m.startswith("WLB_PARAM_") for m in latest), "unknown vendor parameter was dropped"
+
+            # The desaturating patient's alarm arrives over the WebSocket.
+            async def next_alert() -> dict[str, Any]:
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "alert":
+                        return dict(message["alert"])
+
+            alert = await asyncio.wait_for(next_alert(), 45)
+            assert (alert["bed"], alert["type"], alert["priority"], alert["state"]) == (
+                "ICU-03", "spo2_low", "high", "active")
+            assert alert["onset"] <= alert["updated"] - 3000  # onset is the first low reading
+
+        active = (await api.get("/api/v1/alerts", params={"state": "active"})).json()
+        assert [a["id"] for a in active if a["bed"] == "ICU-03"] == [alert["id"]]
+        # Give the artefact patient time for at least two dips (every 8 s) while ICU-03 stays low.
+        await asyncio.sleep(10)
+        active = (await api.get("/api/v1/alerts", params={"state": "active"})).json()
+        assert {a["bed"] for a in active} == {"ICU-03"}, "an alarm fired for someone other than ICU-03"
+
+        history = (await api.get("/api/v1/beds/ICU-03/vitals/spo2", params={"step": "5s"})).json()
+        assert history["metric"] == "MDC_PULS_OXIM_SAT_O2"
+        assert len(history["points"]) >= 3
+        assert all(p["min"] <= p["mean"] <= p["max"] for p in history["points"])
+        assert history["points"][-1]["mean"] < 90
+        raw = (await api.get("/api/v1/beds/ICU-03/vitals/spo2")).json()["points"]
+        assert sum(p["count"] for p in history["points"]) == len(raw)
+
+        health = (await api.get("/api/v1/health")).json()
+        assert health["broker"]["state"] == "ok"
+        assert health["gateways"]["gw-icu"]["state"] == "online"
+        assert set(health["gateways"]["gw-icu"]["detail"]["devices"].values()) == {"connected"}
+        assert health["services"]["ingest/ingest-1"]["state"] == "online"
+
+        devices = (await api.get("/api/v1/devices")).json()
+        assert {d["state"] for d in devices} == {"connected"}
+        assert (await api.get("/api/v1/beds/NOPE/vitals")).status_code == 404
+        gateway = system.gateways[0]
+
+    # After a clean stop every accepted reading is stored exactly once and released from the outbox.
+    db = sqlite3.connect(tmp_path / "data" / "timeseries.db")
+    stored = db.execute("SELECT count(*), count(DISTINCT device || '/' || stream || '/' || seq) "
+                        "FROM observations").fetchone()
+    assert stored[0] == stored[1] > 0
+    assert gateway.accepted > stored[0]  # the rest are events and readings still in flight at stop
+
+
+async def _has(fetch: Callable[[], Awaitable[dict[str, Any]]], *metrics: str) -> dict[str, Any] | None:
+    got = await fetch()
+    return got if all(m in got for m in metrics) else None
+
+
+async def test_second_run_resumes_on_the_same_data(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    config = ward_config(tmp_path / "data", mosquitto.address.url)
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+        await until(lambda: _open_alert(api), 45, "the ICU-03 alarm")
+        first = await _open_alert(api)
+    config = ward_config(tmp_path / "data", mosquitto.address.url)
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+        again = await until(lambda: _open_alert(api), 10, "the restored ICU-03 alarm")
+        assert again["id"] == first["id"], "the open alarm was raised a second time after restart"
+        await asyncio.sleep(3)
+        history = (await api.get("/api/v1/beds/ICU-01/vitals/spo2", params={"step": "1s"})).json()["points"]
+    db = sqlite3.connect(tmp_path / "data" / "timeseries.db")
+    seqs = [r[0] for r in db.execute("SELECT seq FROM observations WHERE device = 'mon-icu-01' "
+                                     "AND metric = 'MDC_PULS_OXIM_SAT_O2' ORDER BY seq")]
+    assert len(seqs) == len(set(seqs))
+    assert len(seqs) >= 10
+    assert history[0]["ts"] < history[-1]["ts"] - 3000  # the first run's readings are still there
+    outbox = sqlite3.connect(tmp_path / "data" / "outbox-gw-icu.db")
+    streams = dict(outbox.execute("SELECT device || '/' || stream, next_seq FROM streams").fetchall())
+    assert streams["mon-icu-01/numerics"] > max(seqs)  # numbering went on where it stopped
+
+
+async def _open_alert(api: httpx.AsyncClient) -> dict[str, Any] | None:
+    active = (await api.get("/api/v1/alerts", params={"state": "active", "bed": "ICU-03"})).json()
+    return dict(active[0]) if active else None
