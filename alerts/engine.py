@@ -16,6 +16,7 @@ from alerts.rules import Evaluator, LimitRule
 from devices.contract import AlarmKind, Alert, DeviceEvent, Item, Observation, Priority
 from devices.site import Site
 
+
 def alert_id(source: str, type_: str, onset: int) -> str:
     """A stable, topic-safe id for one alert episode."""
     digest = hashlib.sha1(f"{source}|{type_}|{onset}".encode(), usedforsecurity=False).hexdigest()[:16]

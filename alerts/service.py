@@ -7,6 +7,7 @@ resolved alert is published once, then its retained copy is cleared.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -35,6 +36,7 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The rule set (clinical defaults unless configured)."""
 
     rules: list[LimitRule] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
+    heartbeat_s: float = 5.0
 
 
 class AlertService:
@@ -70,22 +72,28 @@ class AlertService:
         async with bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False) as client:
             for channel in ("alarm", "data"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
-            await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
             for alert in self.engine.open.values():  # make sure the retained set matches our state
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
             log.info("alerts %s: %d rules, %d open alerts", self.instance, len(self.settings.rules),
                      len(self.engine.open))
-            async for message in client.messages:
-                payload = message.payload
-                if not isinstance(payload, bytes):
-                    continue
-                try:
-                    batch = decode_batch(payload)
-                except ContractError:
-                    self.counters["undecodable"] += 1  # ingest quarantines it; nothing to alarm on
-                    continue
-                for alert in self.engine.process(batch.items, now_ms()):
-                    await self._publish(client, alert)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(bus.heartbeat(client, self._status_topic, lambda: self._status("online"),
+                                                self.settings.heartbeat_s))
+                group.create_task(self._receive(client))
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        for_us = (topics.gateway_filter(self.site.id, "data"), topics.gateway_filter(self.site.id, "alarm"))
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes) or not any(message.topic.matches(f) for f in for_us):
+                continue
+            try:
+                batch = decode_batch(payload)
+            except ContractError:
+                self.counters["undecodable"] += 1  # ingest quarantines it; nothing to alarm on
+                continue
+            for alert in self.engine.process(batch.items, now_ms()):
+                await self._publish(client, alert)
 
     async def _publish(self, client: aiomqtt.Client, alert: Alert) -> None:
         self.state.save(alert)

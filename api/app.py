@@ -18,7 +18,7 @@ from api.view import LiveView
 from devices import mdc
 from devices.clock import now_ms
 from devices.site import Site
-from storage.base import StoreError, TimeSeriesStore
+from storage.base import HistoryPoint, Latest, StoreError, TimeSeriesStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
         known = mdc.BY_REFID.get(refid)
         return schemas.History(bed=bed, metric=refid, code=known.code if known else None,
                                unit=known.unit if known else None, start=iso(start_ms), end=iso(end_ms),
-                               step_ms=step_ms, points=[_point(p) for p in points])
+                               step_ms=step_ms, points=[_point(p, step_ms is not None) for p in points])
 
     @app.get("/api/v1/alerts", response_model=list[schemas.AlertOut])
     async def list_alerts(
@@ -211,14 +211,15 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
     return app
 
 
-def _vital(latest: Any) -> schemas.Vital:
+def _vital(latest: Latest) -> schemas.Vital:
     known = mdc.BY_REFID.get(latest.metric)
     return schemas.Vital(metric=latest.metric, label=known.label if known else latest.metric,
                          code=latest.code or None, value=latest.value, unit=latest.unit, ts=latest.ts,
                          time=iso(latest.ts), device=latest.device, flags=latest.flags)
 
 
-def _point(point: Any) -> schemas.Point:
-    data = msgspec.to_builtins(point)
-    data["time"] = iso(data["ts"])
-    return schemas.Point(**data)
+def _point(point: HistoryPoint, bucket: bool) -> schemas.Point:
+    if bucket:
+        return schemas.Point(ts=point.ts, time=iso(point.ts), mean=point.value, min=point.min, max=point.max,
+                             count=point.count)
+    return schemas.Point(ts=point.ts, time=iso(point.ts), value=point.value)

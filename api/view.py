@@ -24,7 +24,7 @@ RECENT_RESOLVED = 500
 CLIENT_QUEUE = 256
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Subscriber:
     """One live WebSocket client."""
 

@@ -94,3 +94,10 @@ async def supervise(
             backoff = initial_backoff  # it ran well for a while: start the backoff over
         await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
         backoff = min(max_backoff, backoff * 2)
+
+
+async def heartbeat(client: aiomqtt.Client, topic: str, payload: Callable[[], bytes], interval_s: float) -> None:
+    """Publish a retained status now and every ``interval_s`` (birth and heartbeat; the will says offline)."""
+    while True:
+        await client.publish(topic, payload(), qos=1, retain=True)
+        await asyncio.sleep(interval_s)

@@ -224,6 +224,65 @@ def decode_batch(payload: bytes) -> Batch:
     return batch
 
 
+class _RawBatch(msgspec.Struct):
+    gateway: str
+    sent: int
+    items: list[msgspec.Raw]
+    v: int = SCHEMA_VERSION
+
+
+class _Key(msgspec.Struct):
+    device: str = "?"
+    stream: str = "?"
+    seq: int = -1
+
+
+_raw_batch_decoder = msgspec.json.Decoder(_RawBatch)
+_item_decoder: msgspec.json.Decoder[Item] = msgspec.json.Decoder(Item)  # type: ignore[arg-type]
+_key_decoder = msgspec.json.Decoder(_Key)
+
+
+class BadItem(msgspec.Struct, frozen=True):
+    """One item of a batch that does not fit the contract, with its raw bytes and key (when readable)."""
+
+    raw: bytes
+    reason: str
+    device: str
+    stream: str
+    seq: int
+
+
+def decode_batch_lenient(payload: bytes) -> tuple[Batch, list[BadItem]]:
+    """Decode a batch; if some items are invalid, keep the valid ones and return the others apart.
+
+    The fast path decodes the whole batch at once. Only when that fails does it go item by item, so
+    that one bad reading costs only itself, not the other devices' readings in the same batch.
+    Raises :class:`ContractError` when the batch itself (not an item) is unreadable.
+    """
+    try:
+        return decode_batch(payload), []
+    except ContractError as first:
+        try:
+            raw = _raw_batch_decoder.decode(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise first from None
+    if raw.v != SCHEMA_VERSION:
+        raise ContractError(f"gateway {raw.gateway}: unsupported schema version v={raw.v}")
+    good: list[Item] = []
+    bad: list[BadItem] = []
+    for item in raw.items:
+        try:
+            good.append(_item_decoder.decode(item))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            try:
+                key = _key_decoder.decode(item)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                key = _Key()
+            bad.append(BadItem(bytes(item), f"device {key.device}: invalid item: {exc}", key.device, key.stream,
+                               key.seq))
+    return Batch(gateway=raw.gateway, sent=raw.sent, items=good), bad
+
+
 def check_item(item: Item) -> None:
     """Validate what the type system cannot: finite numbers. Raise :class:`ContractError`."""
     if isinstance(item, Observation) and not math.isfinite(item.value):

@@ -104,13 +104,13 @@ class Gateway:
         client = bus.client(self.address, f"wardlink-gw-{self.id}", will=will, clean_session=False)
         async with client:
             await client.subscribe(self._commit_topic, qos=1)
-            await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)
             log.info("gateway %s: connected to %s", self.id, self.address.url)
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._uplink(client))
                     group.create_task(self._commits(client))
-                    group.create_task(self._heartbeat(client))
+                    group.create_task(bus.heartbeat(client, self._status_topic, lambda: encode(self.status()),
+                                                    self.settings.heartbeat_s))
             finally:
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     await asyncio.wait_for(asyncio.shield(client.publish(
@@ -152,8 +152,8 @@ class Gateway:
     async def _commits(self, client: aiomqtt.Client) -> None:
         decoder = msgspec.json.Decoder(Commit)
         async for message in client.messages:
-            if not isinstance(message.payload, bytes):
-                continue
+            if str(message.topic) != self._commit_topic or not isinstance(message.payload, bytes):
+                continue  # only our own commits (a broker must not send others, but do not trust it)
             try:
                 commit = decoder.decode(message.payload)
             except msgspec.DecodeError as exc:
@@ -161,8 +161,3 @@ class Gateway:
                 continue
             self.released += await asyncio.to_thread(self.outbox.release, commit.ranges)
             self._last_commit = time.monotonic()
-
-    async def _heartbeat(self, client: aiomqtt.Client) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)

@@ -18,7 +18,16 @@ import msgspec
 
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Commit, ContractError, Item, SeqRange, ServiceStatus, check_item, decode_batch, encode
+from devices.contract import (
+    Commit,
+    ContractError,
+    Item,
+    SeqRange,
+    ServiceStatus,
+    check_item,
+    decode_batch_lenient,
+    encode,
+)
 from devices.site import DeviceSpec, Site
 from storage.base import StoreError, TimeSeriesStore
 
@@ -104,11 +113,12 @@ class Ingest:
             share = self.settings.share_group
             for channel in ("alarm", "data"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel, share), qos=1)
-            await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)
             log.info("ingest %s: consuming from %s", self.instance, self.address.url)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._receive(client))
                 group.create_task(self._timer(client))
+                group.create_task(bus.heartbeat(client, self._status_topic, lambda: encode(self.status()),
+                                                self.settings.heartbeat_s))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -119,29 +129,28 @@ class Ingest:
                 await self.flush(client)  # back-pressure: no more reading until the store has these
 
     async def _timer(self, client: aiomqtt.Client) -> None:
-        last_beat = 0.0
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.flush_s)
             await self.flush(client)
-            if loop.time() - last_beat > self.settings.heartbeat_s:
-                last_beat = loop.time()
-                await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Validate one message into the pending batch; never raises for bad input."""
         self.counters["messages"] += 1
         try:
-            gateway = topics.parse(topic).name
+            parsed = topics.parse(topic)
         except topics.TopicError as exc:
             self._reject(topic, str(exc), payload)
             return
+        if parsed.area != "gw" or parsed.channel not in ("data", "alarm"):
+            self.counters["foreign_topic"] += 1  # not a gateway batch: not ours to store or quarantine
+            return
+        gateway = parsed.name
         if len(payload) > self.settings.max_payload:
             self._reject(gateway, f"gateway {gateway}: payload of {len(payload)} bytes exceeds "
                                   f"{self.settings.max_payload}", payload[:4096])
             return
         try:
-            batch = decode_batch(payload)
+            batch, bad = decode_batch_lenient(payload)
         except ContractError as exc:
             self._reject(gateway, f"gateway {gateway}: {exc}", payload)
             return
@@ -150,6 +159,10 @@ class Ingest:
             return
         pending = self._pending
         commit = pending.seqs[gateway]
+        for item in bad:
+            self._reject(gateway, item.reason, item.raw)
+            if item.seq >= 0:
+                commit[(item.device, item.stream)].append(item.seq)
         for item in batch.items:
             commit[(item.device, item.stream)].append(item.seq)
             spec = self.devices.get(item.device)

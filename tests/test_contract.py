@@ -22,6 +22,7 @@ from devices.contract import (
     WasteEvent,
     check_item,
     decode_batch,
+    decode_batch_lenient,
     encode,
 )
 
@@ -97,3 +98,14 @@ def test_names_that_would_break_topics_are_refused(bad: str) -> None:
 def test_foreign_topics_do_not_parse(topic: str) -> None:
     with pytest.raises(topics.TopicError):
         topics.parse(topic)
+
+
+def test_lenient_decode_keeps_good_items_and_names_the_bad_one() -> None:
+    payload = encode(Batch(gateway="gw-1", sent=1, items=[obs(1), obs(2), obs(3)]))
+    payload = payload.replace(b'"seq":2,', b'"seq":2,"bogus":1,', 1).replace(b'"value":97.0', b'"value":"x"', 2)
+    batch, bad = decode_batch_lenient(payload)
+    assert [i.seq for i in batch.items] == [3]
+    assert [(b.device, b.seq) for b in bad] == [("mon-1", 1), ("mon-1", 2)]
+    assert all("device mon-1: invalid item" in b.reason for b in bad)
+    with pytest.raises(ContractError):
+        decode_batch_lenient(b'{"gateway": 1}')

@@ -16,7 +16,6 @@ from typing import Any
 
 import msgspec
 import uvicorn
-from storage.sqlite import SqliteStore
 
 from alerts.service import AlertService
 from api.app import create_app
@@ -27,6 +26,7 @@ from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.bedside.monitor import SimulatedMonitor
 from simulators.bedside.patient import PatientModel
+from storage.sqlite import SqliteStore
 from wardlink.broker import EmbeddedBroker
 from wardlink.config import Config
 

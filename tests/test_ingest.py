@@ -1,0 +1,103 @@
+"""Ingest validation, quarantine, de-duplication and commit ranges (memory twin of the store)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgspec
+
+from devices import topics
+from devices.bus import BrokerAddress
+from devices.contract import Batch, Commit, Observation, SeqRange, encode
+from ingest.service import Ingest, ranges
+from storage.memory import MemoryStore
+from wardlink.config import load
+
+DATA = topics.gateway_topic("demo", "gw-icu", "data")
+
+
+class RecordingClient:
+    """Stands in for the MQTT client in flush(): records what would be published."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes, **_: Any) -> None:
+        self.published.append((topic, payload))
+
+
+def obs(seq: int, device: str = "mon-icu-01", value: float = 97.0) -> Observation:
+    return Observation(device=device, stream="numerics", seq=seq, ts=1_000 + seq, metric="MDC_PULS_OXIM_SAT_O2",
+                       value=value, unit="%", code=150456, bed="ICU-01")
+
+
+def batch(*items: Observation, gateway: str = "gw-icu") -> bytes:
+    return encode(Batch(gateway=gateway, sent=1, items=list(items)))
+
+
+def make() -> tuple[Ingest, MemoryStore]:
+    store = MemoryStore()
+    return Ingest(load(env={}).site, store, BrokerAddress("127.0.0.1", 1)), store
+
+
+def test_ranges_merge_contiguous_sequence_numbers() -> None:
+    assert ranges({("d", "s"): [5, 1, 2, 3, 3, 7, 8]}) == [SeqRange("d", "s", 1, 3), SeqRange("d", "s", 5, 5),
+                                                           SeqRange("d", "s", 7, 8)]
+
+
+async def test_replays_are_stored_once_and_all_committed() -> None:
+    ingest, store = make()
+    items = [obs(i) for i in range(1, 101)]
+    messages = [batch(*items[i:i + 10]) for i in range(0, 100, 10)] * 3
+    random.Random(7).shuffle(messages)
+    client = RecordingClient()
+    for message in messages:
+        ingest.handle(DATA, message)
+        await ingest.flush(client)  # type: ignore[arg-type]
+    assert store.stats().observations == 100
+    assert ingest.counters["stored"] == 100
+    assert ingest.counters["duplicates"] == 200
+    committed = {seq for _, payload in client.published
+                 for r in msgspec.json.decode(payload, type=Commit).ranges for seq in range(r.first, r.last + 1)}
+    assert committed == set(range(1, 101))
+
+
+async def test_bad_input_is_quarantined_with_a_reason_and_committed() -> None:
+    ingest, store = make()
+    ingest.handle(DATA, b"{not json")
+    ingest.handle(DATA, batch(obs(1), gateway="gw-other"))
+    ingest.handle(DATA, batch(obs(2, device="mon-unknown"), obs(3)))
+    infinite = batch(obs(4), obs(5)).replace(b'"value":97.0', b'"value":1e999', 1)  # JSON has no inf: overflow
+    ingest.handle(DATA, infinite)
+    ingest.handle(topics.gateway_topic("demo", "gw-icu", "data"), b"x" * (ingest.settings.max_payload + 1))
+    client = RecordingClient()
+    await ingest.flush(client)  # type: ignore[arg-type]
+    reasons = [q.reason for q in store.quarantined()]
+    assert len(reasons) == 5
+    assert any("undecodable" in r for r in reasons)
+    assert any("field gateway says 'gw-other'" in r for r in reasons)
+    assert any("device mon-unknown: unknown device" in r for r in reasons)
+    assert any("device mon-icu-01: invalid item: Number out of range - at `$.value`" in r for r in reasons)
+    assert any("exceeds" in r for r in reasons)
+    assert store.stats().observations == 2  # obs 3 and 5 are fine and stored, beside the bad ones
+    commit = msgspec.json.decode(client.published[-1][1], type=Commit)
+    assert {(r.device, r.first, r.last) for r in commit.ranges} == {("mon-unknown", 2, 2), ("mon-icu-01", 3, 5)}
+
+
+async def test_a_device_of_another_gateway_is_refused() -> None:
+    site = load(env={}, overrides={"site": {"gateways": [{"id": "gw-icu", "unit": "ICU"},
+                                                         {"id": "gw-2", "unit": "ICU"}]}}).site
+    store = MemoryStore()
+    ingest = Ingest(site, store, BrokerAddress("127.0.0.1", 1))
+    ingest.handle(topics.gateway_topic("demo", "gw-2", "data"), batch(obs(1), gateway="gw-2"))
+    await ingest.flush(RecordingClient())  # type: ignore[arg-type]
+    assert store.stats().observations == 0
+    assert "belongs to gateway gw-icu, not gw-2" in store.quarantined()[0].reason
+
+
+def test_messages_on_foreign_topics_are_ignored_not_quarantined() -> None:
+    ingest, _ = make()
+    ingest.handle(topics.service_topic("demo", "alerts", "a-1"), b'{"service":"alerts"}')
+    assert ingest.counters["foreign_topic"] == 1
+    assert ingest.counters["quarantined"] == 0
