@@ -84,7 +84,7 @@ class Evaluator:
             return None
         if track.firing:
             if rule.cleared(obs.value):
-                onset = track.since or obs.ts
+                onset = track.since if track.since is not None else obs.ts
                 track.firing = False
                 track.since = None
                 return Verdict("clear", onset, obs.value)
