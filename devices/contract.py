@@ -11,7 +11,8 @@ Message tree::
     ├── Observation   numeric value of one metric (MDC code, UCUM unit)
     ├── DeviceEvent   alarm or technical condition raised by a device itself
     ├── TagRead       an RFID/BLE tag seen by a reader
-    └── WasteEvent    a medical-waste bag scanned at a handover point
+    ├── WasteEvent    a medical-waste bag scanned at a handover point
+    └── DeviceInfo    a device's identity: discovered at run time, or its firmware changed
     Batch             items from one gateway, the unit of publishing
     Commit            ingest -> gateway: which sequence ranges are durably stored
     GatewayStatus     birth / heartbeat / last will of a gateway
@@ -114,7 +115,30 @@ class WasteEvent(_Base, tag="waste"):
     flags: int = 0
 
 
-Item = Observation | DeviceEvent | TagRead | WasteEvent
+class DeviceInfo(_Base, tag="dev"):
+    """A device's identity as its gateway knows it: sent when discovered or when its identity changes.
+
+    A gateway may announce only devices that are unknown to the site or already its own; ingest
+    then accepts their readings. ``identifiers`` holds what the device calls itself (``eui64``,
+    ``serial``, ``udi`` ...).
+    """
+
+    device: str
+    stream: str
+    seq: int
+    ts: int
+    driver: str  # the driver kind that reads it
+    bed: str | None = None
+    manufacturer: str = ""
+    model: str = ""
+    serial_number: str = ""
+    firmware: str = ""
+    identifiers: dict[str, str] = {}
+    discovered: bool = False  # first seen at run time rather than declared in the site file
+    flags: int = 0
+
+
+Item = Observation | DeviceEvent | TagRead | WasteEvent | DeviceInfo
 
 
 class Batch(msgspec.Struct, omit_defaults=True):
@@ -238,7 +262,7 @@ class _Key(msgspec.Struct):
 
 
 _raw_batch_decoder = msgspec.json.Decoder(_RawBatch)
-_item_decoder: msgspec.json.Decoder[Item] = msgspec.json.Decoder(Item)  # type: ignore[arg-type]
+_item_decoder: msgspec.json.Decoder[Item] = msgspec.json.Decoder(Item)
 _key_decoder = msgspec.json.Decoder(_Key)
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 from devices.clock import now_ms
-from devices.contract import ConnectionState, DeviceEvent, DeviceHealth, Item, Priority
+from devices.contract import ConnectionState, DeviceEvent, DeviceHealth, DeviceInfo, Item, Priority
 from devices.site import DeviceSpec
 
 __all__ = ["Driver", "Link", "Sink", "now_ms"]
@@ -17,6 +17,9 @@ class Sink(Protocol):
 
     def accept(self, items: Sequence[Item]) -> None:
         """Store ``items`` (sequence numbers are assigned by the sink)."""
+
+    def register(self, info: DeviceInfo) -> None:
+        """Announce a device discovered at run time, or a change of identity (firmware); idempotent."""
 
 
 class Driver(Protocol):

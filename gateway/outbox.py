@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from devices.contract import DeviceEvent, Item, Observation, SeqRange, TagRead, WasteEvent
+from devices.contract import DeviceEvent, DeviceInfo, Item, Observation, SeqRange, TagRead, WasteEvent
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ LANE_ALARM = 0
 LANE_DATA = 1
 
 # Shedding order: the highest number goes first. Alarms are never shed.
-_PRIORITY = {TagRead: 3, WasteEvent: 2, Observation: 1, DeviceEvent: 0}
+_PRIORITY = {TagRead: 3, WasteEvent: 2, Observation: 1, DeviceEvent: 0, DeviceInfo: 0}
+# Alarms and device registrations go first: a registration must reach ingest before the device's data.
+_ALARM_LANE = (DeviceEvent, DeviceInfo)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -112,7 +114,7 @@ class Outbox:
                 touched[key] = seq + 1
                 item = msgspec.structs.replace(item, seq=seq)
                 stamped.append(item)
-                lane = LANE_ALARM if isinstance(item, DeviceEvent) else LANE_DATA
+                lane = LANE_ALARM if isinstance(item, _ALARM_LANE) else LANE_DATA
                 rows.append((lane, _PRIORITY[type(item)], item.device, item.stream, seq, self._encoder.encode(item)))
             shed = 0
             try:

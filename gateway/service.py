@@ -19,8 +19,8 @@ import aiomqtt
 import msgspec
 
 from devices import bus, topics
-from devices.contract import Commit, DeviceEvent, GatewayStatus, Item, encode
-from devices.site import Site
+from devices.contract import Commit, DeviceEvent, DeviceInfo, GatewayStatus, Item, encode
+from devices.site import DeviceSpec, Site
 from gateway.driver import Driver, now_ms
 from gateway.drivers.registry import create
 from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox, Pending
@@ -51,6 +51,8 @@ class Gateway:
         self.address = address
         self.settings = settings or GatewaySettings()
         self.outbox = Outbox(outbox_path, max_rows=self.settings.outbox_max_rows)
+        self.devices: dict[str, DeviceSpec] = site.device_index()
+        self._announced: dict[str, DeviceInfo] = {}
         self.drivers: list[Driver] = [create(spec, self) for spec in site.devices_of(gateway_id)]
         self.accepted = 0
         self.published = 0
@@ -77,6 +79,25 @@ class Gateway:
                 alarm_kind="technical", priority="medium",
                 text=f"outbox full: {self.outbox.shed_total} low-priority readings dropped",
             )])
+
+    def register(self, info: DeviceInfo) -> None:
+        """Announce a device (discovered, or its identity changed) ahead of its data; once per identity."""
+        spec = self.devices.get(info.device)
+        if spec is not None and spec.gateway != self.id:
+            log.error("gateway %s: device %s belongs to gateway %s; not announcing it", self.id, info.device,
+                      spec.gateway)
+            return
+        key = msgspec.structs.replace(info, ts=0, seq=0)
+        if self._announced.get(info.device) == key:
+            return
+        self._announced[info.device] = key
+        if spec is None:
+            log.info("gateway %s: discovered device %s (%s %s, %s)", self.id, info.device, info.manufacturer,
+                     info.model, ", ".join(f"{k}={v}" for k, v in info.identifiers.items()))
+            self.devices[info.device] = DeviceSpec(id=info.device, kind=info.driver, gateway=self.id, bed=info.bed,
+                                                   manufacturer=info.manufacturer, model=info.model,
+                                                   serial_number=info.serial_number)
+        self.accept([info])
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -21,6 +21,7 @@ from devices.clock import now_ms
 from devices.contract import (
     Commit,
     ContractError,
+    DeviceInfo,
     Item,
     SeqRange,
     ServiceStatus,
@@ -159,13 +160,15 @@ class Ingest:
             return
         pending = self._pending
         commit = pending.seqs[gateway]
-        for item in bad:
-            self._reject(gateway, item.reason, item.raw)
-            if item.seq >= 0:
-                commit[(item.device, item.stream)].append(item.seq)
+        for broken in bad:
+            self._reject(gateway, broken.reason, broken.raw)
+            if broken.seq >= 0:
+                commit[(broken.device, broken.stream)].append(broken.seq)
         for item in batch.items:
             commit[(item.device, item.stream)].append(item.seq)
             spec = self.devices.get(item.device)
+            if spec is None and isinstance(item, DeviceInfo):
+                spec = self._discovered(gateway, item)
             try:
                 if spec is None:
                     raise ContractError(f"device {item.device}: unknown device (field device)")
@@ -177,6 +180,15 @@ class Ingest:
                 self._reject(gateway, str(exc), encode(item))
                 continue
             pending.items.append(item)
+
+    def _discovered(self, gateway: str, info: DeviceInfo) -> DeviceSpec:
+        """A gateway announced a device unknown to the site: from now on it is that gateway's."""
+        spec = DeviceSpec(id=info.device, kind=info.driver, gateway=gateway, bed=info.bed,
+                          manufacturer=info.manufacturer, model=info.model, serial_number=info.serial_number)
+        self.devices[info.device] = spec
+        self.counters["devices_discovered"] += 1
+        log.info("ingest: gateway %s registered discovered device %s", gateway, info.device)
+        return spec
 
     def _reject(self, source: str, reason: str, raw: bytes) -> None:
         self.counters["quarantined"] += 1

@@ -18,7 +18,7 @@ from devices.contract import FLAG_CLOCK_SKEW, FLAG_IMPLAUSIBLE, DeviceEvent, Dev
 from devices.site import DeviceSpec
 from gateway.driver import Link, Sink, now_ms
 from gateway.drivers.bedside_serial import mapping
-from gateway.drivers.bedside_serial.parser import AlarmFrame, FrameParser, IdentFrame, NumericsFrame
+from gateway.drivers.bedside_serial.parser import AlarmFrame, Frame, FrameParser, IdentFrame, NumericsFrame
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class BedsideSerialDriver:
     """Reads one bedside monitor's serial port and turns its frames into contract items."""
 
     kind: ClassVar[str] = "bedside_serial"
+    simulator: ClassVar[str] = "simulators.bedside"
 
     def __init__(self, spec: DeviceSpec, sink: Sink) -> None:
         """Take the port settings from the device's ``connection`` table."""
@@ -116,18 +117,14 @@ class BedsideSerialDriver:
             self._log_bad()
         if not frames:
             return False
-        received = now_ms()
-        items: list[Item] = []
         for frame in frames:
-            if isinstance(frame, NumericsFrame):
-                items.extend(self._observations(frame, received))
-            elif isinstance(frame, AlarmFrame):
-                items.append(self._alarm(frame, received))
-            elif isinstance(frame, IdentFrame):
-                if self.ident != frame:
+            if isinstance(frame, IdentFrame):
+                if self.ident is None or (self.ident.serial_number, self.ident.firmware) != (
+                        frame.serial_number, frame.firmware):
                     log.info("device %s: %s serial %s firmware %s", self.spec.id, frame.model,
                              frame.serial_number, frame.firmware)
                 self.ident = frame
+        items = frames_to_items(self.spec, frames, now_ms())
         self.link.seen(len(frames))
         if items:
             self.sink.accept(items)
@@ -141,45 +138,41 @@ class BedsideSerialDriver:
             log.warning("device %s: %d frames rejected so far (%s)", self.spec.id, self.link.frames_bad,
                         self.parser.last_error)
 
-    def _observations(self, frame: NumericsFrame, received: int) -> list[Item]:
-        skew = FLAG_CLOCK_SKEW if abs(frame.device_time_ms - received) > CLOCK_SKEW_MS else 0
-        out: list[Item] = []
-        for value in frame.values:
-            refid, code, unit = mapping.to_mdc(value.param)
-            flags = mapping.status_flags(value.status) | skew
-            if not mdc.is_plausible(refid, value.value):
-                flags |= FLAG_IMPLAUSIBLE
-            out.append(
-                Observation(
-                    device=self.spec.id,
-                    stream="numerics",
-                    seq=0,
-                    ts=received,
-                    metric=refid,
-                    value=value.value,
-                    unit=unit,
-                    code=code,
-                    bed=self.spec.bed,
-                    device_ts=frame.device_time_ms,
-                    flags=flags,
-                )
-            )
-        return out
 
-    def _alarm(self, frame: AlarmFrame, received: int) -> DeviceEvent:
-        source = mapping.to_mdc(frame.param)[0] if frame.param else None
-        return DeviceEvent(
-            device=self.spec.id,
-            stream="alarms",
-            seq=0,
-            ts=received,
-            event=mapping.alarm_event(frame.code),
-            alarm_kind=mapping.alarm_kind(frame.kind),
-            priority=mapping.alarm_priority(frame.priority),
-            phase=mapping.alarm_phase(frame.phase),
-            source=source,
-            text=frame.text,
-            bed=self.spec.bed,
-            device_ts=frame.device_time_ms,
-            flags=FLAG_CLOCK_SKEW if abs(frame.device_time_ms - received) > CLOCK_SKEW_MS else 0,
-        )
+def frames_to_items(spec: DeviceSpec, frames: list[Frame], received: int) -> list[Item]:
+    """Normalise parsed frames to contract items (I/O-free; the golden cases run through this)."""
+    items: list[Item] = []
+    for frame in frames:
+        if isinstance(frame, NumericsFrame):
+            items.extend(_observations(spec, frame, received))
+        elif isinstance(frame, AlarmFrame):
+            items.append(_alarm(spec, frame, received))
+    return items
+
+
+def _skew(device_time_ms: int, received: int) -> int:
+    return FLAG_CLOCK_SKEW if abs(device_time_ms - received) > CLOCK_SKEW_MS else 0
+
+
+def _observations(spec: DeviceSpec, frame: NumericsFrame, received: int) -> list[Item]:
+    skew = _skew(frame.device_time_ms, received)
+    out: list[Item] = []
+    for value in frame.values:
+        refid, code, unit = mapping.to_mdc(value.param)
+        flags = mapping.status_flags(value.status) | skew
+        if not mdc.is_plausible(refid, value.value):
+            flags |= FLAG_IMPLAUSIBLE
+        out.append(Observation(device=spec.id, stream="numerics", seq=0, ts=received, metric=refid,
+                               value=value.value, unit=unit, code=code, bed=spec.bed,
+                               device_ts=frame.device_time_ms, flags=flags))
+    return out
+
+
+def _alarm(spec: DeviceSpec, frame: AlarmFrame, received: int) -> DeviceEvent:
+    return DeviceEvent(
+        device=spec.id, stream="alarms", seq=0, ts=received, event=mapping.alarm_event(frame.code),
+        alarm_kind=mapping.alarm_kind(frame.kind), priority=mapping.alarm_priority(frame.priority),
+        phase=mapping.alarm_phase(frame.phase), source=mapping.to_mdc(frame.param)[0] if frame.param else None,
+        text=frame.text, bed=spec.bed, device_ts=frame.device_time_ms,
+        flags=_skew(frame.device_time_ms, received),
+    )
