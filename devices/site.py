@@ -79,6 +79,8 @@ class Site(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for device in self.devices:
             if device.id in seen:
                 raise SiteError(f"device {device.id}: declared twice")
+            if device.id in gateways:
+                raise SiteError(f"device {device.id}: field id is a gateway's id (a gateway speaks for itself)")
             seen.add(device.id)
             if device.gateway not in gateways:
                 raise SiteError(f"device {device.id}: field gateway {device.gateway!r} is not a gateway of the site")

@@ -19,7 +19,7 @@ import aiomqtt
 import msgspec
 
 from devices import bus, topics
-from devices.contract import Commit, DeviceEvent, DeviceInfo, GatewayStatus, Item, encode
+from devices.contract import Commit, DeviceEvent, DeviceInfo, GatewayStatus, Item, Phase, Priority, encode
 from devices.site import DeviceSpec, Site
 from gateway.driver import Driver, now_ms
 from gateway.drivers.registry import create
@@ -38,14 +38,16 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     resend_after_s: float = 10.0  # resend uncommitted rows when no commit arrived for this long
     heartbeat_s: float = 5.0
     outbox_max_rows: int = 1_000_000
+    uplink_alarm_s: float = 5.0  # broker unreachable this long: raise "gateway.uplink_lost"
 
 
 class Gateway:
     """One edge gateway: drivers -> outbox -> MQTT, with commits flowing back."""
 
     def __init__(self, site: Site, gateway_id: str, outbox_path: Path, address: bus.BrokerAddress,
-                 settings: GatewaySettings | None = None) -> None:
-        """Open the outbox and create a driver per device of this gateway."""
+                 settings: GatewaySettings | None = None, *, drivers: bool = True) -> None:
+        """Open the outbox and create a driver per device of this gateway (none with ``drivers=False``,
+        for a gateway fed by a test or benchmark through :meth:`accept`)."""
         self.site = site
         self.id = gateway_id
         self.address = address
@@ -53,13 +55,15 @@ class Gateway:
         self.outbox = Outbox(outbox_path, max_rows=self.settings.outbox_max_rows)
         self.devices: dict[str, DeviceSpec] = site.device_index()
         self._announced: dict[str, DeviceInfo] = {}
-        self.drivers: list[Driver] = [create(spec, self) for spec in site.devices_of(gateway_id)]
+        self.drivers: list[Driver] = [create(spec, self) for spec in site.devices_of(gateway_id)] if drivers else []
         self.accepted = 0
         self.published = 0
         self.released = 0
         self._wake = asyncio.Event()
         self._shed_alarm_at = 0.0
         self._last_commit = time.monotonic()
+        self.uplink_up = False
+        self._down_since = time.monotonic()
         self._topic = {LANE_ALARM: topics.gateway_topic(site.id, gateway_id, "alarm"),
                        LANE_DATA: topics.gateway_topic(site.id, gateway_id, "data")}
         self._status_topic = topics.gateway_topic(site.id, gateway_id, "status")
@@ -74,11 +78,8 @@ class Gateway:
         self._wake.set()
         if result.shed and time.monotonic() - self._shed_alarm_at > 30:
             self._shed_alarm_at = time.monotonic()
-            self.accept([DeviceEvent(
-                device=self.id, stream="gateway", seq=0, ts=now_ms(), event="gateway.outbox_shed",
-                alarm_kind="technical", priority="medium",
-                text=f"outbox full: {self.outbox.shed_total} low-priority readings dropped",
-            )])
+            self._gateway_event("gateway.outbox_shed", "start", "medium",
+                                f"outbox full: {self.outbox.shed_total} low-priority readings dropped", now_ms())
 
     def register(self, info: DeviceInfo) -> None:
         """Announce a device (discovered, or its identity changed) ahead of its data; once per identity."""
@@ -109,6 +110,7 @@ class Gateway:
                 for driver in self.drivers:
                     group.create_task(bus.supervise(f"driver {driver.kind}", driver.run))
                 group.create_task(bus.supervise(f"gateway {self.id} uplink", self._session))
+                group.create_task(self._uplink_watchdog())
         finally:
             self.outbox.close()
 
@@ -120,11 +122,35 @@ class Gateway:
             devices=[d.health() for d in self.drivers],
         )
 
+    def _gateway_event(self, event: str, phase: Phase, priority: Priority, text: str, ts: int) -> None:
+        """A technical event about the gateway itself (the gateway speaks for itself as a device)."""
+        self.accept([DeviceEvent(device=self.id, stream="gateway", seq=0, ts=ts, event=event,
+                                 alarm_kind="technical", priority=priority, phase=phase, text=text)])
+
+    async def _uplink_watchdog(self) -> None:
+        """Raise one "uplink lost" event per outage; it waits in the outbox and keeps its onset time."""
+        raised = False
+        while True:
+            await asyncio.sleep(0.5)
+            if self.uplink_up:
+                if raised:
+                    raised = False
+                    self._gateway_event("gateway.uplink_lost", "end", "high", "uplink restored", now_ms())
+            elif not raised and time.monotonic() - self._down_since > self.settings.uplink_alarm_s:
+                raised = True
+                onset = now_ms() - int((time.monotonic() - self._down_since) * 1000)
+                log.error("gateway %s: uplink to %s lost; readings are kept in the outbox (%d rows)",
+                          self.id, self.address.url, self.outbox.depth())
+                self._gateway_event("gateway.uplink_lost", "start", "high",
+                                    f"gateway {self.id} cannot reach the broker {self.address.url}", onset)
+
     async def _session(self) -> None:
+        self.uplink_up = False
         will = aiomqtt.Will(self._status_topic, encode(self.status("offline")), qos=1, retain=True)
         client = bus.client(self.address, f"wardlink-gw-{self.id}", will=will, clean_session=False)
         async with client:
             await client.subscribe(self._commit_topic, qos=1)
+            self.uplink_up = True
             log.info("gateway %s: connected to %s", self.id, self.address.url)
             try:
                 async with asyncio.TaskGroup() as group:
@@ -133,6 +159,8 @@ class Gateway:
                     group.create_task(bus.heartbeat(client, self._status_topic, lambda: encode(self.status()),
                                                     self.settings.heartbeat_s))
             finally:
+                self.uplink_up = False
+                self._down_since = time.monotonic()
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     await asyncio.wait_for(asyncio.shield(client.publish(
                         self._status_topic, encode(self.status("offline")), qos=1, retain=True)), 1.0)

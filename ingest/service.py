@@ -167,6 +167,9 @@ class Ingest:
         for item in batch.items:
             commit[(item.device, item.stream)].append(item.seq)
             spec = self.devices.get(item.device)
+            if item.device == gateway and spec is None:
+                pending.items.append(item)  # a gateway's events about itself (uplink lost, outbox shed)
+                continue
             if spec is None and isinstance(item, DeviceInfo):
                 spec = self._discovered(gateway, item)
             try:
