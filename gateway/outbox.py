@@ -1,7 +1,9 @@
 """Durable outbox (SQLite WAL): a reading counts as read only once it is here, and leaves only on commit.
 
 Each item gets its per-stream sequence number here, in the same transaction that stores it, so
-``(device, stream, seq)`` is assigned exactly once and survives restarts. Rows are deleted only
+``(device, stream, seq)`` is assigned exactly once and survives restarts. Items accepted together for
+one stream are kept as one row (a contiguous sequence range with the items' JSON joined), which
+keeps the per-reading cost of the disk low; a row always travels, commits and sheds whole. Rows are deleted only
 when ingest reports the range committed to the store (:meth:`Outbox.release`), never on a broker
 PUBACK. Two lanes keep alarms apart from telemetry. The outbox is bounded: past ``max_rows`` it
 sheds the lowest-priority rows first (tag reads and waste pings, then trends), never alarms, and
@@ -27,7 +29,7 @@ LANE_ALARM = 0
 LANE_DATA = 1
 
 # Shedding order: the highest number goes first. Alarms are never shed.
-_PRIORITY = {TagRead: 3, WasteEvent: 2, Observation: 1, DeviceEvent: 0, DeviceInfo: 0}
+_PRIORITY: dict[type, int] = {TagRead: 3, WasteEvent: 2, Observation: 1, DeviceEvent: 0, DeviceInfo: 0}
 # Alarms and device registrations go first: a registration must reach ingest before the device's data.
 _ALARM_LANE = (DeviceEvent, DeviceInfo)
 
@@ -38,11 +40,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     shed_rank INTEGER NOT NULL,
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    payload BLOB NOT NULL  -- the items' JSON objects joined by commas
 );
-CREATE INDEX IF NOT EXISTS outbox_key ON outbox (device, stream, seq);
+CREATE INDEX IF NOT EXISTS outbox_key ON outbox (device, stream, first_seq);
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, id);
+CREATE INDEX IF NOT EXISTS outbox_shed ON outbox (shed_rank, id);
 CREATE TABLE IF NOT EXISTS streams (
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -59,10 +64,11 @@ class OutboxError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """One stored item waiting for its commit."""
+    """A stored run of items of one stream waiting for its commit."""
 
     id: int
-    payload: bytes
+    count: int
+    payload: bytes  # JSON objects joined by commas, ready to go inside a batch's items array
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ class Outbox:
             self._next: dict[tuple[str, str], int] = {
                 (d, s): n for d, s, n in self._db.execute("SELECT device, stream, next_seq FROM streams")
             }
-            self._rows = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            self._rows = int(self._db.execute("SELECT coalesce(sum(count), 0) FROM outbox").fetchone()[0])
             self.shed_total = self._counter("shed")
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {path}: {exc}") from exc
@@ -105,26 +111,36 @@ class Outbox:
         if not items:
             return [], AcceptResult(0, 0)
         stamped: list[Item] = []
-        rows = []
+        runs: dict[tuple[str, str], list[bytes]] = {}
+        kinds: dict[tuple[str, str], type] = {}
         touched: dict[tuple[str, str], int] = {}
+        encode = self._encoder.encode
         with self._lock:
             for item in items:
                 key = (item.device, item.stream)
-                seq = touched.get(key, self._next.get(key, 1))
+                seq = touched.get(key) or self._next.get(key, 1)
                 touched[key] = seq + 1
                 item = msgspec.structs.replace(item, seq=seq)
                 stamped.append(item)
-                lane = LANE_ALARM if isinstance(item, _ALARM_LANE) else LANE_DATA
-                rows.append((lane, _PRIORITY[type(item)], item.device, item.stream, seq, self._encoder.encode(item)))
+                runs.setdefault(key, []).append(encode(item))
+                kind = type(item)
+                if _PRIORITY[kinds.setdefault(key, kind)] > _PRIORITY[kind]:
+                    kinds[key] = kind  # a run holding an alarm ranks (and travels) as an alarm
+            rows = []
+            for key, payloads in runs.items():
+                kind = kinds[key]
+                last = touched[key] - 1
+                rows.append((LANE_ALARM if issubclass(kind, _ALARM_LANE) else LANE_DATA, _PRIORITY[kind], key[0],
+                             key[1], last - len(payloads) + 1, last, len(payloads), b",".join(payloads)))
             shed = 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                overflow = self._rows + len(rows) - self.max_rows
+                overflow = self._rows + len(stamped) - self.max_rows
                 if overflow > 0:
                     shed = self._shed(overflow)
                 self._db.executemany(
-                    "INSERT INTO outbox (lane, shed_rank, device, stream, seq, payload) VALUES (?,?,?,?,?,?)", rows
-                )
+                    "INSERT INTO outbox (lane, shed_rank, device, stream, first_seq, last_seq, count, payload) "
+                    "VALUES (?,?,?,?,?,?,?,?)", rows)
                 self._db.executemany(
                     "INSERT INTO streams (device, stream, next_seq) VALUES (?,?,?) "
                     "ON CONFLICT (device, stream) DO UPDATE SET next_seq = excluded.next_seq",
@@ -133,19 +149,26 @@ class Outbox:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise OutboxError(f"outbox {self.path}: could not store {len(rows)} items: {exc}") from exc
+                raise OutboxError(f"outbox {self.path}: could not store {len(stamped)} items: {exc}") from exc
             self._next.update(touched)
-            self._rows += len(rows) - shed
-        return stamped, AcceptResult(len(rows), shed)
+            self._rows += len(stamped) - shed
+        return stamped, AcceptResult(len(stamped), shed)
 
     def _shed(self, count: int) -> int:
-        """Delete ``count`` rows, lowest priority and oldest first, never alarms; inside a transaction."""
-        cur = self._db.execute(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE shed_rank > 0 "
-            "ORDER BY shed_rank DESC, id LIMIT ?)",
-            (count,),
-        )
-        shed = cur.rowcount
+        """Delete at least ``count`` items, lowest priority and oldest first, never alarms; in a transaction."""
+        victims: list[int] = []
+        shed = 0
+        for rank in sorted({r for r in _PRIORITY.values() if r > 0}, reverse=True):
+            cursor = self._db.execute("SELECT id, count FROM outbox WHERE shed_rank = ? ORDER BY id", (rank,))
+            for row_id, row_count in cursor:
+                if shed >= count:
+                    break
+                victims.append(row_id)
+                shed += row_count
+            cursor.close()
+            if shed >= count:
+                break
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
         self.shed_total += shed
         self._db.execute(
             "INSERT INTO counters (name, value) VALUES ('shed', ?) "
@@ -157,30 +180,40 @@ class Outbox:
         return shed
 
     def pending(self, lane: int, after_id: int, limit: int) -> list[Pending]:
-        """Up to ``limit`` stored items of ``lane`` with an id above ``after_id``, oldest first."""
+        """Stored runs of ``lane`` with an id above ``after_id``, oldest first, about ``limit`` items in all.
+
+        At least one run is returned when there is one, even if it alone holds more than ``limit``.
+        """
+        out: list[Pending] = []
+        total = 0
         with self._lock:
             try:
-                rows = self._db.execute(
-                    "SELECT id, payload FROM outbox WHERE lane = ? AND id > ? ORDER BY id LIMIT ?",
-                    (lane, after_id, limit),
-                ).fetchall()
+                cursor = self._db.execute(
+                    "SELECT id, count, payload FROM outbox WHERE lane = ? AND id > ? ORDER BY id", (lane, after_id))
+                for row_id, count, payload in cursor:
+                    if out and total + count > limit:
+                        break
+                    out.append(Pending(row_id, count, payload))
+                    total += count
+                cursor.close()
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path}: {exc}") from exc
-        return [Pending(i, p) for i, p in rows]
+        return out
 
     def release(self, ranges: Iterable[SeqRange]) -> int:
-        """Delete the items ingest reported committed; return how many rows left the outbox."""
+        """Delete the runs that ingest reported committed in full; return how many items left the outbox."""
         params = [(r.device, r.stream, r.first, r.last) for r in ranges]
         if not params:
             return 0
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                before = self._db.total_changes
-                self._db.executemany(
-                    "DELETE FROM outbox WHERE device = ? AND stream = ? AND seq BETWEEN ? AND ?", params
-                )
-                released = self._db.total_changes - before
+                released = 0
+                for device, stream, first, last in params:
+                    row = self._db.execute(
+                        "DELETE FROM outbox WHERE device = ? AND stream = ? AND first_seq >= ? AND last_seq <= ? "
+                        "RETURNING count", (device, stream, first, last)).fetchall()
+                    released += sum(r[0] for r in row)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -189,7 +222,7 @@ class Outbox:
         return released
 
     def depth(self) -> int:
-        """Rows waiting for a commit."""
+        """Items waiting for a commit."""
         return self._rows
 
     def _rollback(self) -> None:

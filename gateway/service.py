@@ -176,7 +176,7 @@ class Gateway:
                 if rows:
                     await client.publish(self._topic[lane], self._batch(rows), qos=1)
                     cursor[lane] = rows[-1].id
-                    self.published += len(rows)
+                    self.published += sum(r.count for r in rows)
                     sent = True
                     last_send = time.monotonic()
                     break  # look at the alarm lane again before the next data batch

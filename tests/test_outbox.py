@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from devices.contract import DeviceEvent, Observation, SeqRange, TagRead
-from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox
+from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox, Pending
 
 
 def o(device: str = "mon-1") -> Observation:
@@ -35,33 +35,42 @@ def test_sequence_numbers_are_per_stream_and_survive_restart(tmp_path: Path) -> 
     assert again.depth() == 5
 
 
+def items_of(runs: list[Pending]) -> list[dict[str, object]]:
+    """The items stored in some runs, as dicts."""
+    return [item for run in runs for item in msgspec.json.decode(b"[" + run.payload + b"]")]
+
+
 def test_alarms_and_data_travel_in_separate_lanes(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     box.accept([o(), alarm(), o()])
+    box.accept([o()])
     alarms = box.pending(LANE_ALARM, 0, 10)
     data = box.pending(LANE_DATA, 0, 10)
-    assert [msgspec.json.decode(p.payload)["kind"] for p in alarms] == ["evt"]
-    assert [msgspec.json.decode(p.payload)["seq"] for p in data] == [1, 2]
+    assert [i["kind"] for i in items_of(alarms)] == ["evt"]
+    assert [i["seq"] for i in items_of(data)] == [1, 2, 3]
+    assert [r.count for r in data] == [2, 1]  # one run per stream and accept
     assert box.pending(LANE_DATA, data[0].id, 10) == data[1:]
+    assert box.pending(LANE_DATA, 0, 1) == data[:1]  # a run is never split, even past the limit
 
 
-def test_release_deletes_only_committed_ranges(tmp_path: Path) -> None:
+def test_release_deletes_only_runs_committed_in_full(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
-    box.accept([o() for _ in range(10)])
-    assert box.release([SeqRange("mon-1", "numerics", 1, 4), SeqRange("mon-1", "numerics", 7, 7)]) == 5
-    left = [msgspec.json.decode(p.payload)["seq"] for p in box.pending(LANE_DATA, 0, 100)]
-    assert left == [5, 6, 8, 9, 10]
+    for size in (4, 2, 1, 3):  # runs 1-4, 5-6, 7, 8-10
+        box.accept([o() for _ in range(size)])
+    assert box.release([SeqRange("mon-1", "numerics", 1, 4), SeqRange("mon-1", "numerics", 6, 7)]) == 5
+    left = [i["seq"] for i in items_of(box.pending(LANE_DATA, 0, 100))]
+    assert left == [5, 6, 8, 9, 10]  # 5-6 was only half committed: it stays, whole
     assert box.depth() == 5
     assert box.release([SeqRange("mon-1", "numerics", 1, 4)]) == 0  # a repeated commit is harmless
 
 
 def test_full_outbox_sheds_lowest_priority_first_and_never_alarms(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", max_rows=6)
-    box.accept([alarm(), alarm(), o(), o(), tag(), tag()])
+    for item in (alarm(), alarm(), o(), o(), tag(), tag()):
+        box.accept([item])
     _, result = box.accept([o(), o(), alarm()])
     assert result.shed == 3
-    kinds = [msgspec.json.decode(p.payload)["kind"] for lane in (LANE_ALARM, LANE_DATA)
-             for p in box.pending(lane, 0, 100)]
+    kinds = [i["kind"] for lane in (LANE_ALARM, LANE_DATA) for i in items_of(box.pending(lane, 0, 100))]
     assert kinds.count("evt") == 3  # every alarm kept
     assert kinds.count("tag") == 0  # tags went first
     assert kinds.count("obs") == 3  # then the oldest trend

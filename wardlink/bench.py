@@ -73,9 +73,9 @@ def contract(quick: bool = False) -> dict[str, float]:
 
 def store(quick: bool = False) -> dict[str, float]:
     """Embedded store candidates (SQLite, DuckDB): append rate and a 24 h downsampling query."""
-    from storage import bench as store_bench
+    from storage.bench import run
 
-    return store_bench.run(quick=quick)
+    return run(quick=quick)
 
 
 BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, "store": store}
@@ -84,9 +84,9 @@ BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, 
 def table(name: str, figures: dict[str, float]) -> str:
     """A readable two-column table of figures."""
     if name == "store":
-        from storage import bench as store_bench
+        from storage.bench import table as store_table
 
-        return store_bench.table(figures)
+        return store_table(figures)
     width = max(len(k) for k in figures)
     lines = [f"wardlink bench {name}", "-" * (width + 16)]
     lines += [f"{k:<{width}}  {v:>14,.2f}" for k, v in figures.items()]

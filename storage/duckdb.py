@@ -1,0 +1,513 @@
+"""The embedded store: one DuckDB file, chosen over SQLite by measurement (see docs/storage.md).
+
+Layout: observations are appended in arrival order, so DuckDB's per-row-group min/max of ``ts``
+prunes every time-range scan, and columns compress (about 20 bytes a row with the key index). The
+primary key ``(device, stream, seq)`` with ``INSERT OR IGNORE`` makes writes idempotent. A small
+``latest`` table, one row per (device, metric, bed), is kept in the same transaction as the insert so
+``latest()`` never scans the observations.
+
+Threads: one writer connection behind a lock, and a pool of reader cursors (DuckDB connections to the
+same database), one per thread that is reading at that moment. Readers see the last committed state
+(MVCC) and are not blocked by the writer. DuckDB locks the file for one process: a second process
+cannot open it, not even read-only, while the service runs.
+
+Durability: DuckDB syncs its WAL at every commit, so a stored batch survives a crash of the process
+or the machine; the WAL is checkpointed into the file automatically and at ``close()``.
+
+Retention is a later issue; its seam is described in :mod:`storage.base` and docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import numpy as np
+from msgspec.structs import astuple
+
+from devices.contract import Item, Observation, check_item
+
+from .base import (
+    HistoryPoint,
+    Key,
+    Latest,
+    Quarantined,
+    StoreClosed,
+    StoreCorrupt,
+    StoredEvent,
+    StoreError,
+    StoreStats,
+    StoreUnavailable,
+    WriteResult,
+    check_range,
+    check_target,
+    decode_event,
+    encode_event,
+    event_kind,
+    item_bed,
+    key_of,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+
+# Observation columns in the contract's field order, so a row is ``astuple(obs)``.
+OBS_COLUMNS: Final = Observation.__struct_fields__
+_OBS_TEXT: Final = frozenset({"device", "stream", "metric", "unit", "bed"})
+_OBS_NULLABLE_INT: Final = frozenset({"device_ts"})
+_OBS_FLOAT: Final = frozenset({"value"})
+
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS observations (
+        device VARCHAR NOT NULL,
+        stream VARCHAR NOT NULL,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        metric VARCHAR NOT NULL,
+        code INTEGER NOT NULL,
+        value DOUBLE NOT NULL,
+        unit VARCHAR NOT NULL,
+        bed VARCHAR,
+        device_ts BIGINT,
+        flags INTEGER NOT NULL,
+        PRIMARY KEY (device, stream, seq))""",
+    # The newest stored observation per (device, metric, bed); bed_key is '' for no bed and 'b:' + bed
+    # otherwise, because a key column cannot be NULL.
+    """CREATE TABLE IF NOT EXISTS latest (
+        device VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        bed_key VARCHAR NOT NULL,
+        bed VARCHAR,
+        stream VARCHAR NOT NULL,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        code INTEGER NOT NULL,
+        value DOUBLE NOT NULL,
+        unit VARCHAR NOT NULL,
+        flags INTEGER NOT NULL,
+        PRIMARY KEY (device, metric, bed_key))""",
+    """CREATE TABLE IF NOT EXISTS events (
+        device VARCHAR NOT NULL,
+        stream VARCHAR NOT NULL,
+        seq BIGINT NOT NULL,
+        kind VARCHAR NOT NULL,
+        ts BIGINT NOT NULL,
+        bed VARCHAR,
+        body BLOB NOT NULL,
+        PRIMARY KEY (device, stream, seq))""",
+    "CREATE SEQUENCE IF NOT EXISTS quarantine_id",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id BIGINT NOT NULL DEFAULT nextval('quarantine_id'),
+        ts BIGINT NOT NULL,
+        source VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL,
+        raw BLOB NOT NULL)""",
+)
+
+_INSERT_OBS: Final = (
+    f"INSERT OR IGNORE INTO observations ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} "
+    "FROM incoming_obs RETURNING device, stream, seq, ts, metric, code, value, unit, bed, flags"
+)
+_LATEST_COLUMNS: Final = (
+    "device",
+    "metric",
+    "bed_key",
+    "bed",
+    "stream",
+    "seq",
+    "ts",
+    "code",
+    "value",
+    "unit",
+    "flags",
+)
+_LATEST_DTYPES: Final[dict[str, type]] = {
+    "seq": np.int64,
+    "ts": np.int64,
+    "code": np.int64,
+    "value": np.float64,
+    "flags": np.int64,
+}
+# Keep the newer row by (ts, device, stream, seq); device is part of the key, so (ts, stream, seq) decides.
+UPSERT_LATEST: Final = (
+    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
+    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM incoming_latest "
+    "ON CONFLICT (device, metric, bed_key) DO UPDATE SET stream = excluded.stream, seq = excluded.seq, "
+    "ts = excluded.ts, code = excluded.code, value = excluded.value, unit = excluded.unit, "
+    "flags = excluded.flags "
+    "WHERE excluded.ts > latest.ts OR (excluded.ts = latest.ts AND (excluded.stream > latest.stream "
+    "OR (excluded.stream = latest.stream AND excluded.seq > latest.seq)))"
+)
+# Recompute the latest table from the observations (after a bulk load; retention keeps it valid anyway).
+REBUILD_LATEST: Final = (
+    "DELETE FROM latest; "
+    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
+    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM (SELECT *, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END "
+    "AS bed_key FROM observations) "
+    "QUALIFY row_number() OVER "
+    "(PARTITION BY device, metric, bed_key ORDER BY ts DESC, stream DESC, seq DESC) = 1"
+)
+_INSERT_EVT: Final = (
+    "INSERT OR IGNORE INTO events (device, stream, seq, kind, ts, bed, body) "
+    "SELECT device, stream, seq, kind, ts, bed, body FROM incoming_evt"
+)
+
+_QUIET: Final = "SET enable_progress_bar = false"  # a service prints no progress bars of long queries
+
+# DuckDB errors worth retrying: another process holds the file lock, a write-write conflict, memory.
+_RETRYABLE: Final = (
+    duckdb.TransactionException,
+    duckdb.OutOfMemoryException,
+    duckdb.InterruptException,
+    duckdb.ResourceInUseException,
+)
+
+
+def bed_key(bed: str | None) -> str:
+    """The non-null key column value for a bed (``''`` when there is none)."""
+    return "" if bed is None else f"b:{bed}"
+
+
+def obs_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
+    """Observation rows (``astuple`` order) as numpy columns that DuckDB scans without copying rows."""
+    columns: dict[str, np.ndarray] = {}
+    for name, values in zip(OBS_COLUMNS, zip(*rows, strict=True), strict=True):
+        if name in _OBS_TEXT or name in _OBS_NULLABLE_INT:
+            columns[name] = np.array(values, dtype=object)
+        elif name in _OBS_FLOAT:
+            columns[name] = np.array(values, dtype=np.float64)
+        else:
+            columns[name] = np.array(values, dtype=np.int64)
+    return columns
+
+
+def _newest(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """Of newly stored rows (in ``_INSERT_OBS`` RETURNING order), the newest per (device, metric, bed)."""
+    best: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    for row in rows:
+        device, stream, seq, ts, metric, _code, _value, _unit, bed, _flags = row
+        key = (device, metric, bed_key(bed))
+        current = best.get(key)
+        if current is None or (ts, stream, seq) > (current[3], current[1], current[2]):
+            best[key] = row
+    latest_rows = [
+        (device, metric, key, bed, stream, seq, ts, code, value, unit, flags)
+        for (device, metric, key), (_, stream, seq, ts, _, code, value, unit, bed, flags) in best.items()
+    ]
+    return {
+        name: np.array(values, dtype=_LATEST_DTYPES.get(name, object))
+        for name, values in zip(_LATEST_COLUMNS, zip(*latest_rows, strict=True), strict=True)
+    }
+
+
+def _store_error(exc: duckdb.Error, what: str, path: Path) -> StoreError:
+    """Translate a duckdb error into the store's exception tree."""
+    message = f"{what} on {path}: {exc}"
+    text = str(exc)
+    if isinstance(exc, duckdb.IOException):
+        if "not a valid DuckDB database" in text or "Corrupt" in text:
+            return StoreCorrupt(message)
+        return StoreUnavailable(message)  # lock held by another process, disk full, I/O error
+    if isinstance(exc, duckdb.SerializationException):
+        return StoreCorrupt(message)
+    if isinstance(exc, _RETRYABLE):
+        return StoreUnavailable(message)
+    return StoreError(message)
+
+
+class DuckDbStore:
+    """A :class:`~storage.base.TimeSeriesStore` in one DuckDB file (one writer, pooled reader cursors)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open (creating the directory, file and tables if needed) the store at ``path``."""
+        if str(path) in ("", ":memory:"):
+            raise ValueError("DuckDbStore needs a file path; use MemoryStore for an in-memory store")
+        self.path = Path(path)
+        self._closed = False
+        self._write_lock = threading.Lock()
+        self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+        self._cursor_lock = threading.Lock()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of {self.path}: {exc}") from exc
+        try:
+            self._conn = duckdb.connect(str(self.path))
+            self._conn.execute(_QUIET).fetchall()
+        except duckdb.Error as exc:
+            raise _store_error(exc, "open", self.path) from exc
+        try:
+            self._setup()
+            self._factory = (
+                self._conn.cursor()
+            )  # reader cursors are made from this one, never from the writer
+        except BaseException:
+            self._conn.close()
+            raise
+        log.info("opened store %s", self.path)
+
+    def _setup(self) -> None:
+        """Check the schema version and create what is missing."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            for statement in SCHEMA:
+                conn.execute(statement)
+            rows = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall()
+            if not rows:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            elif rows[0][0] != SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                raise StoreCorrupt(
+                    f"{self.path}: unknown schema version {rows[0][0]} (expected {SCHEMA_VERSION})"
+                )
+            conn.execute("COMMIT")
+        except duckdb.Error as exc:
+            with suppress(duckdb.Error):
+                conn.execute("ROLLBACK")
+            raise _store_error(exc, "open", self.path) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"store {self.path} is closed")
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Borrow a reader cursor for the calling thread; translate errors."""
+        self._check_open()
+        try:
+            cursor = self._pool.get_nowait()
+        except queue.Empty:
+            with self._cursor_lock:
+                self._check_open()
+                try:
+                    cursor = self._factory.cursor()
+                    cursor.execute(_QUIET).fetchall()
+                except duckdb.Error as exc:
+                    raise _store_error(exc, what, self.path) from exc
+                self._cursors.append(cursor)
+        try:
+            yield cursor
+        except duckdb.ConnectionException as exc:
+            if self._closed:
+                raise StoreClosed(f"store {self.path} closed during {what}") from exc
+            raise _store_error(exc, what, self.path) from exc
+        except duckdb.Error as exc:
+            raise _store_error(exc, what, self.path) from exc
+        finally:
+            if not self._closed:
+                self._pool.put(cursor)
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the writer for one transaction: commit on success, roll back on any failure."""
+        with self._write_lock:
+            self._check_open()
+            conn = self._conn
+            try:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with suppress(duckdb.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            except duckdb.Error as exc:
+                raise _store_error(exc, what, self.path) from exc
+
+    def write(self, items: Sequence[Item]) -> WriteResult:
+        """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice."""
+        obs: dict[Key, tuple[object, ...]] = {}
+        evt: dict[Key, tuple[object, ...]] = {}
+        for item in items:
+            check_item(item)
+            key = key_of(item)
+            if isinstance(item, Observation):
+                if key not in obs:  # the first of a key within the batch wins, as across batches
+                    obs[key] = astuple(item)
+            elif key not in evt:
+                evt[key] = (*key, event_kind(item), item.ts, item_bed(item), encode_event(item))
+        if not items:
+            self._check_open()
+            return WriteResult(stored=0, duplicates=0)
+        stored = 0
+        with self._writing("write") as conn:
+            if obs:
+                conn.register("incoming_obs", obs_columns(list(obs.values())))
+                try:
+                    fresh = conn.execute(_INSERT_OBS).fetchall()
+                finally:
+                    conn.unregister("incoming_obs")
+                stored += len(fresh)
+                if fresh:
+                    conn.register("incoming_latest", _newest(fresh))
+                    try:
+                        conn.execute(UPSERT_LATEST).fetchall()
+                    finally:
+                        conn.unregister("incoming_latest")
+            if evt:
+                names = ("device", "stream", "seq", "kind", "ts", "bed", "body")
+                columns = {
+                    name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
+                    for name, values in zip(names, zip(*evt.values(), strict=True), strict=True)
+                }
+                conn.register("incoming_evt", columns)
+                try:
+                    stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
+                finally:
+                    conn.unregister("incoming_evt")
+        return WriteResult(stored=stored, duplicates=len(items) - stored)
+
+    def latest(
+        self, *, bed: str | None = None, device: str | None = None, since_ms: int | None = None
+    ) -> list[Latest]:
+        """The newest observation per metric for a bed or device (at or after ``since_ms``)."""
+        check_target(bed, device)
+        where, params = _where(bed, device)
+        if since_ms is not None:
+            where += " AND ts >= ?"
+            params.append(since_ms)
+        sql = (
+            f"SELECT metric, code, value, unit, ts, device, flags, bed FROM latest WHERE {where} "
+            "QUALIFY row_number() OVER "
+            "(PARTITION BY metric ORDER BY ts DESC, device DESC, stream DESC, seq DESC) = 1 "
+            "ORDER BY metric"
+        )
+        with self._reading("latest") as cursor:
+            rows = cursor.execute(sql, params).fetchall()
+        return [Latest(*row) for row in rows]
+
+    def history(
+        self,
+        *,
+        bed: str | None = None,
+        device: str | None = None,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        step_ms: int | None = None,
+        limit: int = 100_000,
+    ) -> list[HistoryPoint]:
+        """Points of one metric in ``[start_ms, end_ms)``: raw, or one per ``step_ms`` bucket."""
+        check_target(bed, device)
+        check_range(start_ms, end_ms, step_ms, limit)
+        where, params = _where(bed, device)
+        where += " AND metric = ? AND ts >= ? AND ts < ?"
+        params += [metric, start_ms, end_ms]
+        with self._reading("history") as cursor:
+            if step_ms is None:
+                sql = (
+                    f"SELECT ts, value FROM observations WHERE {where} "
+                    "ORDER BY ts, device, stream, seq LIMIT ?"
+                )
+                rows = cursor.execute(sql, [*params, limit]).fetchall()
+                return [HistoryPoint(ts, value, value, value, 1) for ts, value in rows]
+            sql = (
+                "SELECT ts - ts % ? AS bucket, avg(value), min(value), max(value), count(*) "
+                f"FROM observations WHERE {where} GROUP BY bucket ORDER BY bucket LIMIT ?"
+            )
+            rows = cursor.execute(sql, [step_ms, *params, limit]).fetchall()
+        return [HistoryPoint(*row) for row in rows]
+
+    def events(
+        self,
+        *,
+        bed: str | None = None,
+        device: str | None = None,
+        start_ms: int,
+        end_ms: int,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Stored non-observation items in ``[start_ms, end_ms)``, decoded back into contract structs."""
+        check_range(start_ms, end_ms, None, limit)
+        where = "ts >= ? AND ts < ?"
+        params: list[object] = [start_ms, end_ms]
+        if bed is not None:
+            where += " AND bed = ?"
+            params.append(bed)
+        if device is not None:
+            where += " AND device = ?"
+            params.append(device)
+        sql = f"SELECT body FROM events WHERE {where} ORDER BY ts, device, stream, seq LIMIT ?"
+        with self._reading("events") as cursor:
+            bodies = [row[0] for row in cursor.execute(sql, [*params, limit]).fetchall()]
+        return [decode_event(bytes(body)) for body in bodies]
+
+    def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
+        """Keep refused input with its reason."""
+        with self._writing("quarantine") as conn:
+            conn.execute(
+                "INSERT INTO quarantine (ts, source, reason, raw) VALUES (?, ?, ?, ?)",
+                [ts, source, reason, bytes(raw)],
+            ).fetchall()
+
+    def quarantined(self, limit: int = 100) -> list[Quarantined]:
+        """The most recently quarantined inputs, newest first."""
+        with self._reading("quarantined") as cursor:
+            rows = cursor.execute(
+                "SELECT ts, source, reason, raw FROM quarantine ORDER BY id DESC LIMIT ?", [limit]
+            ).fetchall()
+        return [
+            Quarantined(ts=ts, source=source, reason=reason, raw=bytes(raw))
+            for ts, source, reason, raw in rows
+        ]
+
+    def quarantine_count(self) -> int:
+        """How many inputs are in quarantine."""
+        with self._reading("quarantine_count") as cursor:
+            return int(cursor.execute("SELECT count(*) FROM quarantine").fetchall()[0][0])
+
+    def stats(self) -> StoreStats:
+        """Row counts and the bytes of the file with its WAL."""
+        with self._reading("stats") as cursor:
+            observations, events, quarantined = cursor.execute(
+                "SELECT (SELECT count(*) FROM observations), (SELECT count(*) FROM events), "
+                "(SELECT count(*) FROM quarantine)"
+            ).fetchall()[0]
+        size = 0
+        for suffix in ("", ".wal"):
+            with suppress(FileNotFoundError):
+                size += os.stat(f"{self.path}{suffix}").st_size
+        return StoreStats(
+            observations=int(observations), events=int(events), quarantined=int(quarantined), file_bytes=size
+        )
+
+    def close(self) -> None:
+        """Close every cursor and the connection (checkpointing the WAL into the file); later calls raise."""
+        with self._write_lock, self._cursor_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for cursor in [*self._cursors, self._factory]:
+                with suppress(duckdb.Error):
+                    cursor.close()
+            self._cursors.clear()
+            try:
+                self._conn.close()
+            except duckdb.Error as exc:
+                log.warning("closing %s failed: %s", self.path, exc)
+        log.info("closed store %s", self.path)
+
+
+def _where(bed: str | None, device: str | None) -> tuple[str, list[object]]:
+    """The bed/device filter of a query and its parameters."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if bed is not None:
+        clauses.append("bed = ?")
+        params.append(bed)
+    if device is not None:
+        clauses.append("device = ?")
+        params.append(device)
+    return " AND ".join(clauses), params

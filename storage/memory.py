@@ -1,0 +1,200 @@
+"""An in-memory twin of the embedded store: same protocol, same orderings, nothing on disk (for tests)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+
+from devices.contract import Item, Observation, check_item
+
+from .base import (
+    HistoryPoint,
+    Key,
+    Latest,
+    Quarantined,
+    StoreClosed,
+    StoredEvent,
+    StoreStats,
+    WriteResult,
+    bucket_start,
+    check_range,
+    check_target,
+    decode_event,
+    encode_event,
+    item_bed,
+    key_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _order(obs: Observation) -> tuple[int, str, str, int]:
+    """The tie-breaking order of observations: ``(ts, device, stream, seq)``."""
+    return (obs.ts, obs.device, obs.stream, obs.seq)
+
+
+class MemoryStore:
+    """A :class:`~storage.base.TimeSeriesStore` held in dicts behind one lock."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._lock = threading.Lock()
+        self._closed = False
+        self._observations: dict[Key, Observation] = {}
+        # Events are kept encoded, exactly as the embedded store keeps them, so the twin exercises
+        # the same encode/decode path and hands out fresh structs.
+        self._events: dict[Key, tuple[int, str | None, bytes]] = {}
+        self._quarantine: list[Quarantined] = []
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("store is closed")
+
+    def write(self, items: Sequence[Item]) -> WriteResult:
+        """Store a batch atomically; keys already stored are counted as duplicates, not stored again."""
+        for item in items:
+            check_item(item)
+        stored = 0
+        with self._lock:
+            self._check_open()
+            for item in items:
+                key = key_of(item)
+                if isinstance(item, Observation):
+                    if key in self._observations:
+                        continue
+                    self._observations[key] = item
+                else:
+                    if key in self._events:
+                        continue
+                    self._events[key] = (item.ts, item_bed(item), encode_event(item))
+                stored += 1
+        return WriteResult(stored=stored, duplicates=len(items) - stored)
+
+    def _select(self, bed: str | None, device: str | None) -> Iterator[Observation]:
+        for obs in self._observations.values():
+            if bed is not None and obs.bed != bed:
+                continue
+            if device is not None and obs.device != device:
+                continue
+            yield obs
+
+    def latest(
+        self, *, bed: str | None = None, device: str | None = None, since_ms: int | None = None
+    ) -> list[Latest]:
+        """The newest observation per metric for a bed or device (at or after ``since_ms``)."""
+        check_target(bed, device)
+        newest: dict[str, Observation] = {}
+        with self._lock:
+            self._check_open()
+            for obs in self._select(bed, device):
+                if since_ms is not None and obs.ts < since_ms:
+                    continue
+                best = newest.get(obs.metric)
+                if best is None or _order(obs) > _order(best):
+                    newest[obs.metric] = obs
+        return [
+            Latest(
+                metric=o.metric,
+                code=o.code,
+                value=o.value,
+                unit=o.unit,
+                ts=o.ts,
+                device=o.device,
+                flags=o.flags,
+                bed=o.bed,
+            )
+            for _, o in sorted(newest.items())
+        ]
+
+    def history(
+        self,
+        *,
+        bed: str | None = None,
+        device: str | None = None,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        step_ms: int | None = None,
+        limit: int = 100_000,
+    ) -> list[HistoryPoint]:
+        """Points of one metric in ``[start_ms, end_ms)``: raw, or one per ``step_ms`` bucket."""
+        check_target(bed, device)
+        check_range(start_ms, end_ms, step_ms, limit)
+        with self._lock:
+            self._check_open()
+            rows = sorted(
+                (o for o in self._select(bed, device) if o.metric == metric and start_ms <= o.ts < end_ms),
+                key=_order,
+            )
+        if step_ms is None:
+            return [HistoryPoint(o.ts, o.value, o.value, o.value, 1) for o in rows[:limit]]
+        buckets: dict[int, list[float]] = {}
+        for o in rows:
+            buckets.setdefault(bucket_start(o.ts, step_ms), []).append(o.value)
+        points = [
+            HistoryPoint(start, sum(values) / len(values), min(values), max(values), len(values))
+            for start, values in sorted(buckets.items())
+        ]
+        return points[:limit]
+
+    def events(
+        self,
+        *,
+        bed: str | None = None,
+        device: str | None = None,
+        start_ms: int,
+        end_ms: int,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Stored non-observation items in ``[start_ms, end_ms)``, decoded back into contract structs."""
+        check_range(start_ms, end_ms, None, limit)
+        with self._lock:
+            self._check_open()
+            hits = sorted(
+                (ts, key, body)
+                for key, (ts, item_bed_, body) in self._events.items()
+                if start_ms <= ts < end_ms
+                and (bed is None or item_bed_ == bed)
+                and (device is None or key[0] == device)
+            )
+        return [decode_event(body) for _, _, body in hits[:limit]]
+
+    def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
+        """Keep refused input with its reason."""
+        with self._lock:
+            self._check_open()
+            self._quarantine.append(Quarantined(ts=ts, source=source, reason=reason, raw=bytes(raw)))
+
+    def quarantined(self, limit: int = 100) -> list[Quarantined]:
+        """The most recently quarantined inputs, newest first."""
+        with self._lock:
+            self._check_open()
+            return self._quarantine[::-1][:limit]
+
+    def quarantine_count(self) -> int:
+        """How many inputs are in quarantine."""
+        with self._lock:
+            self._check_open()
+            return len(self._quarantine)
+
+    def stats(self) -> StoreStats:
+        """Row counts; the file size of an in-memory store is 0."""
+        with self._lock:
+            self._check_open()
+            return StoreStats(
+                observations=len(self._observations),
+                events=len(self._events),
+                quarantined=len(self._quarantine),
+                file_bytes=0,
+            )
+
+    def close(self) -> None:
+        """Drop the data; later calls raise :class:`~storage.base.StoreClosed`."""
+        with self._lock:
+            if not self._closed:
+                log.debug("memory store closed with %d observations", len(self._observations))
+            self._closed = True
+            self._observations.clear()
+            self._events.clear()
+            self._quarantine.clear()
