@@ -13,13 +13,14 @@ from collections.abc import Iterable
 import msgspec
 
 from alerts.rules import Evaluator, LimitRule
-from devices.contract import AlarmKind, Alert, DeviceEvent, Item, Observation, Priority
+from devices.contract import FLAG_NO_ALARM, AlarmKind, Alert, DeviceEvent, Item, Observation, Priority
 from devices.site import Site
 
 
-def alert_id(source: str, type_: str, onset: int) -> str:
+def alert_id(source: str, type_: str, onset: int, device_alert: str | None = None) -> str:
     """A stable, topic-safe id for one alert episode."""
-    digest = hashlib.sha1(f"{source}|{type_}|{onset}".encode(), usedforsecurity=False).hexdigest()[:16]
+    digest = hashlib.sha1(f"{source}|{type_}|{onset}|{device_alert or ''}".encode(),
+                          usedforsecurity=False).hexdigest()[:16]
     return f"al-{digest}"
 
 
@@ -34,14 +35,15 @@ class AlertEngine:
         for rule in rules:
             evaluator = Evaluator(rule)
             self._by_metric.setdefault(evaluator.refid, []).append(evaluator)
-        self.open: dict[tuple[str, str], Alert] = {}  # (source, type) -> the open alert
+        # (source, type, device alert uuid) -> the open alert: one per condition, a repeat updates it
+        self.open: dict[tuple[str, str, str | None], Alert] = {}
 
     def restore(self, alerts: Iterable[Alert]) -> None:
         """Reload open alerts after a restart so a continuing condition is not raised twice."""
         for alert in alerts:
             if alert.state == "resolved":
                 continue
-            self.open[(alert.source, alert.type)] = alert
+            self.open[(alert.source, alert.type, alert.device_alert)] = alert
             for evaluators in self._by_metric.values():
                 for evaluator in evaluators:
                     if evaluator.rule.name == alert.type:
@@ -76,27 +78,30 @@ class AlertEngine:
     def _device_event(self, event: DeviceEvent, now: int) -> list[Alert]:
         type_ = event.event
         if event.phase == "end":
-            return self._resolve(event.device, type_, now, None)
+            return self._resolve(event.device, type_, now, None, event.alert_uuid)
+        if event.flags & FLAG_NO_ALARM:
+            return []  # a device in demo mode, or an unverified report: never an alarm
         return [self._raise(event.device, type_, event.alarm_kind, event.priority, event.ts, now,
-                            event.text or type_, event.bed, event.source, None)]
+                            event.text or type_, event.bed, event.source, None, event.alert_uuid)]
 
     def _raise(self, source: str, type_: str, kind: AlarmKind, priority: Priority, onset: int, now: int, message: str,
-               bed: str | None, metric: str | None, value: float | None) -> Alert:
-        existing = self.open.get((source, type_))
+               bed: str | None, metric: str | None, value: float | None, device_alert: str | None = None) -> Alert:
+        existing = self.open.get((source, type_, device_alert))
         if existing is not None:  # a repeat updates the open alert
             alert = msgspec.structs.replace(existing, updated=now, message=message, value=value,
                                             priority=priority)
         else:
             unit = self.site.unit_of_bed(bed) if bed else None
-            alert = Alert(id=alert_id(source, type_, onset), type=type_, source=source,
+            alert = Alert(id=alert_id(source, type_, onset, device_alert), type=type_, source=source,
                           alarm_kind=kind, priority=priority, state="active",
                           onset=onset, updated=now, message=message, bed=bed, unit=unit,
-                          metric=metric, value=value)
-        self.open[(source, type_)] = alert
+                          metric=metric, value=value, device_alert=device_alert)
+        self.open[(source, type_, device_alert)] = alert
         return alert
 
-    def _resolve(self, source: str, type_: str, now: int, value: float | None) -> list[Alert]:
-        existing = self.open.pop((source, type_), None)
+    def _resolve(self, source: str, type_: str, now: int, value: float | None,
+                 device_alert: str | None = None) -> list[Alert]:
+        existing = self.open.pop((source, type_, device_alert), None)
         if existing is None:
             return []
         return [msgspec.structs.replace(existing, state="resolved", updated=now,

@@ -64,6 +64,7 @@ class Observation(_Base, tag="obs"):
     bed: str | None = None
     device_ts: int | None = None
     flags: int = 0
+    containment: str | None = None  # where in the device it came from (HL7 OBX-4 MDS.VMD.CHAN.METRIC), as sent
 
 
 class DeviceEvent(_Base, tag="evt"):
@@ -83,6 +84,7 @@ class DeviceEvent(_Base, tag="evt"):
     bed: str | None = None
     device_ts: int | None = None
     flags: int = 0
+    containment: str | None = None  # where in the device it came from (HL7 OBX-4), as sent
 
 
 class TagRead(_Base, tag="tag"):
@@ -219,6 +221,7 @@ class Alert(msgspec.Struct, omit_defaults=True):
     unit: str | None = None
     metric: str | None = None
     value: float | None = None
+    device_alert: str | None = None  # the device's own alert identity (IHE PCD-04 alert uuid), if any
     v: int = SCHEMA_VERSION
 
 

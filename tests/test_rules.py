@@ -90,3 +90,18 @@ def test_restored_open_alert_is_not_raised_twice() -> None:
     second.restore([alert])
     assert second.process([reading(t, 84.0) for t in range(12, 40)], now=41_000) == []
     assert [a.state for a in second.process([reading(41, 96.0)], now=42_000)] == ["resolved"]
+
+
+def test_device_alarms_in_demo_mode_never_raise_and_alert_uuids_keep_alarms_apart() -> None:
+    engine = AlertEngine(load(env={}).site, [SPO2])
+
+    def event(uuid: str, phase: str = "start", flags: int = 0) -> DeviceEvent:
+        return DeviceEvent(device="mon-icu-02", stream="alarms", seq=1, ts=5, event="MDC_EVT_HI",
+                           alarm_kind="physiological", priority="high", phase=phase,  # type: ignore[arg-type]
+                           alert_uuid=uuid, bed="ICU-02", flags=flags)
+
+    assert engine.process([event("u-1", flags=FLAG_DEMO)], now=6) == []
+    first, second = engine.process([event("u-1"), event("u-2")], now=7)
+    assert first.id != second.id
+    assert [(a.device_alert, a.state) for a in engine.process([event("u-1", "end")], now=8)] == [("u-1", "resolved")]
+    assert [a.device_alert for a in engine.open.values()] == ["u-2"]

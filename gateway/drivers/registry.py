@@ -11,6 +11,7 @@ from gateway.driver import Driver, Sink
 # kind -> "module:Class". Adding a device kind is one folder under gateway/drivers/ plus one line here.
 DRIVERS: Final[dict[str, str]] = {
     "bedside_serial": "gateway.drivers.bedside_serial.driver:BedsideSerialDriver",
+    "hl7_pcd": "gateway.drivers.hl7_pcd.driver:Hl7PcdDriver",
     "rfid_mqtt": "gateway.drivers.rfid_mqtt.driver:RfidMqttDriver",
     "waste_mqtt": "gateway.drivers.waste_mqtt.driver:WasteMqttDriver",
 }

@@ -1,0 +1,296 @@
+"""HL7 v2 / IHE PCD-01 and PCD-04 receiver over MLLP: a TCP listener (many senders) or a serial line.
+
+Every message is persisted before it is acknowledged: devices first seen are registered, the items
+go to ``sink.accept`` (durable when it returns), and only then does the sender get ``AA``/``CA``;
+if storing fails it gets ``AE``/``CE`` and sends again. Unusable messages get ``AR``/``CR`` with ERR.
+
+TCP: each connection has its own task, de-framer and timeouts, so a slow, stalled or hostile sender
+only holds its own connection: a partial message with no byte for ``partial_timeout_s`` is dropped
+and its connection closed, an idle connection is closed after ``idle_timeout_s``, a sender that
+does not read its ACKs is dropped after ``write_timeout_s``, and at most ``max_connections`` are
+served at once. The listener being up is what "connected" means for this device's link.
+
+Serial: the port is read without a thread (its descriptor is watched by the event loop, as in the
+bedside driver) and ACKs are written back on the same line without blocking the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from typing import ClassVar, Final
+
+import serial
+
+from devices.contract import DeviceHealth, DeviceInfo
+from devices.site import DeviceSpec
+from gateway.driver import Link, Sink, now_ms
+from gateway.drivers.hl7_pcd.config import load_settings
+from gateway.drivers.hl7_pcd.mllp import Frame, MllpFramer, wrap
+from gateway.drivers.hl7_pcd.pcd import Decoded, answer, decode
+from gateway.outbox import OutboxError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK: Final = 65536
+MAX_SERIAL_BACKLOG: Final = 65536  # ACK bytes waiting for a serial line nobody drains: then the line is dead
+LOG_EVERY_S: Final = 10.0
+
+
+class Hl7PcdDriver:
+    """Receives PCD-01/PCD-04 messages for one listener or serial line and hands them to the sink."""
+
+    kind: ClassVar[str] = "hl7_pcd"
+    simulator: ClassVar[str] = "simulators.hl7"
+
+    def __init__(self, spec: DeviceSpec, sink: Sink) -> None:
+        """Validate the ``connection`` table (raises ``ConfigError``); nothing is opened yet."""
+        self.spec = spec
+        self.sink = sink
+        self.settings = load_settings(spec)
+        self.routing = self.settings.routing(spec)
+        self.link = Link(spec, sink, stream="link")
+        self.port: int | None = None  # the bound TCP port while listening (useful with port 0)
+        self.rejected = 0
+        self.store_failures = 0
+        self._registered: dict[str, DeviceInfo] = {}
+        self._clients: set[asyncio.Task[None]] = set()
+        self._ack_ids = itertools.count(1)
+        self._logged_at: dict[str, float] = {}
+
+    def health(self) -> DeviceHealth:
+        """Link state with message counters."""
+        return self.link.health()
+
+    async def run(self) -> None:
+        """Listen or read the serial line until cancelled, re-opening with backoff after failures."""
+        if self.settings.listening:
+            await self._listen()
+        else:
+            await self._serial()
+
+    # -- one message: persist, then ACK --------------------------------------------------------------
+    def handle(self, frame: Frame) -> bytes:
+        """Map, register, store and answer one message; returns the ACK (unframed)."""
+        received = now_ms()
+        decoded = decode(frame.payload, self.routing, received, oversize=frame.oversize)
+        control_id = f"WL{received}.{next(self._ack_ids)}"
+        if decoded.error is not None:
+            self.rejected += 1
+            self.link.frames_bad += 1
+            self._throttled("rejected", "device %s: message %s rejected (%s); %d rejected so far", self.spec.id,
+                            _control(decoded), decoded.error, self.rejected)
+            return answer(decoded, control_id, received)
+        try:
+            self._register(decoded.discovered)
+            if decoded.items:
+                self.sink.accept(decoded.items)
+        except (OutboxError, OSError) as exc:
+            self.store_failures += 1
+            log.error("device %s: message %s not stored, asking the sender to resend: %s", self.spec.id,
+                      _control(decoded), exc)
+            return answer(decoded, control_id, received, store_error=str(exc))
+        self.link.seen()
+        if decoded.warnings:
+            self._throttled("rows", "device %s: message %s: %d rows left out (first: %s)", self.spec.id,
+                            _control(decoded), len(decoded.warnings), decoded.warnings[0])
+        log.debug("device %s: message %s: %d items, %d skipped, containment %s", self.spec.id, _control(decoded),
+                  len(decoded.items), decoded.skipped, decoded.containment)
+        return answer(decoded, control_id, received)
+
+    def _register(self, infos: list[DeviceInfo]) -> None:
+        """Announce devices before their readings; again only when their identity or bed changed."""
+        for info in infos:
+            previous = self._registered.get(info.device)
+            if previous is not None and (previous.bed, previous.identifiers) == (info.bed, info.identifiers):
+                continue
+            self.sink.register(info)
+            self._registered[info.device] = info
+            log.info("device %s: discovered %s (%s) at bed %s", self.spec.id, info.device,
+                     ", ".join(f"{k}={v}" for k, v in info.identifiers.items()), info.bed)
+
+    def _throttled(self, key: str, message: str, *args: object) -> None:
+        """Log a warning at most once per burst (every LOG_EVERY_S) per kind of trouble."""
+        now = asyncio.get_running_loop().time()
+        if now - self._logged_at.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged_at[key] = now
+            log.warning(message, *args)
+
+    def _noise(self, framer: MllpFramer, source: object) -> None:
+        """Mention bytes that came outside any MLLP frame (a non-MLLP client, line noise), once per burst."""
+        if framer.bytes_discarded:
+            self._throttled("noise", "device %s: %d bytes outside MLLP frames from %s discarded", self.spec.id,
+                            framer.bytes_discarded, source)
+
+    # -- TCP listener ----------------------------------------------------------------------------
+    async def _listen(self) -> None:
+        backoff = 0.5
+        where = f"{self.settings.host or '*'}:{self.settings.port}"
+        while True:
+            try:
+                server = await asyncio.start_server(self._client, self.settings.host or None, self.settings.port)
+            except OSError as exc:
+                self.link.lost(f"cannot listen on {where}: {exc}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self.port = int(server.sockets[0].getsockname()[1])
+            log.info("device %s: listening for HL7/MLLP on %s (port %d)", self.spec.id, where, self.port)
+            self.link.seen(0)
+            try:
+                async with server:
+                    await server.serve_forever()
+            finally:
+                self.port = None
+                clients = list(self._clients)
+                for task in clients:
+                    task.cancel()
+                await asyncio.gather(*clients, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        task = asyncio.current_task()
+        if task is None or len(self._clients) >= self.settings.max_connections:
+            self._throttled("busy", "device %s: refusing %s: already %d connections", self.spec.id, peer,
+                            len(self._clients))
+            writer.close()
+            return
+        self._clients.add(task)
+        framer = MllpFramer(self.settings.max_message_bytes)
+        try:
+            await self._converse(reader, writer, framer, peer)
+        except (ConnectionError, OSError) as exc:
+            log.info("device %s: connection from %s ended: %s", self.spec.id, peer, exc)
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framer: MllpFramer,
+                        peer: object) -> None:
+        settings = self.settings
+        counted_bad = 0
+        while True:
+            timeout = settings.partial_timeout_s if framer.pending() else settings.idle_timeout_s
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                if framer.pending():
+                    self._throttled("partial", "device %s: partial message from %s stalled for %.1f s "
+                                    "(%d bytes dropped); closing it", self.spec.id, peer, timeout, framer.pending())
+                    framer.reset()
+                    self.link.frames_bad += 1
+                else:
+                    log.info("device %s: closing %s, idle for %.0f s", self.spec.id, peer, timeout)
+                return
+            if not data:
+                if framer.pending():
+                    self.link.frames_bad += 1
+                return
+            for frame in framer.feed(data):
+                writer.write(wrap(self.handle(frame)))
+                try:
+                    await asyncio.wait_for(writer.drain(), settings.write_timeout_s)
+                except TimeoutError:
+                    log.warning("device %s: %s does not read its ACKs; closing it", self.spec.id, peer)
+                    return
+            self.link.frames_bad += framer.frames_bad - counted_bad
+            counted_bad = framer.frames_bad
+            self._noise(framer, peer)
+
+    # -- serial line -----------------------------------------------------------------------------
+    async def _serial(self) -> None:
+        backoff = 0.5
+        settings = self.settings
+        while True:
+            try:
+                port = serial.Serial(settings.serial_port, settings.baudrate, timeout=0)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self.link.lost(f"cannot open {settings.serial_port}: {exc}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            log.info("device %s: reading HL7/MLLP on %s at %d baud", self.spec.id, settings.serial_port,
+                     settings.baudrate)
+            backoff = 0.5
+            try:
+                await self._read_serial(port)
+            finally:
+                port.close()
+            await asyncio.sleep(backoff)
+
+    async def _read_serial(self, port: serial.Serial) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        failed: asyncio.Future[str] = loop.create_future()
+        framer = MllpFramer(settings.max_message_bytes)
+        backlog = bytearray()
+        fd = port.fileno()
+        last_byte = last_message = loop.time()
+
+        def fail(reason: str) -> None:
+            if not failed.done():
+                failed.set_result(reason)
+
+        def flush() -> None:
+            # pyserial keeps the descriptor non-blocking; its own write() would spin on EAGAIN.
+            while backlog:
+                try:
+                    written = os.write(fd, backlog)
+                except BlockingIOError:
+                    loop.add_writer(fd, flush)
+                    return
+                except OSError as exc:
+                    fail(f"write failed: {exc}")
+                    return
+                del backlog[:written]
+            loop.remove_writer(fd)
+
+        def readable() -> None:
+            nonlocal last_byte, last_message
+            try:
+                data = port.read(max(port.in_waiting, 1))
+            except (serial.SerialException, OSError) as exc:
+                fail(f"read failed: {exc}")
+                return
+            if not data:
+                return
+            last_byte = loop.time()
+            bad_before = framer.frames_bad
+            for frame in framer.feed(data):
+                last_message = last_byte
+                backlog.extend(wrap(self.handle(frame)))
+            self.link.frames_bad += framer.frames_bad - bad_before
+            self._noise(framer, settings.serial_port)
+            if len(backlog) > MAX_SERIAL_BACKLOG:
+                fail("the line does not take our ACKs")
+                return
+            flush()
+
+        loop.add_reader(fd, readable)
+        try:
+            while not failed.done():
+                await asyncio.wait([failed], timeout=0.25)
+                now = loop.time()
+                if framer.pending() and now - last_byte > settings.partial_timeout_s:
+                    self._throttled("partial", "device %s: partial message on %s timed out, %d bytes dropped",
+                                    self.spec.id, settings.serial_port, framer.pending())
+                    framer.reset()
+                    self.link.frames_bad += 1
+                if settings.silence_s and now - last_message > settings.silence_s and self.link.state != "lost":
+                    self.link.lost(f"no message for {settings.silence_s:.0f} s")
+            self.link.lost(failed.result())
+            log.warning("device %s: %s: %s", self.spec.id, settings.serial_port, failed.result())
+        finally:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+
+
+def _control(decoded: Decoded) -> str:
+    """The sender's MSH-10 for log lines, or '?' when the header was unreadable."""
+    return decoded.header.control_id if decoded.header and decoded.header.control_id else "?"
+

@@ -1,0 +1,269 @@
+"""I/O-free HL7 v2 parsing: separators, segments, escapes and timestamps, with one error type.
+
+Why our own parser and not python-hl7 (PyPI ``hl7``): that library is untyped, last released in 2022,
+splits segments on CR only (PCD senders in the wild use LF and CRLF), checks the header with
+``assert`` and lets ``IndexError``/``AssertionError`` escape on garbage, and its MLLP reader relies on
+private ``asyncio.StreamReader`` internals, has no partial-message timeout and does not serve a
+serial line. What Wardlink needs of HL7 v2 is small (split, unescape, read a few fields), so this
+module does exactly that, is fuzzed by the tests, and raises only :class:`Hl7Error`.
+
+Tolerated drift: segment terminators CR, LF or CRLF (when a message uses CR, a lone LF is data),
+encoding characters ``^~\\&`` or ``^~\\&#`` (2.7 truncation character), leading whitespace or NUL,
+non-UTF-8 bytes (decoded as Latin-1, HL7's most common 8-bit character set, rather than failing).
+Field numbering follows the standard: ``segment.raw(3)`` is OBX-3, and for MSH ``raw(1)`` is the
+field separator and ``raw(2)`` the encoding characters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+# HL7 table 0357 (message error condition codes) used in ERR-3.
+SEGMENT_SEQUENCE_ERROR: Final = 100
+REQUIRED_FIELD_MISSING: Final = 101
+DATA_TYPE_ERROR: Final = 102
+UNSUPPORTED_MESSAGE_TYPE: Final = 200
+UNSUPPORTED_EVENT_CODE: Final = 201
+APPLICATION_INTERNAL_ERROR: Final = 207
+ERROR_TEXT: Final[dict[int, str]] = {
+    SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
+    REQUIRED_FIELD_MISSING: "Required field missing",
+    DATA_TYPE_ERROR: "Data type error",
+    UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    UNSUPPORTED_EVENT_CODE: "Unsupported event code",
+    APPLICATION_INTERNAL_ERROR: "Application internal error",
+}
+
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_DTM = re.compile(r"(\d+)(?:\.(\d{1,4}))?([+-]\d{4})?")
+
+
+class Hl7Error(ValueError):
+    """A message or field that is not valid HL7 v2; carries what an ERR segment needs."""
+
+    def __init__(self, code: int, reason: str, segment: str = "", sequence: int = 0, field: int = 0) -> None:
+        """``code`` from HL7 table 0357; location as segment id, its occurrence (1-based) and field number."""
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.segment = segment
+        self.sequence = sequence
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Separators:
+    """The delimiters a message declares in MSH-1 and MSH-2."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+    truncation: str | None = None  # HL7 2.7's fifth encoding character, usually '#'
+
+    @property
+    def encoding(self) -> str:
+        """MSH-2 as the message wrote it."""
+        return self.component + self.repetition + self.escape + self.subcomponent + (self.truncation or "")
+
+
+class Segment:
+    """One segment: ``fields[n]`` is field n as raw (still escaped) text."""
+
+    __slots__ = ("fields", "id", "seps")
+
+    def __init__(self, fields: list[str], seps: Separators) -> None:
+        """Wrap split fields; ``fields[0]`` is the segment id."""
+        self.fields = fields
+        self.id = fields[0]
+        self.seps = seps
+
+    def raw(self, n: int) -> str:
+        """Field ``n`` as sent (escaped, with its repetitions and components), or ``""``."""
+        return self.fields[n] if 0 <= n < len(self.fields) else ""
+
+    def repetitions(self, n: int) -> list[str]:
+        """The raw repetitions of field ``n`` (MSH-1 and MSH-2 are never split)."""
+        value = self.raw(n)
+        if self.id == "MSH" and n <= 2:
+            return [value]
+        return value.split(self.seps.repetition)
+
+    def get(self, n: int, component: int = 1, rep: int = 0, sub: int = 1) -> str:
+        """One leaf of field ``n`` (1-based component and subcomponent, 0-based repetition), unescaped."""
+        reps = self.repetitions(n)
+        if rep >= len(reps):
+            return ""
+        comps = reps[rep].split(self.seps.component)
+        if not 1 <= component <= len(comps):
+            return ""
+        subs = comps[component - 1].split(self.seps.subcomponent)
+        if not 1 <= sub <= len(subs):
+            return ""
+        return unescape(subs[sub - 1], self.seps)
+
+    def components(self, n: int, rep: int = 0) -> list[str]:
+        """All components of one repetition of field ``n``, unescaped (first subcomponent of each)."""
+        reps = self.repetitions(n)
+        if rep >= len(reps) or not reps[rep]:
+            return []
+        return [unescape(c.split(self.seps.subcomponent)[0], self.seps) for c in reps[rep].split(self.seps.component)]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A parsed message: its separators and segments in order (the first one is MSH)."""
+
+    seps: Separators
+    segments: list[Segment]
+
+    @property
+    def header(self) -> Segment:
+        """The MSH segment."""
+        return self.segments[0]
+
+    def first(self, segment_id: str) -> Segment | None:
+        """The first segment with this id, or None."""
+        return next((s for s in self.segments if s.id == segment_id), None)
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes to text: UTF-8 when valid, otherwise Latin-1 (which never fails)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def parse(data: bytes | str) -> Message:
+    """Parse one message; raise :class:`Hl7Error` naming the first thing that makes it unreadable."""
+    text = decode_text(data) if isinstance(data, bytes) else data
+    text = text.lstrip(" \t\r\n\x00").rstrip("\r\n\x00")
+    if not text.startswith("MSH") or len(text) < 8:
+        raise Hl7Error(SEGMENT_SEQUENCE_ERROR, "message does not begin with an MSH segment", "MSH", 1, 0)
+    seps = _separators(text)
+    lines = _split_segments(text)
+    segments: list[Segment] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        seg_id = line[:3]
+        if not _SEGMENT_ID.fullmatch(seg_id) or (len(line) > 3 and line[3] != seps.field):
+            raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number} is not a segment ({line[:12]!r})")
+        if not segments:
+            header_end = 4 + len(seps.encoding)
+            rest = line[header_end + 1:].split(seps.field) if len(line) > header_end else []
+            fields = ["MSH", seps.field, seps.encoding, *rest]
+        elif seg_id == "MSH":
+            raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number}: a second MSH (one message per MLLP block)",
+                           "MSH", 2, 0)
+        else:
+            fields = line.split(seps.field)
+        segments.append(Segment(fields, seps))
+    return Message(seps, segments)
+
+
+def _separators(text: str) -> Separators:
+    field = text[3]
+    first_line_end = min((i for i in (text.find("\r"), text.find("\n")) if i >= 0), default=len(text))
+    end = text.find(field, 4, first_line_end)
+    encoding = text[4:end if end >= 0 else first_line_end]
+    chars = field + encoding
+    if (field.isalnum() or field.isspace() or not 4 <= len(encoding) <= 5 or len(set(chars)) != len(chars)
+            or any(c.isalnum() or c.isspace() for c in chars)):
+        raise Hl7Error(DATA_TYPE_ERROR, f"MSH-1/MSH-2 separators {chars!r} are not valid", "MSH", 1, 2)
+    return Separators(field, encoding[0], encoding[1], encoding[2], encoding[3],
+                      encoding[4] if len(encoding) == 5 else None)
+
+
+def _split_segments(text: str) -> list[str]:
+    if "\r" in text:
+        # CR (or CRLF) terminators: a lone LF is then part of a value, as some monitors put it in text.
+        return [line[1:] if line.startswith("\n") else line for line in text.split("\r")]
+    return text.split("\n")
+
+
+def unescape(text: str, seps: Separators) -> str:
+    r"""Resolve HL7 escapes (``\F\ \S\ \T\ \R\ \E\``, ``\P\``, ``\Xhh\``, ``\.br\``); unknown ones stay as sent."""
+    esc = seps.escape
+    if esc not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        j = text.find(esc, i)
+        if j < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:j])
+        k = text.find(esc, j + 1)
+        if k < 0:
+            out.append(text[j:])  # unterminated escape: keep it verbatim
+            break
+        replacement = _escape_value(text[j + 1:k], seps)
+        out.append(text[j:k + 1] if replacement is None else replacement)
+        i = k + 1
+    return "".join(out)
+
+
+def _escape_value(seq: str, seps: Separators) -> str | None:
+    simple = {"F": seps.field, "S": seps.component, "T": seps.subcomponent, "R": seps.repetition,
+              "E": seps.escape, "P": seps.truncation, "H": "", "N": "", ".br": "\n"}
+    if seq in simple:
+        return simple[seq]
+    if len(seq) >= 3 and len(seq) % 2 == 1 and seq[0] == "X" and all(c in "0123456789abcdefABCDEF" for c in seq[1:]):
+        return bytes.fromhex(seq[1:]).decode("latin-1")
+    return None
+
+
+def escape(text: str, seps: Separators) -> str:
+    """Escape delimiters (and CR/LF, which would end the segment) so that :func:`unescape` gives ``text`` back."""
+    table = {seps.escape: "E", seps.field: "F", seps.component: "S", seps.subcomponent: "T", seps.repetition: "R",
+             "\r": "X0D", "\n": "X0A"}
+    if seps.truncation:
+        table[seps.truncation] = "P"
+    return "".join(f"{seps.escape}{table[c]}{seps.escape}" if c in table else c for c in text)
+
+
+def parse_ts(text: str) -> int | None:
+    """An HL7 DTM (``YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]``) as ms since the epoch; None if invalid.
+
+    A time without zone offset is taken as UTC: the gateway cannot know the sender's zone, and a wrong
+    guess then shows up as a clock-skew flag rather than as silently shifted data. Seventeen-digit
+    forms with milliseconds but no dot (seen from monitors) are accepted.
+    """
+    match = _DTM.fullmatch(text.strip())
+    if match is None:
+        return None
+    digits, fraction, offset = match.groups()
+    if len(digits) > 14 and fraction is None and len(digits) <= 18:
+        digits, fraction = digits[:14], digits[14:]
+    if len(digits) not in (4, 6, 8, 10, 12, 14):
+        return None
+    parts = [int(digits[i:i + 2]) for i in range(4, len(digits), 2)]
+    month, day, hour, minute, second = (parts + [1, 1, 0, 0, 0][len(parts):])[:5]
+    zone = UTC
+    if offset:
+        sign = -1 if offset[0] == "-" else 1
+        try:
+            zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+        except ValueError:
+            return None
+    try:
+        moment = datetime(int(digits[:4]), month, day, hour, minute, second, tzinfo=zone)
+    except ValueError:
+        return None
+    millis = int((fraction or "0").ljust(3, "0")[:3])
+    return int(moment.timestamp()) * 1000 + millis
+
+
+def format_ts(ms: int) -> str:
+    """Milliseconds since the epoch as an HL7 DTM in UTC, e.g. ``20260101000000+0000``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d%H%M%S+0000")

@@ -1,0 +1,374 @@
+"""The hl7_pcd driver: fuzzed framing and parsing, and real MLLP over TCP and a pty with the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import tomllib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devices.contract import DeviceEvent, DeviceInfo, Item, Observation
+from devices.site import DeviceSpec
+from devices.topics import check_name
+from gateway.drivers.hl7_pcd.ack import ack_fields
+from gateway.drivers.hl7_pcd.config import ConfigError, load_settings
+from gateway.drivers.hl7_pcd.driver import Hl7PcdDriver
+from gateway.drivers.hl7_pcd.mllp import MllpFramer, wrap
+from gateway.drivers.hl7_pcd.parser import Hl7Error, Separators, escape, parse, parse_ts, unescape
+from gateway.drivers.hl7_pcd.pcd import Routing, answer, decode
+from gateway.drivers.hl7_pcd.rows import Equipment, equipment_of
+from gateway.outbox import OutboxError
+from simulators.hl7.sender import Alarm, Hl7Sender, PtyWire, TcpWire, monitors_for
+
+SEPARATORS = [Separators(), Separators(truncation="#")]
+TEXT = st.text(st.characters(codec="utf-8"), max_size=60)
+
+
+class ListSink:
+    """Collects what the driver registers and accepts, in order; can be told to fail like a full disk."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.fail_next = 0
+
+    def accept(self, items: Sequence[Item]) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise OutboxError("outbox test.db: disk I/O error")
+        self.items.extend(items)
+
+    def register(self, info: DeviceInfo) -> None:
+        self.items.append(info)
+
+    def observations(self) -> list[Observation]:
+        return [i for i in self.items if isinstance(i, Observation)]
+
+    def events(self) -> list[DeviceEvent]:
+        return [i for i in self.items if isinstance(i, DeviceEvent) and i.stream == "alarms"]
+
+    def infos(self) -> list[DeviceInfo]:
+        return [i for i in self.items if isinstance(i, DeviceInfo)]
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(connection: dict[str, Any], *, wait: bool = True,
+                  **spec: Any) -> AsyncIterator[tuple[Hl7PcdDriver, ListSink]]:
+    sink = ListSink()
+    driver = Hl7PcdDriver(DeviceSpec(**{"id": "hl7-test", "kind": "hl7_pcd", "gateway": "gw-t",
+                                        "connection": connection, **spec}), sink)
+    task = asyncio.create_task(driver.run())
+    try:
+        if wait and "listen" in connection:
+            await wait_for(lambda: driver.port is not None, 3)
+        yield driver, sink
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def listening(**connection: Any) -> AsyncIterator[tuple[Hl7PcdDriver, ListSink]]:
+    async with running({"listen": "127.0.0.1:0", **connection}) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def sender(driver: Hl7PcdDriver, style: str = "A", beds: int = 1, **options: Any) -> AsyncIterator[Hl7Sender]:
+    assert driver.port is not None
+    wire = await TcpWire.connect("127.0.0.1", driver.port)
+    try:
+        yield Hl7Sender(wire, monitors_for(beds), style, ack_timeout_s=2.0, **options)
+    finally:
+        wire.close()
+
+
+# -- properties of the I/O-free parts ------------------------------------------------------------
+
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=8))
+def test_framer_takes_any_bytes_in_any_chunks(data: bytes, cuts: list[int]) -> None:
+    framer = MllpFramer(max_size=256)
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    for start, end in itertools.pairwise(bounds):
+        for frame in framer.feed(data[start:end]):
+            assert len(frame.payload) <= 256
+    assert framer.pending() <= 257
+
+
+@given(st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\x0b", b"").replace(b"\x1c", b"")), max_size=6),
+       st.lists(st.integers(0, 5000), max_size=6))
+def test_framer_gives_back_what_was_framed_whatever_the_chunking(payloads: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(wrap(p) for p in payloads)
+    framer = MllpFramer()
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    frames = [f for start, end in itertools.pairwise(bounds) for f in framer.feed(stream[start:end])]
+    assert [f.payload for f in frames] == payloads
+    assert (framer.frames_bad, framer.bytes_discarded, framer.pending()) == (0, 0, 0)
+
+
+def test_an_oversized_frame_keeps_its_head_and_the_stream_recovers() -> None:
+    framer = MllpFramer(max_size=64)
+    frames = framer.feed(wrap(b"MSH|" + b"x" * 500) + wrap(b"MSH|small"))
+    assert [(len(f.payload), f.oversize) for f in frames] == [(64, True), (9, False)]
+
+
+MESSAGE_PARTS = st.lists(st.sampled_from(["MSH", "OBX", "OBR", "PV1", "|", "^", "~", "\\", "&", "#", "\r", "\n",
+                                          "NM", "ORU", "R01", "R40", "1", "97", "MDC_EVT_ALARM", "X", "F", "\\F\\",
+                                          "urn:uuid:", "0030E6FFFE000001", "\x00", "é"]), max_size=60)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=400), MESSAGE_PARTS.map(lambda p: ("MSH|^~\\&|" + "".join(p)).encode()),
+                 MESSAGE_PARTS.map(lambda p: "".join(p).encode("utf-8"))))
+def test_parser_and_mapping_raise_nothing_but_their_own_error(data: bytes) -> None:
+    with contextlib.suppress(Hl7Error):
+        message = parse(data)
+        for segment in message.segments:
+            for n in range(len(segment.fields) + 1):
+                segment.get(n, 2, 1, 2)
+    for routing in (Routing("hl7-x"), Routing("hl7-x", discover=False)):
+        decoded = decode(data, routing, 1_767_225_600_000)
+        ack = answer(decoded, "WL1", 1_767_225_600_000)
+        fields = ack_fields(ack)
+        assert fields["msa"][0] in ("AA", "AR", "CA", "CR")  # type: ignore[index]
+        assert (decoded.error is None) == (fields["msa"][0] in ("AA", "CA"))  # type: ignore[index]
+
+
+@given(st.lists(TEXT, min_size=1, max_size=4))
+def test_derived_device_ids_are_valid_names(components: list[str]) -> None:
+    found = equipment_of(components)
+    if found is not None:
+        assert check_name(found.device_id(), "device id")
+
+
+@pytest.mark.parametrize(("components", "kind", "value"), [
+    (["0030e6fffe000001", "EUI-64"], "eui64", "0030E6FFFE000001"),
+    (["PAT_DEVICE", "0003B10000000001", "EUI-64"], "eui64", "0003B10000000001"),
+    (["urn:uuid:DF041F5C-A3C9-11E9-8D8A-0050B612AFEB", "", "x", "URN"], "uuid", "df041f5c-a3c9-11e9-8d8a-0050b612afeb"),
+    (["MINDRAY_", "00A037000000", "EUI-64"], "equipment_id", "00A037000000"),
+    (["MONITOR 7"], "equipment_id", "MONITOR 7"),
+])
+def test_equipment_ids_in_the_forms_vendors_send(components: list[str], kind: str, value: str) -> None:
+    assert equipment_of(components) == Equipment(kind, value)
+
+
+@pytest.mark.parametrize("seps", SEPARATORS, ids=["4-chars", "5-chars"])
+@given(text=TEXT)
+def test_escape_then_unescape_gives_the_text_back(seps: Separators, text: str) -> None:
+    escaped = escape(text, seps)
+    assert unescape(escaped, seps) == text
+    assert not any(c in escaped for c in (seps.field, seps.component, seps.repetition, seps.subcomponent, "\r", "\n"))
+    message = parse(f"MSH|{seps.encoding}|A|B\rOBX|1|ST|X^Y^MDC|1|{escaped}|R\r")
+    assert message.segments[1].get(5) == text
+
+
+@pytest.mark.parametrize(("escaped", "plain"), [
+    (r"a\F\b\S\c\T\d\R\e\E\f", "a|b^c&d~e\\f"), (r"x\X0D0A\y", "x\r\ny"), (r"\H\bold\N\ \.br\next", "bold \nnext"),
+    (r"keep \Z99\ and \unterminated", r"keep \Z99\ and \unterminated"),
+])
+def test_unescape_known_sequences(escaped: str, plain: str) -> None:
+    assert unescape(escaped, Separators()) == plain
+
+
+@given(st.text(max_size=40))
+def test_timestamps_never_raise(text: str) -> None:
+    parse_ts(text)
+
+
+@pytest.mark.parametrize(("text", "ms"), [
+    ("20260101000000", 1_767_225_600_000), ("20260101010000+0100", 1_767_225_600_000),
+    ("20260101000000.25", 1_767_225_600_250), ("20260101000000250+0000", 1_767_225_600_250),
+    ("202601", 1_767_225_600_000), ("20261301000000", None), ("2026-01-01", None), ("", None),
+])
+def test_timestamp_forms(text: str, ms: int | None) -> None:
+    assert parse_ts(text) == ms
+
+
+def test_the_sample_configuration_loads() -> None:
+    sample = tomllib.loads((Path(__file__).parent.parent / "gateway/drivers/hl7_pcd/sample.toml").read_text())
+    listener, serial_line = (load_settings(msgspec.convert(d, DeviceSpec)) for d in sample["devices"])
+    assert (listener.listening, listener.port, listener.discover) == (True, 2575, True)
+    assert listener.devices["6F1C2A9E-0D4B-4C3E-9A51-2B7C8D9E0F12"] == "pump-icu-02"
+    assert (serial_line.listening, serial_line.discover, serial_line.baudrate) == (False, False, 9600)
+
+
+@pytest.mark.parametrize(("connection", "problem"), [
+    ({"listen": ":2575", "serial_port": "/dev/ttyS0"}, "exactly one"),
+    ({}, "exactly one"),
+    ({"listen": ":2575", "bogus": 1}, "unknown keys"),
+    ({"listen": "host:99999"}, "out of range"),
+    ({"listen": ":2575", "devices": {"0030E6FFFE000001": "bad id!"}}, "device id"),
+    ({"listen": ":2575", "partial_timeout_s": 0}, "positive"),
+])
+def test_bad_connection_settings_name_the_device(connection: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"device hl7-x: connection.*{problem}"):
+        load_settings(DeviceSpec(id="hl7-x", kind="hl7_pcd", gateway="gw", connection=connection))
+
+
+# -- real transports -----------------------------------------------------------------------------
+
+async def test_vitals_from_the_simulator_become_mdc_observations_after_registration() -> None:
+    async with listening() as (driver, sink), sender(driver, "A", beds=2, unknown_param=True) as sim:
+        acks = [await sim.send_vitals(monitor) for monitor in sim.monitors]
+    assert [(a.code, a.attempts) for a in acks] == [("CA", 1), ("CA", 1)]
+    assert [a.control_id for a in acks] == ["SIMA000001", "SIMA000002"]
+    devices = [info.device for info in sink.infos()]
+    assert devices == [f"hl7-{m.eui64.lower()}" for m in sim.monitors]
+    for info, monitor in zip(sink.infos(), sim.monitors, strict=True):
+        assert (info.bed, info.identifiers, info.discovered, info.driver) == (monitor.bed, {"eui64": monitor.eui64},
+                                                                              True, "hl7_pcd")
+        first_reading = next(i for i, item in enumerate(sink.items)
+                             if isinstance(item, Observation) and item.device == info.device)
+        assert sink.items.index(info) < first_reading
+    by_metric = {(o.device, o.metric): o for o in sink.observations()}
+    spo2 = by_metric[(devices[0], "MDC_PULS_OXIM_SAT_O2")]
+    assert (spo2.code, spo2.unit, spo2.bed, spo2.stream, spo2.flags) == (150456, "%", "ICU-01", "numerics", 0)
+    assert by_metric[(devices[1], "MDC_PRESS_BLD_NONINV_SYS")].unit == "mm[Hg]"
+    assert by_metric[(devices[1], "MDC_TEMP")].unit == "Cel"
+    st_i = by_metric[(devices[0], "MDC_ECG_AMPL_ST_I")]
+    assert (st_i.code, st_i.unit, st_i.value) == (131841, "mV", 0.08)
+    assert len(sink.observations()) == 2 * 11
+    assert driver.health().state == "connected"
+    assert driver.health().frames_ok == 2
+
+
+async def test_alarms_of_the_other_vendor_style_get_original_mode_acks() -> None:
+    async with listening() as (driver, sink), sender(driver, "B") as sim:
+        monitor = sim.monitors[0]
+        alarm = Alarm(196648, "MDC_EVT_LO", "SpO2 low | 85%", 150456, "MDC_PULS_OXIM_SAT_O2", "PH", "SP")
+        start = await sim.send_alarm(monitor, alarm)
+        end = await sim.send_alarm(monitor, Alarm(196648, "MDC_EVT_LO", "SpO2 low", 150456, "MDC_PULS_OXIM_SAT_O2",
+                                                  "PH", "SP", "continue", "inactive", alert_id=alarm.alert_id))
+    assert (start.code, end.code) == ("AA", "AA")
+    first, last = sink.events()
+    assert (first.event, first.priority, first.alarm_kind, first.phase, first.source) == (
+        "MDC_EVT_LO", "high", "physiological", "start", "MDC_PULS_OXIM_SAT_O2")
+    assert first.text == "SpO2 low | 85% [active, enabled]"
+    assert first.alert_uuid == last.alert_uuid == alarm.alert_id
+    assert (last.phase, last.bed, last.device) == ("end", "ICU-01", f"hl7-{monitor.eui64.lower()}")
+
+
+async def test_malformed_input_is_rejected_with_err_and_the_connection_goes_on() -> None:
+    async with listening() as (driver, sink), sender(driver) as sim:
+        garbage = await sim.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        adt = await sim.send_raw(b"MSH|^~\\&|ADT|X|||20260101000000||ADT^A01|M-7|P|2.6\rPID|||1\r")
+        good = await sim.send_vitals(sim.monitors[0])
+    assert (garbage.code, garbage.control_id) == ("AR", "")
+    assert "MSH" in garbage.errors[0]
+    assert (adt.code, adt.control_id) == ("AR", "M-7")
+    assert "ADT" in adt.errors[0]
+    assert good.code == "CA"
+    assert driver.health().frames_bad == 2
+    assert len(sink.observations()) == 10
+
+
+async def test_a_store_failure_is_answered_ae_and_the_sender_retries() -> None:
+    async with listening() as (driver, sink), sender(driver, "B") as sim:
+        sink.fail_next = 2
+        ack = await sim.send_vitals(sim.monitors[0])
+        assert (ack.code, ack.attempts, sim.retries) == ("AA", 3, 2)
+        assert len(sink.observations()) == 10  # stored once, by the attempt that succeeded
+        sink.fail_next = 10
+        ack = await sim.send_vitals(sim.monitors[0])
+    assert (ack.code, ack.attempts, sim.gave_up) == ("AE", 4, 1)
+    assert "send again" in ack.errors[0]
+    assert driver.store_failures == 6
+
+
+async def test_two_senders_at_once() -> None:
+    async with listening() as (driver, sink), sender(driver, "A") as one, sender(driver, "B") as two:
+        two.monitors[0] = monitors_for(2)[1]
+
+        async def burst(sim: Hl7Sender) -> list[str]:
+            return [(await sim.send_vitals(sim.monitors[0])).code for _ in range(5)]
+
+        codes = await asyncio.gather(burst(one), burst(two))
+    assert list(codes) == [["CA"] * 5, ["AA"] * 5]
+    assert {o.device for o in sink.observations()} == {"hl7-00a0c9fffe000001", "hl7-00a0c9fffe000002"}
+    assert len(sink.observations()) == 100
+
+
+async def test_a_stalled_half_message_neither_blocks_others_nor_stays_open() -> None:
+    async with listening(partial_timeout_s=0.5) as (driver, sink):
+        assert driver.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", driver.port)
+        writer.write(b"\x0bMSH|^~\\&|SLOW|X|||20260101000000||ORU^R01|S-1|P|2.6\rPV1||I|ICU^^IC")
+        await writer.drain()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with sender(driver) as sim:
+            ack = await sim.send_vitals(sim.monitors[0])
+        assert ack.code == "CA"
+        assert loop.time() - started < 0.5  # answered while the other sender is still stalled
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # the driver gave up on the stalled one
+        writer.close()
+        await wait_for(lambda: driver.health().frames_bad == 1, 1)
+    assert len(sink.observations()) == 10
+
+
+async def test_senders_beyond_the_limit_are_turned_away() -> None:
+    async with listening(max_connections=1) as (driver, _), sender(driver) as sim:
+        assert (await sim.send_vitals(sim.monitors[0])).code == "CA"
+        assert driver.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", driver.port)
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
+        assert (await sim.send_vitals(sim.monitors[0])).code == "CA"
+
+
+async def test_an_oversized_message_is_rejected_and_the_next_one_accepted() -> None:
+    async with listening(max_message_bytes=2048) as (driver, sink), sender(driver) as sim:
+        big = b"MSH|^~\\&|BIG|X|||20260101000000||ORU^R01|BIG-1|P|2.6\r" + b"NTE|1||" + b"x" * 10_000 + b"\r"
+        rejected = await sim.send_raw(big)
+        accepted = await sim.send_vitals(sim.monitors[0])
+    assert (rejected.code, rejected.control_id) == ("AR", "BIG-1")
+    assert accepted.code == "CA"
+    assert len(sink.observations()) == 10
+
+
+async def test_a_port_in_use_is_a_lost_link_not_a_crash() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running({"listen": f"127.0.0.1:{port}"}, wait=False) as (driver, sink):
+            await wait_for(lambda: driver.health().state == "lost", 3)
+    assert [e.event for e in sink.items if isinstance(e, DeviceEvent)] == ["device.disconnected"]
+
+
+async def test_serial_line_over_a_pty() -> None:
+    wire = PtyWire()
+    try:
+        async with running({"serial_port": wire.port, "baudrate": 9600}, bed="ICU-07") as (driver, sink):
+            sim = Hl7Sender(wire, monitors_for(1), "B", ack_timeout_s=1.0)
+            await asyncio.sleep(0.05)  # let the driver open the port: opening it drops input already waiting
+            vitals = await sim.send_vitals(sim.monitors[0])
+            alarm = await sim.send_alarm(sim.monitors[0], Alarm(196650, "MDC_EVT_LEAD_OFF", "Leads off", kind="ST"))
+            garbage = await sim.send_raw(b"\x00\xffnot hl7")
+            assert driver.health().state == "connected"
+    finally:
+        wire.close()
+    assert (vitals.code, vitals.attempts, alarm.code, garbage.code) == ("AA", 1, "AA", "AR")
+    assert {o.device for o in sink.observations()} == {"hl7-test"}  # a serial line is its own device
+    assert {o.bed for o in sink.observations()} == {"ICU-07"}
+    assert len(sink.observations()) == 10
+    assert sink.infos() == []
+    (event,) = sink.events()
+    assert (event.event, event.alarm_kind, event.priority, event.text) == (
+        "MDC_EVT_LEAD_OFF", "technical", "medium", "Leads off [active, enabled]")
