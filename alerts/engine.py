@@ -35,7 +35,7 @@ class AlertEngine:
         for rule in rules:
             evaluator = Evaluator(rule)
             self._by_metric.setdefault(evaluator.refid, []).append(evaluator)
-        # (source, type, device alert uuid) -> the open alert: one per condition, a repeat updates it
+        # (source, type, device alert uuid or metric) -> the open alert: one per condition, a repeat updates it
         self.open: dict[tuple[str, str, str | None], Alert] = {}
 
     def restore(self, alerts: Iterable[Alert]) -> None:
@@ -43,7 +43,7 @@ class AlertEngine:
         for alert in alerts:
             if alert.state == "resolved":
                 continue
-            self.open[(alert.source, alert.type, alert.device_alert)] = alert
+            self.open[(alert.source, alert.type, alert.device_alert or alert.metric)] = alert
             for evaluators in self._by_metric.values():
                 for evaluator in evaluators:
                     if evaluator.rule.name == alert.type:
@@ -66,7 +66,7 @@ class AlertEngine:
                         changed.append(self._raise(source, rule.name, "physiological", rule.priority, verdict.onset_ms,
                                                    now, text, item.bed, item.metric, verdict.value))
                     else:
-                        changed.extend(self._resolve(source, rule.name, now, verdict.value))
+                        changed.extend(self._resolve(source, rule.name, now, verdict.value, metric=item.metric))
             elif isinstance(item, DeviceEvent):
                 changed.extend(self._device_event(item, now))
         return changed
@@ -78,7 +78,7 @@ class AlertEngine:
     def _device_event(self, event: DeviceEvent, now: int) -> list[Alert]:
         type_ = event.event
         if event.phase == "end":
-            return self._resolve(event.device, type_, now, None, event.alert_uuid)
+            return self._resolve(event.device, type_, now, None, event.alert_uuid, event.source)
         if event.flags & FLAG_NO_ALARM:
             return []  # a device in demo mode, or an unverified report: never an alarm
         return [self._raise(event.device, type_, event.alarm_kind, event.priority, event.ts, now,
@@ -86,7 +86,8 @@ class AlertEngine:
 
     def _raise(self, source: str, type_: str, kind: AlarmKind, priority: Priority, onset: int, now: int, message: str,
                bed: str | None, metric: str | None, value: float | None, device_alert: str | None = None) -> Alert:
-        existing = self.open.get((source, type_, device_alert))
+        key = (source, type_, device_alert or metric)  # a fridge's high and low probes are two conditions
+        existing = self.open.get(key)
         if existing is not None:  # a repeat updates the open alert
             alert = msgspec.structs.replace(existing, updated=now, message=message, value=value,
                                             priority=priority)
@@ -96,12 +97,12 @@ class AlertEngine:
                           alarm_kind=kind, priority=priority, state="active",
                           onset=onset, updated=now, message=message, bed=bed, unit=unit,
                           metric=metric, value=value, device_alert=device_alert)
-        self.open[(source, type_, device_alert)] = alert
+        self.open[key] = alert
         return alert
 
     def _resolve(self, source: str, type_: str, now: int, value: float | None,
-                 device_alert: str | None = None) -> list[Alert]:
-        existing = self.open.pop((source, type_, device_alert), None)
+                 device_alert: str | None = None, metric: str | None = None) -> list[Alert]:
+        existing = self.open.pop((source, type_, device_alert or metric), None)
         if existing is None:
             return []
         return [msgspec.structs.replace(existing, state="resolved", updated=now,

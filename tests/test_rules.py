@@ -105,3 +105,17 @@ def test_device_alarms_in_demo_mode_never_raise_and_alert_uuids_keep_alarms_apar
     assert first.id != second.id
     assert [(a.device_alert, a.state) for a in engine.process([event("u-1", "end")], now=8)] == [("u-1", "resolved")]
     assert [a.device_alert for a in engine.open.values()] == ["u-2"]
+
+
+def test_two_probes_of_one_device_raising_the_same_event_are_two_alerts() -> None:
+    engine = AlertEngine(load(env={}).site, [SPO2])
+
+    def probe(source: str, phase: str = "start") -> DeviceEvent:
+        return DeviceEvent(device="mon-icu-04", stream="alarms", seq=1, ts=5, event="fridge.out_of_range",
+                           alarm_kind="technical", priority="medium", phase=phase,  # type: ignore[arg-type]
+                           source=source)
+
+    assert len(engine.process([probe("upper"), probe("lower")], now=6)) == 2
+    assert len(engine.open) == 2
+    assert [a.metric for a in engine.process([probe("upper", "end")], now=7)] == ["upper"]
+    assert [a.metric for a in engine.open.values()] == ["lower"]

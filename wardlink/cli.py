@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("amqtt", "transitions", "websockets", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    # pymodbus logs an error and a frame dump on every timeout; the drivers log once per burst instead.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL if not args.verbose else logging.INFO)
     try:
         if args.command == "bench":
             figures = bench.BENCHES[args.name](args.quick)

@@ -12,6 +12,8 @@ from gateway.driver import Driver, Sink
 DRIVERS: Final[dict[str, str]] = {
     "bedside_serial": "gateway.drivers.bedside_serial.driver:BedsideSerialDriver",
     "hl7_pcd": "gateway.drivers.hl7_pcd.driver:Hl7PcdDriver",
+    "modbus_pump": "gateway.drivers.modbus_pump.driver:ModbusPumpDriver",
+    "modbus_map": "gateway.drivers.modbus_map.driver:ModbusMapDriver",
     "rfid_mqtt": "gateway.drivers.rfid_mqtt.driver:RfidMqttDriver",
     "waste_mqtt": "gateway.drivers.waste_mqtt.driver:WasteMqttDriver",
 }
