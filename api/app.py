@@ -17,6 +17,7 @@ from api import schemas
 from api.view import LiveView
 from devices import mdc
 from devices.clock import now_ms
+from devices.contract import DeviceInfo
 from devices.site import Site
 from storage.base import HistoryPoint, Latest, StoreError, TimeSeriesStore
 
@@ -158,25 +159,42 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
                 with contextlib.suppress(RuntimeError):
                     await ws.close(code=1013, reason="too slow: reconnect and resynchronise")
 
+    async def registry() -> dict[str, schemas.DeviceOut]:
+        """Site devices and those gateways discovered (newest announcement wins), with live link state."""
+        health = {h.device: h for g in view.gateways.values() for h in g.devices}
+        out: dict[str, schemas.DeviceOut] = {}
+        for d in site.devices:
+            out[d.id] = schemas.DeviceOut(id=d.id, kind=d.kind, gateway=d.gateway, bed=d.bed,
+                                          manufacturer=d.manufacturer, model=d.model, serial_number=d.serial_number)
+        announced = await in_thread(store.events, kind="dev", start_ms=0, end_ms=2**62, limit=100_000)
+        for info in announced:
+            if not isinstance(info, DeviceInfo):
+                continue
+            known = out.get(info.device)
+            out[info.device] = schemas.DeviceOut(
+                id=info.device, kind=info.driver, gateway=info.gateway or (known.gateway if known else ""),
+                bed=info.bed or (known.bed if known else None),
+                manufacturer=info.manufacturer or (known.manufacturer if known else ""),
+                model=info.model or (known.model if known else ""),
+                serial_number=info.serial_number or (known.serial_number if known else ""),
+                firmware=info.firmware, identifiers=info.identifiers, discovered=info.discovered and known is None)
+        for device_id, device in out.items():
+            h = health.get(device_id)
+            if h is not None:
+                device.state = h.state
+                device.last_seen = iso(h.last_seen) if h.last_seen else None
+                device.frames_ok, device.frames_bad = h.frames_ok, h.frames_bad
+        return out
+
     @app.get("/api/v1/devices", response_model=list[schemas.DeviceOut])
     async def list_devices() -> list[schemas.DeviceOut]:
-        """Devices with identifiers, bed, gateway and connection state."""
-        health = {h.device: h for g in view.gateways.values() for h in g.devices}
-        out = []
-        for d in site.devices:
-            h = health.get(d.id)
-            out.append(schemas.DeviceOut(id=d.id, kind=d.kind, gateway=d.gateway, bed=d.bed,
-                                         manufacturer=d.manufacturer, model=d.model,
-                                         serial_number=d.serial_number,
-                                         state=h.state if h else "unknown",
-                                         last_seen=iso(h.last_seen) if h and h.last_seen else None,
-                                         frames_ok=h.frames_ok if h else 0, frames_bad=h.frames_bad if h else 0))
-        return out
+        """Devices (declared and discovered) with identifiers, bed, gateway, firmware and link state."""
+        return list((await registry()).values())
 
     @app.get("/api/v1/devices/{device}/vitals", response_model=list[schemas.Vital])
     async def device_vitals(device: str) -> list[schemas.Vital]:
         """Latest value per metric of one device."""
-        if device not in {d.id for d in site.devices}:
+        if device not in await registry():
             raise HTTPException(404, f"device {device!r} not found")
         return [_vital(v) for v in await in_thread(store.latest, device=device)]
 

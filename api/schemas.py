@@ -82,7 +82,7 @@ class AlertOut(BaseModel):
 
 
 class DeviceOut(BaseModel):
-    """A device in the registry with its live link state."""
+    """A device in the registry (declared in the site file or discovered by a gateway) with its link state."""
 
     id: str
     kind: str
@@ -91,10 +91,13 @@ class DeviceOut(BaseModel):
     manufacturer: str
     model: str
     serial_number: str
-    state: str
-    last_seen: str | None
-    frames_ok: int
-    frames_bad: int
+    firmware: str = ""
+    identifiers: dict[str, str] = {}
+    discovered: bool = False
+    state: str = "unknown"
+    last_seen: str | None = None
+    frames_ok: int = 0
+    frames_bad: int = 0
 
 
 class Component(BaseModel):

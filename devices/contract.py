@@ -130,6 +130,7 @@ class DeviceInfo(_Base, tag="dev"):
     seq: int
     ts: int
     driver: str  # the driver kind that reads it
+    gateway: str = ""  # the gateway that reads it (set by the gateway itself)
     bed: str | None = None
     manufacturer: str = ""
     model: str = ""

@@ -88,6 +88,7 @@ class Gateway:
             log.error("gateway %s: device %s belongs to gateway %s; not announcing it", self.id, info.device,
                       spec.gateway)
             return
+        info = msgspec.structs.replace(info, gateway=self.id)
         key = msgspec.structs.replace(info, ts=0, seq=0)
         if self._announced.get(info.device) == key:
             return

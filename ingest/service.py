@@ -92,6 +92,7 @@ class Ingest:
         self.settings = settings or IngestSettings()
         self.devices: dict[str, DeviceSpec] = site.device_index()
         self.counters: dict[str, int] = defaultdict(int)
+        self._restore_discovered()
         self.lag_ms = 0
         self._pending = _Pending()
         self._flush_lock = asyncio.Lock()
@@ -184,6 +185,12 @@ class Ingest:
                 continue
             pending.items.append(item)
 
+    def _restore_discovered(self) -> None:
+        """Devices gateways discovered before this worker started are theirs still (kept in the store)."""
+        for info in self.store.events(kind="dev", start_ms=0, end_ms=2**62, limit=1_000_000):
+            if isinstance(info, DeviceInfo) and info.device not in self.devices and info.gateway:
+                self._discovered(info.gateway, info)
+
     def _discovered(self, gateway: str, info: DeviceInfo) -> DeviceSpec:
         """A gateway announced a device unknown to the site: from now on it is that gateway's."""
         spec = DeviceSpec(id=info.device, kind=info.driver, gateway=gateway, bed=info.bed,
@@ -213,11 +220,9 @@ class Ingest:
                     break
                 except StoreError as exc:
                     if not exc.retryable:
-                        log.error("ingest: store refused a batch of %d: %s; quarantining it", len(pending), exc)
-                        pending.rejected.extend(_Rejected(i.device, f"store refused: {exc}", encode(i))
-                                                for i in pending.items)
-                        pending.items.clear()
-                        continue
+                        log.error("ingest: store refused a batch of %d (%s); storing item by item", len(pending), exc)
+                        result = await asyncio.to_thread(self._write_one_by_one, pending)
+                        break
                     self.counters["store_errors"] += 1
                     log.warning("ingest: store unavailable (%s); retrying in %.1f s", exc, backoff)
                     await asyncio.sleep(backoff)
@@ -230,6 +235,23 @@ class Ingest:
             for gateway, seqs in pending.seqs.items():
                 commit = Commit(gateway=gateway, ts=now_ms(), ranges=ranges(seqs))
                 await client.publish(topics.gateway_topic(self.site.id, gateway, "commit"), encode(commit), qos=1)
+
+    def _write_one_by_one(self, pending: _Pending) -> tuple[int, int]:
+        """The slow path after a refused batch: store what the store takes, quarantine what it refuses."""
+        stored = duplicates = 0
+        for item in pending.items:
+            try:
+                result = self.store.write([item])
+            except StoreError as exc:
+                if exc.retryable:
+                    raise
+                self.counters["quarantined"] += 1
+                self.store.quarantine(source=item.device, reason=f"device {item.device}: store refused: {exc}",
+                                      raw=encode(item), ts=now_ms())
+                continue
+            stored += result.stored
+            duplicates += result.duplicates
+        return stored, duplicates
 
     def _write(self, pending: _Pending) -> tuple[int, int]:
         for rejected in pending.rejected:

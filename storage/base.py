@@ -165,8 +165,9 @@ class TimeSeriesStore(Protocol):
         start_ms: int,
         end_ms: int,
         limit: int = 1000,
+        kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)``, decoded back into contract structs."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
         ...
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:

@@ -131,7 +131,7 @@ def _load_sqlite(path: Path, ward: Ward, values: np.ndarray) -> float:
             conn.executemany(
                 insert,
                 (
-                    (device, STREAM, seq, t, METRIC, v, UNIT, CODE, bed_id, None, 0)
+                    (device, STREAM, seq, t, METRIC, v, UNIT, CODE, bed_id, None, 0, None)
                     for seq, t, v in zip(seqs, ts, values[bed].tolist(), strict=True)
                 ),
             )
@@ -176,6 +176,7 @@ def _load_duckdb(path: Path, ward: Ward, values: np.ndarray) -> float:
                     "bed": np.tile(beds, s1 - s0),
                     "device_ts": np.full(n, None, dtype=object),
                     "flags": np.zeros(n, dtype=np.int64),
+                    "containment": np.full(n, None, dtype=object),
                 }
                 conn.register("incoming", incoming)
                 conn.execute(insert).fetchall()

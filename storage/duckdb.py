@@ -23,7 +23,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -61,7 +61,7 @@ SCHEMA_VERSION: Final = 1
 
 # Observation columns in the contract's field order, so a row is ``astuple(obs)``.
 OBS_COLUMNS: Final = Observation.__struct_fields__
-_OBS_TEXT: Final = frozenset({"device", "stream", "metric", "unit", "bed"})
+_OBS_TEXT: Final = frozenset({"device", "stream", "metric", "unit", "bed", "containment"})
 _OBS_NULLABLE_INT: Final = frozenset({"device_ts"})
 _OBS_FLOAT: Final = frozenset({"value"})
 
@@ -79,7 +79,10 @@ SCHEMA: Final = (
         bed VARCHAR,
         device_ts BIGINT,
         flags INTEGER NOT NULL,
+        containment VARCHAR,
         PRIMARY KEY (device, stream, seq))""",
+    # Files written before the contract carried containment get the column (NULL for old rows).
+    "ALTER TABLE observations ADD COLUMN IF NOT EXISTS containment VARCHAR",
     # The newest stored observation per (device, metric, bed); bed_key is '' for no bed and 'b:' + bed
     # otherwise, because a key column cannot be NULL.
     """CREATE TABLE IF NOT EXISTS latest (
@@ -188,6 +191,15 @@ def obs_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
         else:
             columns[name] = np.array(values, dtype=np.int64)
     return columns
+
+
+def _columns(build: Callable[[list[tuple[object, ...]]], dict[str, np.ndarray]],
+             rows: list[tuple[object, ...]]) -> dict[str, np.ndarray]:
+    """Build numpy columns; a value numpy cannot hold (an int past 64 bits ...) is a non-retryable StoreError."""
+    try:
+        return build(rows)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StoreError(f"a batch of {len(rows)} rows cannot be stored: {exc}", retryable=False) from exc
 
 
 def _newest(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
@@ -344,7 +356,7 @@ class DuckDbStore:
         stored = 0
         with self._writing("write") as conn:
             if obs:
-                conn.register("incoming_obs", obs_columns(list(obs.values())))
+                conn.register("incoming_obs", _columns(obs_columns, list(obs.values())))
                 try:
                     fresh = conn.execute(_INSERT_OBS).fetchall()
                 finally:
@@ -358,10 +370,10 @@ class DuckDbStore:
                         conn.unregister("incoming_latest")
             if evt:
                 names = ("device", "stream", "seq", "kind", "ts", "bed", "body")
-                columns = {
+                columns = _columns(lambda rows: {
                     name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
-                    for name, values in zip(names, zip(*evt.values(), strict=True), strict=True)
-                }
+                    for name, values in zip(names, zip(*rows, strict=True), strict=True)
+                }, list(evt.values()))
                 conn.register("incoming_evt", columns)
                 try:
                     stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
@@ -428,8 +440,9 @@ class DuckDbStore:
         start_ms: int,
         end_ms: int,
         limit: int = 1000,
+        kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)``, decoded back into contract structs."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
         check_range(start_ms, end_ms, None, limit)
         where = "ts >= ? AND ts < ?"
         params: list[object] = [start_ms, end_ms]
@@ -439,6 +452,9 @@ class DuckDbStore:
         if device is not None:
             where += " AND device = ?"
             params.append(device)
+        if kind is not None:
+            where += " AND kind = ?"
+            params.append(kind)
         sql = f"SELECT body FROM events WHERE {where} ORDER BY ts, device, stream, seq LIMIT ?"
         with self._reading("events") as cursor:
             bodies = [row[0] for row in cursor.execute(sql, [*params, limit]).fetchall()]

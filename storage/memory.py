@@ -146,8 +146,9 @@ class MemoryStore:
         start_ms: int,
         end_ms: int,
         limit: int = 1000,
+        kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)``, decoded back into contract structs."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
         check_range(start_ms, end_ms, None, limit)
         with self._lock:
             self._check_open()
@@ -158,7 +159,8 @@ class MemoryStore:
                 and (bed is None or item_bed_ == bed)
                 and (device is None or key[0] == device)
             )
-        return [decode_event(body) for _, _, body in hits[:limit]]
+        decoded = (decode_event(body) for _, _, body in hits)
+        return [e for e in decoded if kind is None or e.__struct_config__.tag == kind][:limit]
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
         """Keep refused input with its reason."""

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS observations (
     bed TEXT,
     device_ts INTEGER,
     flags INTEGER NOT NULL,
+    containment TEXT,
     PRIMARY KEY (device, stream, seq)
 ) WITHOUT ROWID;
 -- Bed + metric + time range, in the tie-break order, covering value: a per-bed history or latest
@@ -212,6 +213,9 @@ class SqliteStore:
                     f"{self.path}: unknown schema version {version} (expected {SCHEMA_VERSION})"
                 )
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(observations)")}
+            if "containment" not in columns:  # a file written before the contract carried containment
+                conn.execute("ALTER TABLE observations ADD COLUMN containment TEXT")
         except sqlite3.Error as exc:
             raise _store_error(exc, "open", self.path) from exc
 
@@ -375,8 +379,9 @@ class SqliteStore:
         start_ms: int,
         end_ms: int,
         limit: int = 1000,
+        kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)``, decoded back into contract structs."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
         check_range(start_ms, end_ms, None, limit)
         where = "ts >= ? AND ts < ?"
         params: list[object] = [start_ms, end_ms]
@@ -386,6 +391,9 @@ class SqliteStore:
         if device is not None:
             where += " AND device = ?"
             params.append(device)
+        if kind is not None:
+            where += " AND kind = ?"
+            params.append(kind)
         sql = f"SELECT body FROM events WHERE {where} ORDER BY ts, device, stream, seq LIMIT ?"
         with self._reading("events") as conn:
             bodies = [row[0] for row in conn.execute(sql, (*params, limit))]

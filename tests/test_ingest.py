@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,6 +13,7 @@ from devices import topics
 from devices.bus import BrokerAddress
 from devices.contract import Batch, Commit, Observation, SeqRange, encode
 from ingest.service import Ingest, ranges
+from storage.duckdb import DuckDbStore
 from storage.memory import MemoryStore
 from wardlink.config import load
 
@@ -86,8 +89,8 @@ async def test_bad_input_is_quarantined_with_a_reason_and_committed() -> None:
 
 
 async def test_a_device_of_another_gateway_is_refused() -> None:
-    site = load(env={}, overrides={"site": {"gateways": [{"id": "gw-icu", "unit": "ICU"},
-                                                         {"id": "gw-2", "unit": "ICU"}]}}).site
+    gateways = [{"id": "gw-icu", "unit": "ICU"}, {"id": "gw-w3", "unit": "W3"}, {"id": "gw-2", "unit": "ICU"}]
+    site = load(env={}, overrides={"site": {"gateways": gateways}}).site
     store = MemoryStore()
     ingest = Ingest(site, store, BrokerAddress("127.0.0.1", 1))
     ingest.handle(topics.gateway_topic("demo", "gw-2", "data"), batch(obs(1), gateway="gw-2"))
@@ -101,3 +104,18 @@ def test_messages_on_foreign_topics_are_ignored_not_quarantined() -> None:
     ingest.handle(topics.service_topic("demo", "alerts", "a-1"), b'{"service":"alerts"}')
     assert ingest.counters["foreign_topic"] == 1
     assert ingest.counters["quarantined"] == 0
+
+
+async def test_an_item_the_store_refuses_is_quarantined_and_the_rest_stored() -> None:
+    store = DuckDbStore(Path(tempfile.mkdtemp()) / "s.duckdb")
+    ingest = Ingest(load(env={}).site, store, BrokerAddress("127.0.0.1", 1))
+    huge = Observation(device="mon-icu-01", stream="numerics", seq=2, ts=2**70, metric="MDC_TEMP",
+                       value=37.0, unit="Cel")  # a time past 64 bits: valid JSON, not storable
+    ingest.handle(DATA, batch(obs(1), huge, obs(3)))
+    client = RecordingClient()
+    await ingest.flush(client)  # type: ignore[arg-type]
+    assert store.stats().observations == 2
+    assert "store refused" in store.quarantined()[0].reason
+    commit = msgspec.json.decode(client.published[-1][1], type=Commit)
+    assert [(r.first, r.last) for r in commit.ranges] == [(1, 3)]  # the refused one is released too
+    store.close()

@@ -568,3 +568,13 @@ def test_bench_quick_measures_both_candidates() -> None:
     text = table(figures)
     for word in ("sqlite", "duckdb", "append, 5,000/batch"):
         assert word in text
+
+
+def test_every_contract_field_of_an_observation_is_stored(tmp_path: Path) -> None:
+    """A field added to the contract must reach the store's tables (this once crashed ingest)."""
+    full = Observation(device="d", stream="s", seq=1, ts=T0, metric="MDC_TEMP", value=37.0, unit="Cel", code=150344,
+               bed=None, device_ts=None, flags=0, containment="1.2.3.150344")
+    for store in (DuckDbStore(tmp_path / "a.duckdb"), SqliteStore(tmp_path / "a.db")):
+        assert store.write([full]).stored == 1
+        assert store.latest(device="d")[0].value == 37.0
+        store.close()

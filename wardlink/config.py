@@ -19,6 +19,7 @@ from alerts.service import AlertSettings
 from devices.site import Site, SiteError
 from gateway.service import GatewaySettings
 from ingest.service import IngestSettings
+from simulators.scenario import ScenarioError, load_scenario
 
 
 class ConfigError(ValueError):
@@ -40,22 +41,11 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 8000
 
 
-class MonitorSim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One simulated bedside monitor and its patient."""
-
-    device: str
-    profile: str = "stable"
-    seed: int = 0
-    onset_s: float = 30.0
-    period_s: float = 60.0
-
-
 class SimulationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The simulated ward."""
+    """The simulated hospital: a shipped scenario's name or a scenario file's path."""
 
     enabled: bool = True
-    interval_s: float = 1.0
-    monitors: list[MonitorSim] = []
+    scenario: str = "hospital"
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -123,8 +113,13 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
         config = msgspec.convert(data, Config, strict=False)
     except (msgspec.ValidationError, SiteError) as exc:
         raise ConfigError(f"config{f' {path}' if path else ''}: {exc}") from exc
-    known = {d.id for d in config.site.devices}
-    for monitor in config.simulation.monitors:
-        if monitor.device not in known:
-            raise ConfigError(f"simulation.monitors: device {monitor.device!r} is not a device of the site")
+    if config.simulation.enabled:
+        try:
+            scenario = load_scenario(config.simulation.scenario)
+        except ScenarioError as exc:
+            raise ConfigError(str(exc)) from exc
+        unknown = scenario.devices() - {d.id for d in config.site.devices}
+        if unknown:
+            raise ConfigError(f"simulation.scenario {config.simulation.scenario}: devices {sorted(unknown)} "
+                              "are not devices of the site")
     return config

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -24,10 +24,9 @@ from devices.bus import BrokerAddress
 from devices.site import DeviceSpec, Site
 from gateway.service import Gateway
 from ingest.service import Ingest
-from simulators.bedside.monitor import SimulatedMonitor
-from simulators.bedside.patient import PatientModel
+from simulators.scenario import Running, load_scenario, start
 from storage.duckdb import DuckDbStore
-from wardlink.broker import EmbeddedBroker
+from wardlink.broker import EmbeddedBroker, pick_port
 from wardlink.config import Config
 
 log = logging.getLogger(__name__)
@@ -53,29 +52,34 @@ class System:
     ingest: Ingest
     alerts: AlertService
     view: LiveView
-    monitors: dict[str, SimulatedMonitor] = field(default_factory=dict)
+    scenario: Running | None = None
 
 
-def _simulate(config: Config) -> tuple[Site, dict[str, SimulatedMonitor]]:
-    """Start a pty per simulated monitor and point the device's connection at it."""
-    site = config.site
-    if not config.simulation.enabled:
-        return site, {}
-    specs = site.device_index()
-    monitors: dict[str, SimulatedMonitor] = {}
-    for sim in config.simulation.monitors:
-        spec = specs[sim.device]
-        patient = PatientModel(sim.profile, seed=sim.seed, onset_s=sim.onset_s, period_s=sim.period_s)
-        monitors[sim.device] = SimulatedMonitor(serial_number=spec.serial_number or sim.device,
-                                                model=spec.model or "WLB-100", firmware="1.4.2",
-                                                patient=patient, interval_s=config.simulation.interval_s)
+def _listeners(site: Site) -> tuple[Site, dict[str, tuple[str, int]]]:
+    """Where each HL7 listener will listen; a port already taken is swapped for a free one (and logged)."""
+    targets: dict[str, tuple[str, int]] = {}
     devices: list[DeviceSpec] = []
     for spec in site.devices:
-        monitor = monitors.get(spec.id)
-        if monitor is not None:
-            spec = msgspec.structs.replace(spec, connection={**spec.connection, "port": monitor.port})
+        listen = spec.connection.get("listen") if spec.kind == "hl7_pcd" else None
+        if listen:
+            host, _, port_text = str(listen).rpartition(":")
+            host = host.strip("[]") or "127.0.0.1"
+            port = pick_port(host if host != "0.0.0.0" else "127.0.0.1", int(port_text))  # noqa: S104
+            targets[spec.id] = ("127.0.0.1" if host == "0.0.0.0" else host, port)  # noqa: S104
+            spec = msgspec.structs.replace(spec, connection={**spec.connection, "listen": f"{host}:{port}"})
         devices.append(spec)
-    return msgspec.structs.replace(site, devices=devices), monitors
+    return msgspec.structs.replace(site, devices=devices), targets
+
+
+async def _simulate(config: Config, site: Site, broker: BrokerAddress) -> tuple[Site, Running | None]:
+    """Start the scenario's twins and point each simulated device's connection at its twin."""
+    site, targets = _listeners(site)
+    if not config.simulation.enabled:
+        return site, None
+    running = await start(load_scenario(config.simulation.scenario), broker, targets)
+    devices = [msgspec.structs.replace(spec, connection={**spec.connection, **running.connections[spec.id]})
+               if spec.id in running.connections else spec for spec in site.devices]
+    return msgspec.structs.replace(site, devices=devices), running
 
 
 async def run_system(config: Config, stop: asyncio.Event,
@@ -91,8 +95,9 @@ async def run_system(config: Config, stop: asyncio.Event,
         embedded = EmbeddedBroker(config.broker.embedded_host, config.broker.embedded_port)
         address = await embedded.start()
     store = DuckDbStore(data / "timeseries.duckdb")  # chosen by measurement: docs/storage.md
-    site, monitors = _simulate(config)
+    scenario: Running | None = None
     try:
+        site, scenario = await _simulate(config, config.site, address)
         gateways = [Gateway(site, g.id, data / f"outbox-{g.id}.db", address, config.gateway) for g in site.gateways]
         ingest = Ingest(site, store, address, settings=config.ingest)
         alerts = AlertService(site, data / "alerts.db", address, config.alerts)
@@ -100,10 +105,8 @@ async def run_system(config: Config, stop: asyncio.Event,
         server = _Server(uvicorn.Config(create_app(site, store, view), host=config.api.host, port=config.api.port,
                                         log_level="warning", lifespan="off", ws_max_size=64 * 1024))
         api_url = f"http://{config.api.host}:{config.api.port}"
-        system = System(config, site, address, api_url, gateways, ingest, alerts, view, monitors)
-        services: list[asyncio.Task[Any]] = []
-        sims = [asyncio.create_task(m.run(), name=f"sim {d}") for d, m in monitors.items()]
-        services += [asyncio.create_task(ingest.run(), name="ingest"),
+        system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario)
+        services: list[asyncio.Task[Any]] = [asyncio.create_task(ingest.run(), name="ingest"),
                      asyncio.create_task(alerts.run(), name="alerts"),
                      asyncio.create_task(view.run(), name="api view")]
         gateway_tasks = [asyncio.create_task(g.run(), name=f"gateway {g.id}") for g in gateways]
@@ -113,23 +116,24 @@ async def run_system(config: Config, stop: asyncio.Event,
         if api.done():
             api.result()  # the API could not start (port taken?): raise why
             raise RuntimeError(f"API server on {api_url} stopped during start-up")
-        log.info("Wardlink is running: API %s (docs %s/docs), broker %s%s, data in %s, %d beds simulated",
-                 api_url, api_url, address.url, " (embedded)" if embedded else "", data.resolve(), len(monitors))
+        log.info("Wardlink is running: API %s (docs %s/docs), broker %s%s, data in %s, %d devices simulated",
+                 api_url, api_url, address.url, " (embedded)" if embedded else "", data.resolve(),
+                 len(scenario.connections) if scenario else 0)
         if on_ready is not None:
             result = on_ready(system)
             if result is not None:
                 await result
         await stop.wait()
-        log.info("stopping: API, simulators, gateways, services, broker")
+        log.info("stopping: API, gateways, simulators, services, broker")
         server.should_exit = True
         await api
-        for group in (sims, gateway_tasks, services):
+        for group in (gateway_tasks, services):  # gateways first: a stopping simulator is no device failure
             for task in group:
                 task.cancel()
             await asyncio.gather(*group, return_exceptions=True)
     finally:
-        for monitor in monitors.values():
-            monitor.close()
+        if scenario is not None:
+            await scenario.stop()
         store.close()
         if embedded is not None:
             await embedded.stop()

@@ -164,6 +164,10 @@ class Hl7PcdDriver:
             await self._converse(reader, writer, framer, peer)
         except (ConnectionError, OSError) as exc:
             log.info("device %s: connection from %s ended: %s", self.spec.id, peer, exc)
+        except asyncio.CancelledError:
+            # The listener is stopping. Python 3.11's stream callback logs a cancelled handler task as an
+            # error (fixed in 3.12), so the handler ends normally instead of re-raising.
+            log.debug("device %s: connection from %s closed at shutdown", self.spec.id, peer)
         finally:
             self._clients.discard(task)
             writer.close()
