@@ -191,7 +191,9 @@ async def start(scenario: Scenario, broker: BrokerAddress, hl7_targets: dict[str
             running.connections[sim.device] = {"port": monitor.port}
             running.tasks.append(asyncio.create_task(monitor.run(), name=f"sim {sim.device}"))
         for line in scenario.modbus:
-            units: list[UnitModel] = [_MODELS[u.model](unit=u.unit) for u in line.units]
+            units: list[UnitModel] = [
+                PumpModel(unit=u.unit, serial_number=f"PV3-{u.device.upper()}") if u.model == "pump"
+                else _MODELS[u.model](unit=u.unit) for u in line.units]
             server = ModbusSimulator(units, transport="tcp")
             await server.start()
             running.modbus.append(server)

@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,51 +21,22 @@ import pytest
 import websockets
 
 from tests.conftest import Mosquitto, free_port
+from tests.scenarios import RULES, fast_scenario
 from wardlink.config import Config, load
 from wardlink.runner import System, run_system
 
 pytestmark = pytest.mark.slow
 
-RULES = [{"name": "spo2_low", "metric": "spo2", "direction": "below", "limit": 90, "priority": "high",
-          "delay_s": 3, "hysteresis": 2}]
-
 
 def ward_config(data_dir: Path, broker_url: str) -> Config:
     """The shipped hospital scenario, with ICU-03 desaturating at once and ICU-05's dips every 8 s."""
-    scenario = tomllib.loads(resources.files("simulators").joinpath("scenarios", "hospital.toml").read_text())
-    for monitor in scenario["bedside"]:
-        if monitor["device"] == "mon-icu-03":
-            monitor.update(profile="desaturating", onset_s=1)
-        elif monitor["device"] == "mon-icu-05":
-            monitor.update(profile="artefact", onset_s=3, period_s=8)
-        else:
-            monitor["profile"] = "stable"
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir.parent / "scenario.toml"
-    path.write_text(_toml(scenario))
+    path = fast_scenario(data_dir.parent / "scenario.toml")
     return load(env={}, overrides={
         "data_dir": str(data_dir), "broker": {"url": broker_url}, "api": {"port": free_port()},
         "alerts": {"rules": RULES}, "simulation": {"scenario": str(path)},
         "gateway": {"resend_after_s": 2.0},
     })
-
-
-def _toml(data: dict[str, Any]) -> str:
-    """Just enough TOML writing for a scenario: top-level values and arrays of flat tables."""
-    def value(v: Any) -> str:
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        return json.dumps(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, list)]
-    for key, tables in data.items():
-        if isinstance(tables, list):
-            for table in tables:
-                lines.append(f"[[{key}]]")
-                lines += [f"{k} = {value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
 
 
 @contextlib.asynccontextmanager

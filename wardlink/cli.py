@@ -20,15 +20,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the whole system (embedded broker and store, simulated ward)")
-    run.add_argument("--config", type=Path, help="TOML file merged over the embedded defaults")
-    run.add_argument("--broker", help="use an external broker, mqtt://HOST:PORT, instead of the embedded one")
-    run.add_argument("--data-dir", help="where the store, outbox and state live (default ./data)")
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, action="append", default=[],
+                       help="TOML (or JSON) file merged over the embedded defaults; may be given several times")
+        p.add_argument("--broker", help="the broker, mqtt://HOST:PORT (run: instead of the embedded one)")
+        p.add_argument("--data-dir", help="where the store, outbox and state live (default ./data)")
+
+    run = sub.add_parser("run", help="run the whole system (embedded broker and store, simulated hospital)")
+    common(run)
     run.add_argument("--api-port", type=int, help="API port (default 8000)")
-    run.add_argument("--no-simulation", action="store_true", help="do not start the simulated ward")
+    run.add_argument("--no-simulation", action="store_true", help="do not start the simulated hospital")
+
+    serve = sub.add_parser("serve", help="run one service against an external broker (a deployment's unit)")
+    serve.add_argument("service", choices=("gateway", "ingest", "alerts", "api"))
+    serve.add_argument("--gateway", help="which gateway of the site (serve gateway)")
+    serve.add_argument("--api-port", type=int, help="API port (serve api)")
+    common(serve)
+
+    sim = sub.add_parser("simulate", help="play a scenario's devices on their wire protocols")
+    sim.add_argument("--scenario", help="a shipped scenario (hospital) or a scenario TOML file")
+    sim.add_argument("--write-config", type=Path, help="write the devices' connections here (JSON, for --config)")
+    common(sim)
 
     show = sub.add_parser("config", help="print the effective configuration as JSON")
-    show.add_argument("--config", type=Path)
+    common(show)
 
     b = sub.add_parser("bench", help="run a benchmark and print its figures")
     b.add_argument("name", choices=sorted(bench.BENCHES), help="which benchmark")
@@ -47,6 +62,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["api"] = {"port": args.api_port}
     if getattr(args, "no_simulation", False):
         out["simulation"] = {"enabled": False}
+    if getattr(args, "scenario", None):
+        out["simulation"] = {"scenario": args.scenario}
     return out
 
 
@@ -68,9 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             sys.stdout.write(json.dumps(msgspec.to_builtins(cfg), indent=2) + "\n")
             return 0
-        from wardlink import runner  # imported late: `bench` and `config` need none of the services
+        # Imported late: `bench` and `config` need none of the services.
+        if args.command == "serve":
+            from wardlink.serve import serve
 
-        asyncio.run(runner.main(cfg))
+            asyncio.run(serve(cfg, args.service, args.gateway))
+        elif args.command == "simulate":
+            from wardlink.serve import simulate
+
+            asyncio.run(simulate(cfg, args.write_config))
+        else:
+            from wardlink import runner
+
+            asyncio.run(runner.main(cfg))
     except config.ConfigError as exc:
         logging.getLogger("wardlink").error("%s", exc)
         return 2

@@ -6,12 +6,13 @@ is built at import time.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,6 +42,12 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 8000
 
 
+class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The embedded time-series store: DuckDB (chosen by measurement) or SQLite (several processes)."""
+
+    engine: Literal["duckdb", "sqlite"] = "duckdb"
+
+
 class SimulationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The simulated hospital: a shipped scenario's name or a scenario file's path."""
 
@@ -55,6 +62,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "data"
     broker: BrokerSettings = BrokerSettings()
     api: ApiSettings = ApiSettings()
+    store: StoreSettings = StoreSettings()
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
     alerts: AlertSettings = AlertSettings()
@@ -91,15 +99,20 @@ def defaults() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def load(path: Path | None = None, env: Mapping[str, str] | None = None,
+def load(path: Path | Sequence[Path] | None = None, env: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build and validate the configuration: defaults < file < environment < ``overrides``."""
+    """Build and validate the configuration: defaults < files (in order) < environment < ``overrides``.
+
+    Files are TOML, or JSON when they end in ``.json`` (what ``wardlink simulate`` writes).
+    """
     data = defaults()
-    if path is not None:
+    paths = [path] if isinstance(path, Path) else list(path or [])
+    for file in paths:
         try:
-            data = _merge(data, tomllib.loads(path.read_text(encoding="utf-8")))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from exc
+            text = file.read_text(encoding="utf-8")
+            data = _merge(data, json.loads(text) if file.suffix == ".json" else tomllib.loads(text))
+        except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+            raise ConfigError(f"config file {file}: {exc}") from exc
     for name, keys in _ENV.items():
         value = (os.environ if env is None else env).get(name)
         if value is not None:
@@ -112,7 +125,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
     try:
         config = msgspec.convert(data, Config, strict=False)
     except (msgspec.ValidationError, SiteError) as exc:
-        raise ConfigError(f"config{f' {path}' if path else ''}: {exc}") from exc
+        raise ConfigError(f"config{' ' + ', '.join(map(str, paths)) if paths else ''}: {exc}") from exc
     if config.simulation.enabled:
         try:
             scenario = load_scenario(config.simulation.scenario)

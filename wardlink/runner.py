@@ -25,14 +25,16 @@ from devices.site import DeviceSpec, Site
 from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.scenario import Running, load_scenario, start
+from storage.base import TimeSeriesStore
 from storage.duckdb import DuckDbStore
+from storage.sqlite import SqliteStore
 from wardlink.broker import EmbeddedBroker, pick_port
-from wardlink.config import Config
+from wardlink.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class _Server(uvicorn.Server):
+class ApiServer(uvicorn.Server):
     """uvicorn without its own signal handling: the runner owns Ctrl-C and stops everything in order."""
 
     @contextlib.contextmanager
@@ -55,8 +57,19 @@ class System:
     scenario: Running | None = None
 
 
-def _listeners(site: Site) -> tuple[Site, dict[str, tuple[str, int]]]:
-    """Where each HL7 listener will listen; a port already taken is swapped for a free one (and logged)."""
+def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
+    """The configured time-series store in the data directory (``reader``: a process that only reads)."""
+    data = config.data_path
+    if config.store.engine == "sqlite":
+        return SqliteStore(data / "timeseries.db")
+    if reader:
+        raise ConfigError('store.engine "duckdb" lets one process open the store; a separate API process needs '
+                          'store.engine = "sqlite"')
+    return DuckDbStore(data / "timeseries.duckdb")  # chosen by measurement: docs/storage.md
+
+
+def listeners(site: Site, *, move_busy: bool = True) -> tuple[Site, dict[str, tuple[str, int]]]:
+    """Where each HL7 listener will listen; with ``move_busy`` a port already taken is swapped for a free one."""
     targets: dict[str, tuple[str, int]] = {}
     devices: list[DeviceSpec] = []
     for spec in site.devices:
@@ -64,7 +77,9 @@ def _listeners(site: Site) -> tuple[Site, dict[str, tuple[str, int]]]:
         if listen:
             host, _, port_text = str(listen).rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
-            port = pick_port(host if host != "0.0.0.0" else "127.0.0.1", int(port_text))  # noqa: S104
+            port = int(port_text)
+            if move_busy:
+                port = pick_port(host if host != "0.0.0.0" else "127.0.0.1", port)  # noqa: S104
             targets[spec.id] = ("127.0.0.1" if host == "0.0.0.0" else host, port)  # noqa: S104
             spec = msgspec.structs.replace(spec, connection={**spec.connection, "listen": f"{host}:{port}"})
         devices.append(spec)
@@ -73,7 +88,7 @@ def _listeners(site: Site) -> tuple[Site, dict[str, tuple[str, int]]]:
 
 async def _simulate(config: Config, site: Site, broker: BrokerAddress) -> tuple[Site, Running | None]:
     """Start the scenario's twins and point each simulated device's connection at its twin."""
-    site, targets = _listeners(site)
+    site, targets = listeners(site)
     if not config.simulation.enabled:
         return site, None
     running = await start(load_scenario(config.simulation.scenario), broker, targets)
@@ -94,7 +109,7 @@ async def run_system(config: Config, stop: asyncio.Event,
     else:
         embedded = EmbeddedBroker(config.broker.embedded_host, config.broker.embedded_port)
         address = await embedded.start()
-    store = DuckDbStore(data / "timeseries.duckdb")  # chosen by measurement: docs/storage.md
+    store = open_store(config)
     scenario: Running | None = None
     try:
         site, scenario = await _simulate(config, config.site, address)
@@ -102,7 +117,7 @@ async def run_system(config: Config, stop: asyncio.Event,
         ingest = Ingest(site, store, address, settings=config.ingest)
         alerts = AlertService(site, data / "alerts.db", address, config.alerts)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
-        server = _Server(uvicorn.Config(create_app(site, store, view), host=config.api.host, port=config.api.port,
+        server = ApiServer(uvicorn.Config(create_app(site, store, view), host=config.api.host, port=config.api.port,
                                         log_level="warning", lifespan="off", ws_max_size=64 * 1024))
         api_url = f"http://{config.api.host}:{config.api.port}"
         system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario)

@@ -1,0 +1,125 @@
+"""One service per process, as a hospital deploys Wardlink: `wardlink serve gateway|ingest|alerts|api`,
+and `wardlink simulate` to play a scenario's devices for them.
+
+Every service here needs an external broker (``--broker`` or ``broker.url``): the embedded one lives
+only inside ``wardlink run``. Services that share the store across processes need a store that allows
+it: SQLite (``store.engine = "sqlite"``), since DuckDB lets only one process open its file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvicorn
+
+from alerts.service import AlertService
+from api.app import create_app
+from api.view import LiveView
+from devices.bus import BrokerAddress
+from gateway.service import Gateway
+from ingest.service import Ingest
+from simulators.scenario import load_scenario, start
+from storage.base import TimeSeriesStore
+from wardlink.config import Config, ConfigError
+from wardlink.runner import ApiServer, listeners, open_store
+
+log = logging.getLogger(__name__)
+SERVICES = ("gateway", "ingest", "alerts", "api")
+
+
+def _broker(config: Config) -> BrokerAddress:
+    if not config.broker.url:
+        raise ConfigError("serve: set the broker (--broker mqtt://HOST:PORT or broker.url); the embedded broker "
+                          "runs only inside `wardlink run`")
+    return BrokerAddress.parse(config.broker.url)
+
+
+async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await work(stop)
+
+
+async def _run_until(stop: asyncio.Event, *coroutines: Awaitable[Any]) -> None:
+    """Run service coroutines until ``stop``, then cancel them."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve(config: Config, service: str, gateway_id: str | None = None) -> None:
+    """Run one service until SIGINT or SIGTERM."""
+    address = _broker(config)
+    data = config.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    site, _ = listeners(config.site, move_busy=False)
+
+    async def work(stop: asyncio.Event) -> None:
+        store: TimeSeriesStore | None = None
+        try:
+            if service == "gateway":
+                ids = [g.id for g in site.gateways]
+                if gateway_id not in ids:
+                    raise ConfigError(f"serve gateway: --gateway must be one of {ids}")
+                gateway = Gateway(site, gateway_id, data / f"outbox-{gateway_id}.db", address, config.gateway)
+                await _run_until(stop, gateway.run())
+            elif service == "ingest":
+                store = open_store(config)
+                await _run_until(stop, Ingest(site, store, address, settings=config.ingest).run())
+            elif service == "alerts":
+                await _run_until(stop, AlertService(site, data / "alerts.db", address, config.alerts).run())
+            elif service == "api":
+                store = open_store(config, reader=True)
+                view = LiveView(site.id, address)
+                server = ApiServer(uvicorn.Config(create_app(site, store, view), host=config.api.host,
+                                                  port=config.api.port, log_level="warning", lifespan="off"))
+                tasks = [asyncio.ensure_future(c) for c in (server.serve(), stop.wait(), view.run())]
+                await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)  # stopped, or the API failed
+                server.should_exit = True
+                await asyncio.gather(tasks[0], return_exceptions=True)
+                for task in tasks[1:]:
+                    task.cancel()
+                await asyncio.gather(*tasks[1:], return_exceptions=True)
+            else:
+                raise ConfigError(f"serve: unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+        finally:
+            if store is not None:
+                store.close()
+
+    log.info("serving %s (broker %s, data in %s)", service, address.url, data.resolve())
+    await _until_signal(work)
+
+
+async def simulate(config: Config, write_config: Path | None) -> None:
+    """Play the configured scenario's devices until SIGINT; write where each twin can be reached."""
+    address = _broker(config)
+    site, targets = listeners(config.site, move_busy=False)
+
+    async def work(stop: asyncio.Event) -> None:
+        running = await start(load_scenario(config.simulation.scenario), address, targets)
+        try:
+            devices = [msgspec.structs.replace(spec, connection={**spec.connection, **running.connections[spec.id]})
+                       if spec.id in running.connections else spec for spec in site.devices]
+            fragment = {"site": msgspec.to_builtins(msgspec.structs.replace(site, devices=devices))}
+            text = json.dumps(fragment, indent=1)
+            if write_config is not None:
+                await asyncio.to_thread(write_config.write_text, text, encoding="utf-8")
+                log.info("simulated devices: their connections are in %s (pass it with --config)", write_config)
+            else:
+                log.info("simulated devices' connections: %s", text)
+            await stop.wait()
+        finally:
+            await running.stop()
+
+    await _until_signal(work)
