@@ -78,7 +78,14 @@ def store(quick: bool = False) -> dict[str, float]:
     return run(quick=quick)
 
 
-BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, "store": store}
+def gateway(quick: bool = False) -> dict[str, float]:
+    """Readings/s of every driver kind through parse, outbox and uplink, beside the raw broker publish rate."""
+    from wardlink.bench_gateway import run
+
+    return run(quick=quick)
+
+
+BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, "store": store, "gateway": gateway}
 
 
 def table(name: str, figures: dict[str, float]) -> str:
@@ -87,6 +94,10 @@ def table(name: str, figures: dict[str, float]) -> str:
         from storage.bench import table as store_table
 
         return store_table(figures)
+    if name == "gateway":
+        from wardlink.bench_gateway import table as gateway_table
+
+        return gateway_table(figures)
     width = max(len(k) for k in figures)
     lines = [f"wardlink bench {name}", "-" * (width + 16)]
     lines += [f"{k:<{width}}  {v:>14,.2f}" for k, v in figures.items()]
