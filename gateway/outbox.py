@@ -5,9 +5,13 @@ Each item gets its per-stream sequence number here, in the same transaction that
 one stream are kept as one row (a contiguous sequence range with the items' JSON joined), which
 keeps the per-reading cost of the disk low; a row always travels, commits and sheds whole. Rows are deleted only
 when ingest reports the range committed to the store (:meth:`Outbox.release`), never on a broker
-PUBACK. Two lanes keep alarms apart from telemetry. The outbox is bounded: past ``max_rows`` it
-sheds the lowest-priority rows first (tag reads and waste pings, then trends), never alarms, and
-counts every row it shed.
+PUBACK. Each priority class has a lane of its own (alarms, trends, waste, tag reads): alarms are
+published first, and the outbox is bounded: past ``max_rows`` it sheds the lowest-priority lane first
+(tag reads, then waste pings, then trends), never alarms, and counts every item it shed.
+
+A stream's next sequence number is kept in memory and written to disk only when rows leave (release
+or shedding); on start it is the larger of what was written and what the remaining rows hold, so a
+number is never given twice, and an accept costs one insert.
 """
 
 from __future__ import annotations
@@ -25,19 +29,21 @@ from devices.contract import DeviceEvent, DeviceInfo, Item, Observation, SeqRang
 
 log = logging.getLogger(__name__)
 
+# Lanes are priority classes; the higher the number, the sooner it is shed. Alarms are never shed, and
+# device registrations travel with them: a registration must reach ingest before the device's data.
 LANE_ALARM = 0
-LANE_DATA = 1
-
-# Shedding order: the highest number goes first. Alarms are never shed.
-_PRIORITY: dict[type, int] = {TagRead: 3, WasteEvent: 2, Observation: 1, DeviceEvent: 0, DeviceInfo: 0}
-# Alarms and device registrations go first: a registration must reach ingest before the device's data.
-_ALARM_LANE = (DeviceEvent, DeviceInfo)
+LANE_TRENDS = 1
+LANE_WASTE = 2
+LANE_TAGS = 3
+DATA_LANES = (LANE_TRENDS, LANE_WASTE, LANE_TAGS)
+_LANE: dict[type, int] = {DeviceEvent: LANE_ALARM, DeviceInfo: LANE_ALARM, Observation: LANE_TRENDS,
+                          WasteEvent: LANE_WASTE, TagRead: LANE_TAGS}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     lane INTEGER NOT NULL,
-    shed_rank INTEGER NOT NULL,
+    shed_rank INTEGER NOT NULL,  -- kept for files written before lanes were priority classes; equals lane
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
     first_seq INTEGER NOT NULL,
@@ -46,8 +52,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL  -- the items' JSON objects joined by commas
 );
 CREATE INDEX IF NOT EXISTS outbox_key ON outbox (device, stream, first_seq);
-CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, id);
-CREATE INDEX IF NOT EXISTS outbox_shed ON outbox (shed_rank, id);
+CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (lane, id);  -- publishing and shedding both walk it
+DROP INDEX IF EXISTS outbox_shed;  -- from before lanes were priority classes
 CREATE TABLE IF NOT EXISTS streams (
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -97,6 +103,8 @@ class Outbox:
             self._next: dict[tuple[str, str], int] = {
                 (d, s): n for d, s, n in self._db.execute("SELECT device, stream, next_seq FROM streams")
             }
+            for d, s, last in self._db.execute("SELECT device, stream, max(last_seq) FROM outbox GROUP BY 1, 2"):
+                self._next[(d, s)] = max(self._next.get((d, s), 1), last + 1)
             self._rows = int(self._db.execute("SELECT coalesce(sum(count), 0) FROM outbox").fetchone()[0])
             self.shed_total = self._counter("shed")
         except sqlite3.Error as exc:
@@ -112,7 +120,7 @@ class Outbox:
             return [], AcceptResult(0, 0)
         stamped: list[Item] = []
         runs: dict[tuple[str, str], list[bytes]] = {}
-        kinds: dict[tuple[str, str], type] = {}
+        lanes: dict[tuple[str, str], int] = {}
         touched: dict[tuple[str, str], int] = {}
         encode = self._encoder.encode
         with self._lock:
@@ -123,15 +131,15 @@ class Outbox:
                 item = msgspec.structs.replace(item, seq=seq)
                 stamped.append(item)
                 runs.setdefault(key, []).append(encode(item))
-                kind = type(item)
-                if _PRIORITY[kinds.setdefault(key, kind)] > _PRIORITY[kind]:
-                    kinds[key] = kind  # a run holding an alarm ranks (and travels) as an alarm
+                lane = _LANE[type(item)]
+                if lanes.setdefault(key, lane) > lane:
+                    lanes[key] = lane  # a run holding an alarm travels (and is kept) as an alarm
             rows = []
             for key, payloads in runs.items():
-                kind = kinds[key]
                 last = touched[key] - 1
-                rows.append((LANE_ALARM if issubclass(kind, _ALARM_LANE) else LANE_DATA, _PRIORITY[kind], key[0],
-                             key[1], last - len(payloads) + 1, last, len(payloads), b",".join(payloads)))
+                lane = lanes[key]
+                rows.append((lane, lane, key[0], key[1], last - len(payloads) + 1, last, len(payloads),
+                             b",".join(payloads)))
             shed = 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -141,11 +149,6 @@ class Outbox:
                 self._db.executemany(
                     "INSERT INTO outbox (lane, shed_rank, device, stream, first_seq, last_seq, count, payload) "
                     "VALUES (?,?,?,?,?,?,?,?)", rows)
-                self._db.executemany(
-                    "INSERT INTO streams (device, stream, next_seq) VALUES (?,?,?) "
-                    "ON CONFLICT (device, stream) DO UPDATE SET next_seq = excluded.next_seq",
-                    [(d, s, n) for (d, s), n in touched.items()],
-                )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -156,19 +159,21 @@ class Outbox:
 
     def _shed(self, count: int) -> int:
         """Delete at least ``count`` items, lowest priority and oldest first, never alarms; in a transaction."""
-        victims: list[int] = []
+        victims: list[tuple[int, str, str, int]] = []
         shed = 0
-        for rank in sorted({r for r in _PRIORITY.values() if r > 0}, reverse=True):
-            cursor = self._db.execute("SELECT id, count FROM outbox WHERE shed_rank = ? ORDER BY id", (rank,))
-            for row_id, row_count in cursor:
+        for lane in reversed(DATA_LANES):
+            cursor = self._db.execute(
+                "SELECT id, count, device, stream, last_seq FROM outbox WHERE lane = ? ORDER BY id", (lane,))
+            for row_id, row_count, device, stream, last in cursor:
                 if shed >= count:
                     break
-                victims.append(row_id)
+                victims.append((row_id, device, stream, last))
                 shed += row_count
             cursor.close()
             if shed >= count:
                 break
-        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(v[0],) for v in victims])
+        self._remember_seqs((device, stream, last) for _, device, stream, last in victims)
         self.shed_total += shed
         self._db.execute(
             "INSERT INTO counters (name, value) VALUES ('shed', ?) "
@@ -209,17 +214,32 @@ class Outbox:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 released = 0
+                gone: list[tuple[str, str, int]] = []
                 for device, stream, first, last in params:
-                    row = self._db.execute(
+                    rows = self._db.execute(
                         "DELETE FROM outbox WHERE device = ? AND stream = ? AND first_seq >= ? AND last_seq <= ? "
-                        "RETURNING count", (device, stream, first, last)).fetchall()
-                    released += sum(r[0] for r in row)
+                        "RETURNING count, last_seq", (device, stream, first, last)).fetchall()
+                    released += sum(r[0] for r in rows)
+                    if rows:
+                        gone.append((device, stream, max(r[1] for r in rows)))
+                self._remember_seqs(gone)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"outbox {self.path}: {exc}") from exc
             self._rows -= released
         return released
+
+    def _remember_seqs(self, gone: Iterable[tuple[str, str, int]]) -> None:
+        """Rows up to ``last`` are leaving: keep the stream's next number on disk (inside a transaction)."""
+        self._db.executemany(
+            "INSERT INTO streams (device, stream, next_seq) VALUES (?,?,?) "
+            "ON CONFLICT (device, stream) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)",
+            [(device, stream, last + 1) for device, stream, last in gone])
+
+    def next_seq(self, device: str, stream: str) -> int:
+        """The sequence number the stream's next item will get."""
+        return self._next.get((device, stream), 1)
 
     def depth(self) -> int:
         """Items waiting for a commit."""

@@ -23,7 +23,7 @@ from devices.contract import Commit, DeviceEvent, DeviceInfo, GatewayStatus, Ite
 from devices.site import DeviceSpec, Site
 from gateway.driver import Driver, now_ms
 from gateway.drivers.registry import create
-from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox, Pending
+from gateway.outbox import DATA_LANES, LANE_ALARM, LANE_TRENDS, Outbox, Pending
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_s: float = 5.0
     outbox_max_rows: int = 1_000_000
     uplink_alarm_s: float = 5.0  # broker unreachable this long: raise "gateway.uplink_lost"
+    in_flight: int = 8  # batches published and not yet acknowledged by the broker
 
 
 class Gateway:
@@ -65,7 +66,7 @@ class Gateway:
         self.uplink_up = False
         self._down_since = time.monotonic()
         self._topic = {LANE_ALARM: topics.gateway_topic(site.id, gateway_id, "alarm"),
-                       LANE_DATA: topics.gateway_topic(site.id, gateway_id, "data")}
+                       LANE_TRENDS: topics.gateway_topic(site.id, gateway_id, "data")}
         self._status_topic = topics.gateway_topic(site.id, gateway_id, "status")
         self._commit_topic = topics.gateway_topic(site.id, gateway_id, "commit")
         self._prefix = b'{"gateway":"' + gateway_id.encode() + b'","sent":'
@@ -167,32 +168,55 @@ class Gateway:
                         self._status_topic, encode(self.status("offline")), qos=1, retain=True)), 1.0)
 
     async def _uplink(self, client: aiomqtt.Client) -> None:
-        """Publish pending rows, alarms first; start over from the oldest after (re)connect or stall."""
-        cursor = {LANE_ALARM: 0, LANE_DATA: 0}
+        """Publish pending rows: alarms first, then the data lanes in turn; a few batches in flight at once.
+
+        After a (re)connect, or when commits stop arriving, it starts over from the oldest uncommitted row.
+        """
+        lanes = (LANE_ALARM, *DATA_LANES)
+        cursor = dict.fromkeys(lanes, 0)
+        turn = 0  # which data lane goes first this round, so a busy lane never starves the others
+        in_flight: set[asyncio.Task[None]] = set()
         last_send = time.monotonic()
-        while True:
-            sent = False
-            for lane in (LANE_ALARM, LANE_DATA):
-                rows = self.outbox.pending(lane, cursor[lane], self.settings.batch_max)
+        try:
+            while True:
+                order = (LANE_ALARM, *DATA_LANES[turn:], *DATA_LANES[:turn])
+                for lane in order:
+                    rows = self.outbox.pending(lane, cursor[lane], self.settings.batch_max)
+                    if rows:
+                        break
+                else:
+                    rows = []
                 if rows:
-                    await client.publish(self._topic[lane], self._batch(rows), qos=1)
+                    topic = self._topic[LANE_ALARM if lane == LANE_ALARM else LANE_TRENDS]
+                    # Tasks start in creation order, so the client sends the batches in order.
+                    in_flight.add(asyncio.create_task(client.publish(topic, self._batch(rows), qos=1)))
                     cursor[lane] = rows[-1].id
                     self.published += sum(r.count for r in rows)
-                    sent = True
                     last_send = time.monotonic()
-                    break  # look at the alarm lane again before the next data batch
-            if sent:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            await asyncio.sleep(self.settings.linger_s)  # let a batch fill up
-            quiet = time.monotonic() - max(self._last_commit, last_send)
-            if self.outbox.depth() and quiet > self.settings.resend_after_s:
-                log.warning("gateway %s: no commit for %.0f s, resending %d uncommitted rows",
-                            self.id, quiet, self.outbox.depth())
-                cursor = {LANE_ALARM: 0, LANE_DATA: 0}
-                last_send = time.monotonic()
+                    if lane != LANE_ALARM:
+                        turn = (DATA_LANES.index(lane) + 1) % len(DATA_LANES)
+                    if len(in_flight) >= self.settings.in_flight:
+                        done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        for task in done:
+                            task.result()  # a failed publish ends the session; the rows are still stored
+                    continue
+                if in_flight:
+                    done, in_flight = await asyncio.wait(in_flight)
+                    for task in done:
+                        task.result()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.sleep(self.settings.linger_s)  # let a batch fill up
+                quiet = time.monotonic() - max(self._last_commit, last_send)
+                if self.outbox.depth() and quiet > self.settings.resend_after_s:
+                    log.warning("gateway %s: no commit for %.0f s, resending %d uncommitted rows",
+                                self.id, quiet, self.outbox.depth())
+                    cursor = dict.fromkeys(lanes, 0)
+                    last_send = time.monotonic()
+        finally:
+            for task in in_flight:
+                task.cancel()
 
     def _batch(self, rows: list[Pending]) -> bytes:
         """A Batch message built from stored payloads without decoding them again."""

@@ -26,8 +26,12 @@ class History:
 def check(outbox: Path, store: Path, streams: tuple[str, ...] = ("numerics",)) -> History:
     """Compare the outbox's sequence counters (what was accepted) with the store's rows."""
     box = sqlite3.connect(outbox)
+    # What was accepted: the stream's counter as written when rows left, or the rows still waiting.
     accepted = {(d, s): n - 1 for d, s, n in box.execute("SELECT device, stream, next_seq FROM streams")
                 if s in streams}
+    for d, s, last in box.execute("SELECT device, stream, max(last_seq) FROM outbox GROUP BY 1, 2"):
+        if s in streams:
+            accepted[(d, s)] = max(accepted.get((d, s), 0), last)
     shed_row = box.execute("SELECT value FROM counters WHERE name = 'shed'").fetchone()
     box.close()
     db = sqlite3.connect(store)

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("devices", "storage", "gateway", "ingest", "alerts", "api", "simulators", "wardlink")
+PACKAGES = ("devices", "storage", "state", "gateway", "ingest", "alerts", "api", "simulators", "wardlink")
 ALLOWED = {
     "devices": {"devices"},
     "storage": {"storage", "devices"},
+    "state": {"state", "devices"},
     "gateway": {"gateway", "devices"},
     "ingest": {"ingest", "devices", "storage"},
-    "alerts": {"alerts", "devices"},
-    "api": {"api", "devices", "storage"},
+    "alerts": {"alerts", "devices", "state"},
+    "api": {"api", "devices", "storage", "state"},
     "simulators": {"simulators", "devices"},  # never the gateway: the encoder must stay independent
     "wardlink": set(PACKAGES),
 }

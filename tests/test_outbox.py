@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from devices.contract import DeviceEvent, Observation, SeqRange, TagRead
-from gateway.outbox import LANE_ALARM, LANE_DATA, Outbox, Pending
+from gateway.outbox import DATA_LANES, LANE_ALARM, LANE_TRENDS, Outbox, Pending
 
 
 def o(device: str = "mon-1") -> Observation:
@@ -45,12 +45,12 @@ def test_alarms_and_data_travel_in_separate_lanes(tmp_path: Path) -> None:
     box.accept([o(), alarm(), o()])
     box.accept([o()])
     alarms = box.pending(LANE_ALARM, 0, 10)
-    data = box.pending(LANE_DATA, 0, 10)
+    data = box.pending(LANE_TRENDS, 0, 10)
     assert [i["kind"] for i in items_of(alarms)] == ["evt"]
     assert [i["seq"] for i in items_of(data)] == [1, 2, 3]
     assert [r.count for r in data] == [2, 1]  # one run per stream and accept
-    assert box.pending(LANE_DATA, data[0].id, 10) == data[1:]
-    assert box.pending(LANE_DATA, 0, 1) == data[:1]  # a run is never split, even past the limit
+    assert box.pending(LANE_TRENDS, data[0].id, 10) == data[1:]
+    assert box.pending(LANE_TRENDS, 0, 1) == data[:1]  # a run is never split, even past the limit
 
 
 def test_release_deletes_only_runs_committed_in_full(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_release_deletes_only_runs_committed_in_full(tmp_path: Path) -> None:
     for size in (4, 2, 1, 3):  # runs 1-4, 5-6, 7, 8-10
         box.accept([o() for _ in range(size)])
     assert box.release([SeqRange("mon-1", "numerics", 1, 4), SeqRange("mon-1", "numerics", 6, 7)]) == 5
-    left = [i["seq"] for i in items_of(box.pending(LANE_DATA, 0, 100))]
+    left = [i["seq"] for i in items_of(box.pending(LANE_TRENDS, 0, 100))]
     assert left == [5, 6, 8, 9, 10]  # 5-6 was only half committed: it stays, whole
     assert box.depth() == 5
     assert box.release([SeqRange("mon-1", "numerics", 1, 4)]) == 0  # a repeated commit is harmless
@@ -70,7 +70,7 @@ def test_full_outbox_sheds_lowest_priority_first_and_never_alarms(tmp_path: Path
         box.accept([item])
     _, result = box.accept([o(), o(), alarm()])
     assert result.shed == 3
-    kinds = [i["kind"] for lane in (LANE_ALARM, LANE_DATA) for i in items_of(box.pending(lane, 0, 100))]
+    kinds = [i["kind"] for lane in (LANE_ALARM, *DATA_LANES) for i in items_of(box.pending(lane, 0, 100))]
     assert kinds.count("evt") == 3  # every alarm kept
     assert kinds.count("tag") == 0  # tags went first
     assert kinds.count("obs") == 3  # then the oldest trend
@@ -78,3 +78,18 @@ def test_full_outbox_sheds_lowest_priority_first_and_never_alarms(tmp_path: Path
     assert box.shed_total == 3
     box.close()
     assert Outbox(tmp_path / "o.db", max_rows=6).shed_total == 3
+
+
+def test_a_sequence_number_is_never_given_twice_across_release_shedding_and_restarts(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_rows=4)
+    box.accept([o(), o(), o()])  # 1-3
+    assert box.release([SeqRange("mon-1", "numerics", 1, 3)]) == 3  # the outbox is empty again
+    box.close()
+    box = Outbox(tmp_path / "o.db", max_rows=4)
+    stamped, _ = box.accept([o(), o()])
+    assert [i.seq for i in stamped] == [4, 5]  # not 1 again, although no row is left to say so
+    box.accept([o(), o(), o()])  # 6-8: sheds the oldest run (4-5)
+    box.close()
+    box = Outbox(tmp_path / "o.db", max_rows=4)
+    assert box.next_seq("mon-1", "numerics") == 9
+    assert box.shed_total == 2
