@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
-from fastapi.responses import RedirectResponse
+from fastapi.responses import PlainTextResponse, RedirectResponse
 
-from api import schemas
+from api import metrics, schemas
 from api.view import LiveView
 from devices import mdc
 from devices.clock import now_ms
@@ -225,6 +225,11 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
         return schemas.Health(status="ok" if all(parts) else "degraded", broker=broker, store=store_state,
                               gateways=gateways, services=services,
                               open_alerts=len(view.alerts), live_clients=len(view.subscribers))
+
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    async def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus text exposition of every worker's counters (label ``instance``) and the API's own view."""
+        return PlainTextResponse(metrics.render(view, now_ms()), media_type=metrics.CONTENT_TYPE)
 
     return app
 

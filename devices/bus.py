@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +54,33 @@ def client(
     clean_session: bool = True,
     keepalive: int = 10,
     max_queued_incoming: int = 10_000,
+    mqtt5: bool = False,
+    session_expiry_s: int = 0,
+    queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None,
 ) -> aiomqtt.Client:
-    """An MQTT 3.1.1 client with a bounded incoming queue (aiomqtt's default is unbounded)."""
+    """An MQTT 3.1.1 (or, with ``mqtt5``, 5.0) client with a bounded incoming queue (aiomqtt's is unbounded).
+
+    With ``mqtt5`` the session is started clean when ``clean_session`` is true; otherwise it is resumed
+    and kept ``session_expiry_s`` after a disconnect (MQTT 5 ends a session at disconnect by default).
+    ``queue_type`` may count what the bounded queue discards when full (aiomqtt only logs it).
+    """
+    properties: Properties | None = None
+    if mqtt5 and not clean_session and session_expiry_s > 0:  # none when clean: the default expiry is 0
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = session_expiry_s
     return aiomqtt.Client(
         address.host,
         address.port,
         identifier=identifier,
         will=will,
-        clean_session=clean_session,
+        protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else None,
+        clean_session=None if mqtt5 else clean_session,
+        clean_start=clean_session if mqtt5 else MQTT_CLEAN_START_FIRST_ONLY,
+        properties=properties,
         keepalive=keepalive,
         max_queued_incoming_messages=max_queued_incoming,
         max_inflight_messages=100,
+        queue_type=queue_type,
         timeout=10,
     )
 

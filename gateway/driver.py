@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from devices.clock import now_ms
@@ -17,6 +17,9 @@ class Sink(Protocol):
 
     def accept(self, items: Sequence[Item]) -> None:
         """Store ``items`` (sequence numbers are assigned by the sink)."""
+
+    def accept_soon(self, items: Sequence[Item]) -> Awaitable[None]:
+        """Store ``items`` in the group commit at the end of this loop iteration; awaitable until durable."""
 
     def register(self, info: DeviceInfo) -> None:
         """Announce a device discovered at run time, or a change of identity (firmware); idempotent."""

@@ -237,6 +237,14 @@ class Outbox:
             "ON CONFLICT (device, stream) DO UPDATE SET next_seq = max(next_seq, excluded.next_seq)",
             [(device, stream, last + 1) for device, stream, last in gone])
 
+    def oldest(self) -> dict[int, int]:
+        """The oldest waiting row's id in each lane that has one."""
+        with self._lock:
+            try:
+                return dict(self._db.execute("SELECT lane, min(id) FROM outbox GROUP BY lane").fetchall())
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
     def next_seq(self, device: str, stream: str) -> int:
         """The sequence number the stream's next item will get."""
         return self._next.get((device, stream), 1)

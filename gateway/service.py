@@ -23,7 +23,7 @@ from devices.contract import Commit, DeviceEvent, DeviceInfo, GatewayStatus, Ite
 from devices.site import DeviceSpec, Site
 from gateway.driver import Driver, now_ms
 from gateway.drivers.registry import create
-from gateway.outbox import DATA_LANES, LANE_ALARM, LANE_TRENDS, Outbox, Pending
+from gateway.outbox import DATA_LANES, LANE_ALARM, LANE_TRENDS, Outbox, OutboxError, Pending
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class Gateway:
         self.published = 0
         self.released = 0
         self._wake = asyncio.Event()
+        self._queued: list[Item] = []
+        self._group: asyncio.Future[None] | None = None
         self._shed_alarm_at = 0.0
         self._last_commit = time.monotonic()
         self.uplink_up = False
@@ -81,6 +83,33 @@ class Gateway:
             self._shed_alarm_at = time.monotonic()
             self._gateway_event("gateway.outbox_shed", "start", "medium",
                                 f"outbox full: {self.outbox.shed_total} low-priority readings dropped", now_ms())
+
+    def accept_soon(self, items: Sequence[Item]) -> asyncio.Future[None]:
+        """Queue readings for one group commit at the end of this event-loop iteration.
+
+        Every driver callback that runs in the same iteration lands in the same outbox transaction, which
+        is what makes many monitors cheap. The future resolves once the items are durable; a driver that
+        acknowledges its device (HL7) awaits it, one that has nobody to acknowledge (serial) need not.
+        """
+        self._queued.extend(items)
+        if self._group is None:
+            loop = asyncio.get_running_loop()
+            self._group = loop.create_future()
+            self._group.add_done_callback(_retrieve)  # a failure is logged here if nobody awaits it
+            loop.call_soon(self._commit_group)
+        return self._group
+
+    def _commit_group(self) -> None:
+        items, self._queued = self._queued, []
+        group, self._group = self._group, None
+        assert group is not None
+        try:
+            self.accept(items)
+        except OutboxError as exc:
+            log.error("gateway %s: %d readings could not be stored: %s", self.id, len(items), exc)
+            group.set_exception(exc)
+            return
+        group.set_result(None)
 
     def register(self, info: DeviceInfo) -> None:
         """Announce a device (discovered, or its identity changed) ahead of its data; once per identity."""
@@ -177,8 +206,21 @@ class Gateway:
         turn = 0  # which data lane goes first this round, so a busy lane never starves the others
         in_flight: set[asyncio.Task[None]] = set()
         last_send = time.monotonic()
+        # Stragglers: a row still waiting a whole period after it was sent lost its commit (an ingest worker
+        # died holding it) even while other rows keep being committed: send it again from there.
+        watched: dict[int, int] = {}  # lane -> the oldest row id at the last check
+        next_check = time.monotonic() + self.settings.resend_after_s
         try:
             while True:
+                if time.monotonic() > next_check:
+                    next_check = time.monotonic() + self.settings.resend_after_s
+                    oldest = self.outbox.oldest()
+                    for lane, row_id in oldest.items():
+                        if watched.get(lane) == row_id and cursor[lane] >= row_id:
+                            log.warning("gateway %s: lane %d row %d uncommitted for %.0f s; resending from it",
+                                        self.id, lane, row_id, self.settings.resend_after_s)
+                            cursor[lane] = row_id - 1
+                    watched = oldest
                 order = (LANE_ALARM, *DATA_LANES[turn:], *DATA_LANES[:turn])
                 for lane in order:
                     rows = self.outbox.pending(lane, cursor[lane], self.settings.batch_max)
@@ -235,3 +277,9 @@ class Gateway:
                 continue
             self.released += await asyncio.to_thread(self.outbox.release, commit.ranges)
             self._last_commit = time.monotonic()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a group commit's outcome as seen (its failure was logged when it happened)."""
+    if not future.cancelled():
+        future.exception()

@@ -3,22 +3,33 @@
 A message is never left to stall the consumer: whatever fails validation is quarantined in the
 store with its reason and raw bytes, and its ranges are committed like stored ones so the gateway
 stops resending it. De-duplication is the store's key ``(device, stream, seq)``. Commits go out
-only after the store has the batch, so a gateway never deletes a reading the store does not hold.
+only after the store (or, while the store is down, the durable local spool of :mod:`ingest.spool`)
+has the batch, so a gateway never deletes a reading the backend does not hold.
+
+Several workers split the load through an MQTT 5 shared subscription (``$share/<group>/...``), with
+no coordination of their own; a broker without MQTT 5 (the embedded amqtt) is detected at connect
+and one worker then consumes everything. Sequence gaps are found from all workers' commits
+(:mod:`ingest.gaps`); counters, gauges and histograms travel in the ServiceStatus (:mod:`ingest.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
 import msgspec
+from aiomqtt.exceptions import MqttConnectError
 
 from devices import bus, topics
 from devices.clock import now_ms
 from devices.contract import (
+    Batch,
     Commit,
     ContractError,
     DeviceInfo,
@@ -30,32 +41,40 @@ from devices.contract import (
     encode,
 )
 from devices.site import DeviceSpec, Site
-from storage.base import StoreError, TimeSeriesStore
+from ingest.gaps import Gap, GapTracker, Members, gap_event
+from ingest.metrics import Metrics
+from ingest.spool import Record, Rejected, Spool
+from storage.base import Maintainable, StoreError, TimeSeriesStore
 
 log = logging.getLogger(__name__)
 
+_UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK: MQTT 3 "unacceptable protocol version", MQTT 5 "unsupported"
+
 
 class IngestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Batching and limits."""
+    """Batching, limits, sharing, gap detection, spool and retries."""
 
     batch_max: int = 5_000
     flush_s: float = 0.2
     max_payload: int = 4 * 1024 * 1024
-    share_group: str | None = None  # MQTT 5 shared subscription group, for several workers
+    mqtt5: bool = True  # try MQTT 5 (to share) first; a broker that refuses it gets MQTT 3.1.1, not shared
+    share_group: str | None = "ingest"  # MQTT 5 shared subscription group, for several workers (None: not shared)
+    session_expiry_s: int = 300  # MQTT 5 session kept after a disconnect (not used when shared)
+    max_queued_incoming: int = 10_000  # messages; past it the client discards (counted; never committed)
     heartbeat_s: float = 5.0
-
-
-@dataclass(slots=True)
-class _Rejected:
-    source: str
-    reason: str
-    raw: bytes
+    gap_grace_s: float = 30.0  # a hole in a stream open this long is reported as a data gap
+    gap_check_s: float = 1.0
+    gap_max_streams: int = 100_000
+    spool_max_items: int = 2_000_000
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 30.0
+    maintain_s: float = 60.0  # store retention and rollups, when the store supports them
 
 
 @dataclass(slots=True)
 class _Pending:
     items: list[Item] = field(default_factory=list)
-    rejected: list[_Rejected] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
     # gateway -> (device, stream) -> seqs to commit (stored, duplicate or quarantined)
     seqs: dict[str, dict[tuple[str, str], list[int]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
@@ -79,54 +98,137 @@ def ranges(seqs: dict[tuple[str, str], list[int]]) -> list[SeqRange]:
     return out
 
 
+def _counting_queue(metrics: Metrics, holder: list[asyncio.Queue[aiomqtt.Message]]) -> type[
+        asyncio.Queue[aiomqtt.Message]]:
+    """An incoming-message queue class that counts what aiomqtt discards when it is full."""
+
+    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(maxsize)
+            holder[:] = [self]
+
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            try:
+                super().put_nowait(item)
+            except asyncio.QueueFull:
+                metrics.counters["mqtt_queue_dropped"] += 1  # never committed: the gateway sends it again
+                raise
+
+    return CountingQueue
+
+
 class Ingest:
     """One ingest worker."""
 
     def __init__(self, site: Site, store: TimeSeriesStore, address: bus.BrokerAddress,
-                 instance: str = "ingest-1", settings: IngestSettings | None = None) -> None:
-        """Bind the worker to the site's device registry and a store."""
+                 instance: str = "ingest-1", settings: IngestSettings | None = None, *,
+                 spool_path: Path | None = None) -> None:
+        """Bind the worker to the site's device registry and a store (and a spool file, if given)."""
         self.site = site
         self.store = store
         self.address = address
         self.instance = instance
         self.settings = settings or IngestSettings()
         self.devices: dict[str, DeviceSpec] = site.device_index()
-        self.counters: dict[str, int] = defaultdict(int)
+        self.metrics = Metrics()
+        self.counters = self.metrics.counters
         self._restore_discovered()
         self.lag_ms = 0
         self._pending = _Pending()
         self._flush_lock = asyncio.Lock()
         self._status_topic = topics.service_topic(site.id, "ingest", instance)
+        self.spool = Spool(spool_path, max_items=self.settings.spool_max_items) if spool_path else None
+        self._spool_wake = asyncio.Event()
+        self.gaps = GapTracker(int(self.settings.gap_grace_s * 1000), max_streams=self.settings.gap_max_streams)
+        self.members = Members(instance, stale_ms=int(3 * self.settings.heartbeat_s * 1000))
+        self._commit_decoder = msgspec.json.Decoder(Commit)
+        self._status_decoder = msgspec.json.Decoder(ServiceStatus)
+        self._forced: list[Gap] = []
+        self._v3_only = not self.settings.mqtt5
+        self._probed = False
+        self._queue: list[asyncio.Queue[aiomqtt.Message]] = []
 
     async def run(self) -> None:
-        """Consume until cancelled, reconnecting as needed."""
-        await bus.supervise(f"ingest {self.instance}", self._session)
+        """Consume until cancelled, reconnecting as needed; drain the spool and maintain the store meanwhile."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(bus.supervise(f"ingest {self.instance}", self._session))
+                if self.spool is not None:
+                    group.create_task(bus.supervise(f"ingest {self.instance} spool", self._drain))
+                if isinstance(self.store, Maintainable):
+                    group.create_task(bus.supervise(f"ingest {self.instance} maintenance", self._maintain))
+        finally:
+            if self.spool is not None:
+                self.spool.close()
 
     def status(self, state: str = "online") -> ServiceStatus:
-        """Heartbeat with lag and counters."""
+        """Heartbeat with lag, counters, gauges and histograms."""
+        now = now_ms()
+        gauges = self.metrics.gauges
+        gauges["pending_items"] = len(self._pending)
+        gauges["queue_messages"] = self._queue[0].qsize() if self._queue else 0
+        gauges["spool_items"] = self.spool.depth() if self.spool else 0
+        gauges["gap_open_holes"] = self.gaps.open_holes()
+        gauges["gap_streams"] = self.gaps.streams()
+        gauges["gap_reporter"] = int(self.members.is_reporter(now))
+        gauges["mqtt5_shared"] = int(not self._v3_only and self.settings.share_group is not None)
+        self.counters["gap_streams_evicted"] = self.gaps.evicted
+        self.counters["gaps_filled_late"] = self.gaps.filled_late
         return ServiceStatus(service="ingest", instance=self.instance,
-                             state="online" if state == "online" else "offline", ts=now_ms(),
-                             lag_ms=self.lag_ms, counters=dict(self.counters))
+                             state="online" if state == "online" else "offline", ts=now,
+                             lag_ms=self.lag_ms, counters=self.metrics.flat())
 
     async def _session(self) -> None:
+        if not self._v3_only and self.settings.share_group is not None and not self._probed:
+            self._v3_only = not await self._speaks_mqtt5()
+            self._probed = True
+        mqtt5 = not self._v3_only and self.settings.share_group is not None  # MQTT 5 only to share
+        share = self.settings.share_group if mqtt5 else None
         will = aiomqtt.Will(self._status_topic, encode(self.status("offline")), qos=1, retain=True)
-        client = bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False)
+        # Shared: a fresh session each time, so a dead worker's session never holds the group's messages.
+        client = bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=mqtt5, mqtt5=mqtt5,
+                            session_expiry_s=self.settings.session_expiry_s,
+                            max_queued_incoming=self.settings.max_queued_incoming,
+                            queue_type=_counting_queue(self.metrics, self._queue))
         async with client:
-            share = self.settings.share_group
-            for channel in ("alarm", "data"):
-                await client.subscribe(topics.gateway_filter(self.site.id, channel, share), qos=1)
-            log.info("ingest %s: consuming from %s", self.instance, self.address.url)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._receive(client))
-                group.create_task(self._timer(client))
-                group.create_task(bus.heartbeat(client, self._status_topic, lambda: encode(self.status()),
-                                                self.settings.heartbeat_s))
+            await self._consume(client, share)
+
+    async def _speaks_mqtt5(self) -> bool:
+        """Probe with a bare MQTT 5 CONNECT (no will, no properties), which a 3.1.1-only broker refuses cleanly.
+
+        The embedded amqtt broker misreads an MQTT 5 CONNECT that carries a will and hangs, so the
+        real session must not be the probe.
+        """
+        try:
+            async with bus.client(self.address, f"wardlink-{self.instance}-probe", mqtt5=True):
+                return True
+        except MqttConnectError as exc:
+            if exc.rc not in _UNSUPPORTED_PROTOCOL:
+                raise
+        log.warning("ingest %s: broker %s does not speak MQTT 5: no shared subscription, so run only one ingest "
+                    "worker against it", self.instance, self.address.url)
+        return False
+
+    async def _consume(self, client: aiomqtt.Client, share: str | None) -> None:
+        site = self.site.id
+        for channel in ("alarm", "data"):
+            await client.subscribe(topics.gateway_filter(site, channel, share), qos=1)
+        await client.subscribe(topics.gateway_filter(site, "commit"), qos=1)  # everyone's commits: gap detection
+        await client.subscribe(topics.service_filter(site), qos=1)  # live ingest workers: the gap reporter
+        log.info("ingest %s: consuming from %s (%s)", self.instance, self.address.url,
+                 f"MQTT 5 shared group {share}" if share else "not shared")
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._receive(client))
+            group.create_task(self._timer(client))
+            group.create_task(self._gap_timer(client))
+            group.create_task(bus.heartbeat(client, self._status_topic, lambda: encode(self.status()),
+                                            self.settings.heartbeat_s))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
             raw = payload if isinstance(payload, bytes) else str(payload).encode()
-            self.handle(str(message.topic), raw)
+            self.dispatch(str(message.topic), raw)
             if len(self._pending) >= self.settings.batch_max:
                 await self.flush(client)  # back-pressure: no more reading until the store has these
 
@@ -134,6 +236,61 @@ class Ingest:
         while True:
             await asyncio.sleep(self.settings.flush_s)
             await self.flush(client)
+
+    async def _gap_timer(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gap_check_s)
+            await self.report_gaps(client, now_ms())
+
+    def dispatch(self, topic: str, payload: bytes, now: int | None = None) -> None:
+        """Route one message: commits feed gap detection, ingest statuses the reporter election, the rest handle()."""
+        try:
+            parsed = topics.parse(topic)
+        except topics.TopicError:
+            self.handle(topic, payload)
+            return
+        if parsed.area == "gw" and parsed.channel == "commit":
+            try:
+                commit = self._commit_decoder.decode(payload)
+            except msgspec.DecodeError:
+                self.counters["commits_undecodable"] += 1
+                return
+            self._forced.extend(self.gaps.observe(parsed.name, commit.ranges, now_ms() if now is None else now))
+            del self._forced[:-1000]  # bounded: the oldest forced-out gaps beyond 1000 are only counted
+        elif parsed.area == "svc" and parsed.name == "ingest":
+            if not payload:
+                return  # a cleared retained status
+            try:
+                status = self._status_decoder.decode(payload)
+            except msgspec.DecodeError:
+                self.counters["statuses_undecodable"] += 1
+                return
+            self.members.heard(status.instance, status.state == "online", status.ts)
+        else:
+            self.handle(topic, payload)
+
+    async def report_gaps(self, client: aiomqtt.Client, now: int) -> list[Gap]:
+        """Close holes past their grace period; the elected reporter publishes them as "data gap" events.
+
+        The events go out as a Batch on the device's gateway alarm topic: alerts already reads it, and
+        whichever worker receives it stores it like any device event (its key is deterministic).
+        """
+        gaps = [*self._forced, *self.gaps.due(now)]
+        self._forced.clear()
+        if not gaps or not self.members.is_reporter(now):
+            return []
+        by_gateway: dict[str, list[Item]] = defaultdict(list)
+        for gap in gaps:
+            spec = self.devices.get(gap.device)
+            by_gateway[gap.gateway].append(gap_event(gap, spec.bed if spec else None, self.gaps.grace_ms, now))
+            log.warning("ingest: data gap %s/%s seq %d-%d (%d readings)", gap.device, gap.stream, gap.first,
+                        gap.last, gap.last - gap.first + 1)
+        for gateway, events in by_gateway.items():
+            batch = Batch(gateway=gateway, sent=now, items=events)
+            await client.publish(topics.gateway_topic(self.site.id, gateway, "alarm"), encode(batch), qos=1)
+        self.counters["gaps_reported"] += len(gaps)
+        self.counters["gap_readings_missing"] += sum(g.last - g.first + 1 for g in gaps)
+        return gaps
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Validate one message into the pending batch; never raises for bad input."""
@@ -204,42 +361,147 @@ class Ingest:
         self.counters["quarantined"] += 1
         if self.counters["quarantined"] % 1000 == 1:
             log.warning("ingest: quarantined input from %s: %s", source, reason)
-        self._pending.rejected.append(_Rejected(source, reason, raw))
+        self._pending.rejected.append(Rejected(source, reason, raw))
 
     async def flush(self, client: aiomqtt.Client) -> None:
-        """Write the pending batch to the store, then tell each gateway what it may release."""
+        """Write the pending batch to the store (or the spool), then tell each gateway what it may release."""
         async with self._flush_lock:
             pending = self._pending
             if not len(pending):
                 return
             self._pending = _Pending()
-            backoff = 0.2
-            while True:
-                try:
-                    result = await asyncio.to_thread(self._write, pending)
-                    break
-                except StoreError as exc:
-                    if not exc.retryable:
-                        log.error("ingest: store refused a batch of %d (%s); storing item by item", len(pending), exc)
-                        result = await asyncio.to_thread(self._write_one_by_one, pending)
-                        break
-                    self.counters["store_errors"] += 1
-                    log.warning("ingest: store unavailable (%s); retrying in %.1f s", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
-            self.counters["stored"] += result[0]
-            self.counters["duplicates"] += result[1]
+            self.metrics.batch_items.observe(len(pending))
+            await self._persist(Record(items=pending.items, rejected=pending.rejected))
             self.counters["flushes"] += 1
-            if pending.items:
-                self.lag_ms = max(0, now_ms() - min(i.ts for i in pending.items))
             for gateway, seqs in pending.seqs.items():
                 commit = Commit(gateway=gateway, ts=now_ms(), ranges=ranges(seqs))
                 await client.publish(topics.gateway_topic(self.site.id, gateway, "commit"), encode(commit), qos=1)
+                self.counters["commits_published"] += 1
 
-    def _write_one_by_one(self, pending: _Pending) -> tuple[int, int]:
+    async def _persist(self, record: Record) -> None:
+        """Store a record, or keep it durably in the spool; return only when one of them holds it."""
+        if self.spool is None:
+            await self._store_retrying(record)
+            return
+        if not self.spool.records():
+            try:
+                await self._store_once(record)
+                return
+            except StoreError as exc:  # only retryable ones reach here
+                self.counters["store_errors"] += 1
+                log.warning("ingest: store unavailable (%s); spooling to %s", exc, self.spool.path)
+        await self._spool(record)
+
+    async def _spool(self, record: Record) -> None:
+        """Append to the spool; while it is full, wait (nothing read, nothing committed: back-pressure)."""
+        assert self.spool is not None
+        full_since: float | None = None
+        while not await asyncio.to_thread(self.spool.append, record):
+            if full_since is None:
+                full_since = time.monotonic()
+                self.counters["spool_full_waits"] += 1
+                self.metrics.gauges["spool_full"] = 1
+                log.error("ingest: spool %s is full (%d items); not reading or committing until it drains",
+                          self.spool.path, self.spool.depth())
+            await asyncio.sleep(0.5)
+        self.metrics.gauges["spool_full"] = 0
+        self.counters["spooled"] += len(record.items) + len(record.rejected)
+        self._spool_wake.set()
+
+    async def _store_once(self, record: Record) -> None:
+        """One attempt: quarantine and write, timed; raises only retryable StoreErrors (or a dead store's)."""
+        started = time.perf_counter()
+        try:
+            stored, duplicates = await asyncio.to_thread(self._write, record)
+        finally:
+            self.metrics.store_ms.observe(int((time.perf_counter() - started) * 1000))
+        self.counters["stored"] += stored
+        self.counters["duplicates"] += duplicates
+        if record.items:
+            self.lag_ms = max(0, now_ms() - min(i.ts for i in record.items))
+
+    def _backoff(self, current: float) -> tuple[float, float]:
+        """Capped exponential backoff with jitter: (seconds to sleep now, next backoff)."""
+        return current * random.uniform(0.5, 1.0), min(current * 2, self.settings.retry_max_s)
+
+    async def _store_retrying(self, record: Record) -> None:
+        """Retry retryable store errors with capped, jittered backoff and no deadline."""
+        backoff = self.settings.retry_initial_s
+        while True:
+            try:
+                await self._store_once(record)
+                return
+            except StoreError as exc:
+                self.counters["store_errors"] += 1
+                sleep, backoff = self._backoff(backoff)
+                log.warning("ingest: store unavailable (%s); retrying in %.1f s", exc, sleep)
+                await asyncio.sleep(sleep)
+
+    async def _drain(self) -> None:
+        """Move spooled records into the store, oldest first, retrying without a deadline."""
+        assert self.spool is not None
+        backoff = self.settings.retry_initial_s
+        while True:
+            entry = await asyncio.to_thread(self.spool.oldest)
+            if entry is None:
+                self._spool_wake.clear()
+                await self._spool_wake.wait()
+                continue
+            record_id, record = entry
+            count = len(record.items) + len(record.rejected)
+            try:
+                await self._store_once(record)
+            except StoreError as exc:
+                self.counters["store_errors"] += 1
+                sleep, backoff = self._backoff(backoff)
+                log.warning("ingest: store still unavailable (%s); %d items spooled, next try in %.1f s", exc,
+                            self.spool.depth(), sleep)
+                await asyncio.sleep(sleep)
+                continue
+            backoff = self.settings.retry_initial_s
+            await asyncio.to_thread(self.spool.remove, record_id)
+            self.counters["spool_drained"] += count
+            if not self.spool.records():
+                log.info("ingest: spool drained into the store")
+
+    async def _maintain(self) -> None:
+        """Retention and rollups of the store, every ``maintain_s``."""
+        assert isinstance(self.store, Maintainable)
+        while True:
+            await asyncio.sleep(self.settings.maintain_s)
+            try:
+                result = await asyncio.to_thread(self.store.maintain, now_ms())
+            except StoreError as exc:
+                self.counters["maintain_errors"] += 1
+                log.warning("ingest: store maintenance failed (%s); trying again later", exc)
+                continue
+            self.counters["maintain_runs"] += 1
+            self.counters["retention_deleted_rows"] += result.deleted
+
+    def _write(self, record: Record) -> tuple[int, int]:
+        """Quarantine, then store the items; a refused batch goes item by item. Raises retryable StoreErrors."""
+        done = 0
+        try:
+            for rejected in record.rejected:
+                self.store.quarantine(source=rejected.source, reason=rejected.reason, raw=rejected.raw, ts=now_ms())
+                done += 1
+        finally:
+            del record.rejected[:done]  # quarantined: a retry must not quarantine them twice
+        if not record.items:
+            return 0, 0
+        try:
+            result = self.store.write(record.items)
+        except StoreError as exc:
+            if exc.retryable:
+                raise
+            log.error("ingest: store refused a batch of %d (%s); storing item by item", len(record.items), exc)
+            return self._write_one_by_one(record.items)
+        return result.stored, result.duplicates
+
+    def _write_one_by_one(self, items: list[Item]) -> tuple[int, int]:
         """The slow path after a refused batch: store what the store takes, quarantine what it refuses."""
         stored = duplicates = 0
-        for item in pending.items:
+        for item in items:
             try:
                 result = self.store.write([item])
             except StoreError as exc:
@@ -252,12 +514,3 @@ class Ingest:
             stored += result.stored
             duplicates += result.duplicates
         return stored, duplicates
-
-    def _write(self, pending: _Pending) -> tuple[int, int]:
-        for rejected in pending.rejected:
-            self.store.quarantine(source=rejected.source, reason=rejected.reason, raw=rejected.raw, ts=now_ms())
-        pending.rejected.clear()  # quarantined: a retry of the items must not quarantine them twice
-        if not pending.items:
-            return 0, 0
-        result = self.store.write(pending.items)
-        return result.stored, result.duplicates

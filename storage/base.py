@@ -35,10 +35,15 @@ device given, an empty range) raise ``ValueError``; ``write`` checks every item 
 :func:`devices.contract.check_item` first and stores nothing if one fails (``ContractError``, a
 ``ValueError``).
 
-Retention and rollups are a later issue. The seam: :func:`bucket_start` is the one bucketing rule
-(a rollup table of 1-minute means must use it so ``history(step_ms=60_000)`` can be answered from
-the rollup unchanged), and a future ``drop_before(ts)`` method joins the protocol next to
-``stats()``, whose counters it must keep exact.
+Retention and rollups (:class:`Maintainable`, implemented by the embedded store and its twin):
+``maintain(now_ms)`` moves raw observations older than the raw retention (whole minutes) into
+1-minute rollups (sum, min, max, count per device, metric and bed, bucketed by :func:`bucket_start`),
+adding them to what the rollup holds, then deletes them; so every reading is counted either raw or
+in a rollup, never both. Rollups, events (except device identities, ``dev``) and quarantine older
+than the longer retention are deleted. ``history`` with a step that is a whole number of minutes
+merges rollup minutes (those starting in the range) with raw buckets; raw history without a step
+returns only what raw retention still holds. A replay of a reading whose raw row has already been
+rolled up is stored again (the key is gone) and would be counted twice in its minute.
 """
 
 from __future__ import annotations
@@ -189,6 +194,71 @@ class TimeSeriesStore(Protocol):
     def close(self) -> None:
         """Release connections and files; later calls raise :class:`StoreClosed`."""
         ...
+
+
+DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long raw observations, 1-minute rollups and events/quarantine are kept."""
+
+    raw_days: float = 14.0
+    rollup_days: float = 365.0
+    events_days: float = 365.0
+
+    @property
+    def raw_ms(self) -> int:
+        """Raw retention in milliseconds."""
+        return int(self.raw_days * DAY_MS)
+
+    @property
+    def rollup_ms(self) -> int:
+        """Rollup retention in milliseconds."""
+        return int(self.rollup_days * DAY_MS)
+
+    @property
+    def events_ms(self) -> int:
+        """Event and quarantine retention in milliseconds."""
+        return int(self.events_days * DAY_MS)
+
+
+class MaintenanceResult(msgspec.Struct, frozen=True):
+    """What one ``maintain`` did: raw rows rolled up, and rows deleted in all (raw, rollups, events, quarantine)."""
+
+    rolled_up: int
+    deleted: int
+
+
+@runtime_checkable
+class Maintainable(Protocol):
+    """A store with retention and rollups."""
+
+    def maintain(self, now_ms: int) -> MaintenanceResult:
+        """Roll up raw observations past raw retention, then delete everything past its retention."""
+        ...
+
+
+def raw_cutoff(now_ms: int, retention: Retention) -> int:
+    """Raw observations before this (a minute boundary) are rolled up and deleted."""
+    return bucket_start(now_ms - retention.raw_ms, MINUTE_MS)
+
+
+def merge_buckets(raw: list[tuple[int, float, float, float, int]],
+                  rolled: list[tuple[int, float, float, float, int]], limit: int) -> list[HistoryPoint]:
+    """Merge ``(bucket, sum, min, max, count)`` rows of raw data and rollups into points (mean per bucket)."""
+    merged: dict[int, list[float]] = {}
+    for bucket, total, low, high, count in (*raw, *rolled):
+        entry = merged.get(bucket)
+        if entry is None:
+            merged[bucket] = [total, low, high, count]
+        else:
+            entry[0] += total
+            entry[1] = min(entry[1], low)
+            entry[2] = max(entry[2], high)
+            entry[3] += count
+    return [HistoryPoint(bucket, total / count, low, high, int(count))
+            for bucket, (total, low, high, count) in sorted(merged.items())][:limit]
 
 
 _event_encoder = msgspec.json.Encoder()

@@ -14,7 +14,8 @@ cannot open it, not even read-only, while the service runs.
 Durability: DuckDB syncs its WAL at every commit, so a stored batch survives a crash of the process
 or the machine; the WAL is checkpointed into the file automatically and at ``close()``.
 
-Retention is a later issue; its seam is described in :mod:`storage.base` and docs/storage.md.
+Retention: :meth:`DuckDbStore.maintain` rolls raw observations past raw retention into the
+``rollup_1m`` table and deletes them, in one transaction (rules in :mod:`storage.base`).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ from msgspec.structs import astuple
 from devices.contract import Item, Observation, check_item
 
 from .base import (
+    MINUTE_MS,
     HistoryPoint,
     Key,
     Latest,
+    MaintenanceResult,
     Quarantined,
+    Retention,
     StoreClosed,
     StoreCorrupt,
     StoredEvent,
@@ -53,6 +57,8 @@ from .base import (
     event_kind,
     item_bed,
     key_of,
+    merge_buckets,
+    raw_cutoff,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,18 @@ SCHEMA: Final = (
         bed VARCHAR,
         body BLOB NOT NULL,
         PRIMARY KEY (device, stream, seq))""",
+    # 1-minute rollups of observations past raw retention (storage.base explains the rules).
+    """CREATE TABLE IF NOT EXISTS rollup_1m (
+        device VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        bed_key VARCHAR NOT NULL,
+        bed VARCHAR,
+        minute BIGINT NOT NULL,
+        v_sum DOUBLE NOT NULL,
+        v_min DOUBLE NOT NULL,
+        v_max DOUBLE NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (device, metric, bed_key, minute))""",
     "CREATE SEQUENCE IF NOT EXISTS quarantine_id",
     """CREATE TABLE IF NOT EXISTS quarantine (
         id BIGINT NOT NULL DEFAULT nextval('quarantine_id'),
@@ -162,6 +180,17 @@ REBUILD_LATEST: Final = (
 _INSERT_EVT: Final = (
     "INSERT OR IGNORE INTO events (device, stream, seq, kind, ts, bed, body) "
     "SELECT device, stream, seq, kind, ts, bed, body FROM incoming_evt"
+)
+
+# Add raw observations before the cutoff to their minutes' rollups (a minute may already hold late rows).
+_ROLL_UP: Final = (
+    "INSERT INTO rollup_1m (device, metric, bed_key, bed, minute, v_sum, v_min, v_max, n) "
+    "SELECT device, metric, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END AS bed_key, any_value(bed), "
+    "ts - ts % 60000 AS minute, sum(value), min(value), max(value), count(*) "
+    "FROM observations WHERE ts < ? GROUP BY device, metric, bed_key, minute "
+    "ON CONFLICT (device, metric, bed_key, minute) DO UPDATE SET v_sum = rollup_1m.v_sum + excluded.v_sum, "
+    "v_min = least(rollup_1m.v_min, excluded.v_min), v_max = greatest(rollup_1m.v_max, excluded.v_max), "
+    "n = rollup_1m.n + excluded.n"
 )
 
 _QUIET: Final = "SET enable_progress_bar = false"  # a service prints no progress bars of long queries
@@ -239,11 +268,12 @@ def _store_error(exc: duckdb.Error, what: str, path: Path) -> StoreError:
 class DuckDbStore:
     """A :class:`~storage.base.TimeSeriesStore` in one DuckDB file (one writer, pooled reader cursors)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], retention: Retention | None = None) -> None:
         """Open (creating the directory, file and tables if needed) the store at ``path``."""
         if str(path) in ("", ":memory:"):
             raise ValueError("DuckDbStore needs a file path; use MemoryStore for an in-memory store")
         self.path = Path(path)
+        self.retention = retention or Retention()
         self._closed = False
         self._write_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
@@ -429,8 +459,39 @@ class DuckDbStore:
                 "SELECT ts - ts % ? AS bucket, avg(value), min(value), max(value), count(*) "
                 f"FROM observations WHERE {where} GROUP BY bucket ORDER BY bucket LIMIT ?"
             )
+            rolled: list[tuple[int, float, float, float, int]] = []
+            if step_ms % MINUTE_MS == 0:
+                rolled = cursor.execute(
+                    "SELECT minute - minute % ? AS bucket, sum(v_sum), min(v_min), max(v_max), sum(n) FROM rollup_1m "
+                    f"WHERE {where.replace('ts >= ? AND ts < ?', 'minute >= ? AND minute < ?')} GROUP BY bucket",
+                    [step_ms, *params]).fetchall()
+            if rolled:
+                raw = cursor.execute(
+                    "SELECT ts - ts % ? AS bucket, sum(value), min(value), max(value), count(*) "
+                    f"FROM observations WHERE {where} GROUP BY bucket", [step_ms, *params]).fetchall()
+                return merge_buckets(raw, rolled, limit)
             rows = cursor.execute(sql, [step_ms, *params, limit]).fetchall()
         return [HistoryPoint(*row) for row in rows]
+
+    def maintain(self, now_ms: int) -> MaintenanceResult:
+        """Roll up raw observations past raw retention into minutes, then delete everything past its retention."""
+        cutoff = raw_cutoff(now_ms, self.retention)
+        with self._writing("maintain") as conn:
+            rolled = int(conn.execute("SELECT count(*) FROM observations WHERE ts < ?", [cutoff]).fetchall()[0][0])
+            deleted = 0
+            if rolled:
+                conn.execute(_ROLL_UP, [cutoff]).fetchall()
+                deleted += int(conn.execute("DELETE FROM observations WHERE ts < ?", [cutoff]).fetchall()[0][0])
+            deleted += int(conn.execute("DELETE FROM rollup_1m WHERE minute < ?",
+                                        [now_ms - self.retention.rollup_ms]).fetchall()[0][0])
+            old_events = now_ms - self.retention.events_ms
+            deleted += int(conn.execute("DELETE FROM events WHERE ts < ? AND kind <> 'dev'",
+                                        [old_events]).fetchall()[0][0])
+            deleted += int(conn.execute("DELETE FROM quarantine WHERE ts < ?", [old_events]).fetchall()[0][0])
+        if deleted:
+            log.info("store %s: rolled up %d raw observations; %d rows past retention deleted", self.path, rolled,
+                     deleted)
+        return MaintenanceResult(rolled_up=rolled, deleted=deleted)
 
     def events(
         self,

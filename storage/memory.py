@@ -9,10 +9,13 @@ from collections.abc import Iterator, Sequence
 from devices.contract import Item, Observation, check_item
 
 from .base import (
+    MINUTE_MS,
     HistoryPoint,
     Key,
     Latest,
+    MaintenanceResult,
     Quarantined,
+    Retention,
     StoreClosed,
     StoredEvent,
     StoreStats,
@@ -22,8 +25,11 @@ from .base import (
     check_target,
     decode_event,
     encode_event,
+    event_kind,
     item_bed,
     key_of,
+    merge_buckets,
+    raw_cutoff,
 )
 
 log = logging.getLogger(__name__)
@@ -37,8 +43,11 @@ def _order(obs: Observation) -> tuple[int, str, str, int]:
 class MemoryStore:
     """A :class:`~storage.base.TimeSeriesStore` held in dicts behind one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, retention: Retention | None = None) -> None:
         """Start empty."""
+        self.retention = retention or Retention()
+        # (device, metric, bed, minute) -> [sum, min, max, count] of rolled-up observations
+        self._rollups: dict[tuple[str, str, str | None, int], list[float]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._observations: dict[Key, Observation] = {}
@@ -129,6 +138,26 @@ class MemoryStore:
             )
         if step_ms is None:
             return [HistoryPoint(o.ts, o.value, o.value, o.value, 1) for o in rows[:limit]]
+        rolled: dict[int, list[float]] = {}
+        if step_ms % MINUTE_MS == 0:
+            with self._lock:
+                for (r_device, r_metric, r_bed, minute), (total, low, high, count) in self._rollups.items():
+                    if (r_metric != metric or not start_ms <= minute < end_ms or (bed is not None and r_bed != bed)
+                            or (device is not None and r_device != device)):
+                        continue
+                    entry = rolled.setdefault(bucket_start(minute, step_ms), [0.0, low, high, 0])
+                    entry[0] += total
+                    entry[1], entry[2] = min(entry[1], low), max(entry[2], high)
+                    entry[3] += count
+        if rolled:
+            raw: dict[int, list[float]] = {}
+            for o in rows:
+                entry = raw.setdefault(bucket_start(o.ts, step_ms), [0.0, o.value, o.value, 0])
+                entry[0] += o.value
+                entry[1], entry[2] = min(entry[1], o.value), max(entry[2], o.value)
+                entry[3] += 1
+            return merge_buckets([(b, t, lo, hi, int(n)) for b, (t, lo, hi, n) in raw.items()],
+                                 [(b, t, lo, hi, int(n)) for b, (t, lo, hi, n) in rolled.items()], limit)
         buckets: dict[int, list[float]] = {}
         for o in rows:
             buckets.setdefault(bucket_start(o.ts, step_ms), []).append(o.value)
@@ -137,6 +166,32 @@ class MemoryStore:
             for start, values in sorted(buckets.items())
         ]
         return points[:limit]
+
+    def maintain(self, now_ms: int) -> MaintenanceResult:
+        """Roll up raw observations past raw retention into minutes, then delete everything past its retention."""
+        cutoff = raw_cutoff(now_ms, self.retention)
+        old_events = now_ms - self.retention.events_ms
+        with self._lock:
+            self._check_open()
+            expired = [key for key, o in self._observations.items() if o.ts < cutoff]
+            for key in expired:
+                o = self._observations.pop(key)
+                slot = (o.device, o.metric, o.bed, bucket_start(o.ts, MINUTE_MS))
+                entry = self._rollups.setdefault(slot, [0.0, o.value, o.value, 0])
+                entry[0] += o.value
+                entry[1], entry[2] = min(entry[1], o.value), max(entry[2], o.value)
+                entry[3] += 1
+            old_rollups = [slot for slot in self._rollups if slot[3] < now_ms - self.retention.rollup_ms]
+            for slot in old_rollups:
+                del self._rollups[slot]
+            old = [key for key, (ts, _, body) in self._events.items()
+                   if ts < old_events and event_kind(decode_event(body)) != "dev"]
+            for key in old:
+                del self._events[key]
+            kept = [q for q in self._quarantine if q.ts >= old_events]
+            deleted = len(expired) + len(old_rollups) + len(old) + len(self._quarantine) - len(kept)
+            self._quarantine = kept
+        return MaintenanceResult(rolled_up=len(expired), deleted=deleted)
 
     def events(
         self,

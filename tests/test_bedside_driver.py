@@ -24,6 +24,12 @@ class ListSink:
     def accept(self, items: Sequence[Item]) -> None:
         self.items.extend(items)
 
+    def accept_soon(self, items: Sequence[Item]) -> asyncio.Future[None]:
+        self.items.extend(items)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     def observations(self) -> list[Observation]:
         return [i for i in self.items if isinstance(i, Observation)]
 

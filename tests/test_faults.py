@@ -111,7 +111,8 @@ def test_history_check_sees_loss_and_duplicates(tmp_path: Path) -> None:
     box = sqlite3.connect(tmp_path / "o.db")
     box.executescript("CREATE TABLE streams (device, stream, next_seq); CREATE TABLE counters (name, value);"
                       "CREATE TABLE outbox (device, stream, last_seq);"
-                      "INSERT INTO streams VALUES ('d', 'numerics', 4); INSERT INTO outbox VALUES ('d', 'numerics', 5);")
+                      "INSERT INTO streams VALUES ('d', 'numerics', 4);"
+                      "INSERT INTO outbox VALUES ('d', 'numerics', 5);")
     box.commit()
     db = sqlite3.connect(tmp_path / "s.db")
     db.executescript("CREATE TABLE observations (device, stream, seq);"

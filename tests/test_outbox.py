@@ -93,3 +93,15 @@ def test_a_sequence_number_is_never_given_twice_across_release_shedding_and_rest
     box = Outbox(tmp_path / "o.db", max_rows=4)
     assert box.next_seq("mon-1", "numerics") == 9
     assert box.shed_total == 2
+
+
+def test_oldest_row_per_lane(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    assert box.oldest() == {}
+    box.accept([o()])
+    box.accept([alarm()])
+    box.accept([o()])
+    first, second = box.pending(LANE_TRENDS, 0, 10)
+    assert box.oldest() == {LANE_TRENDS: first.id, LANE_ALARM: box.pending(LANE_ALARM, 0, 10)[0].id}
+    box.release([SeqRange("mon-1", "numerics", 1, 1)])
+    assert box.oldest()[LANE_TRENDS] == second.id

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=("gateway", "ingest", "alerts", "api"))
     serve.add_argument("--gateway", help="which gateway of the site (serve gateway)")
     serve.add_argument("--api-port", type=int, help="API port (serve api)")
+    serve.add_argument("--instance", default="ingest-1",
+                       help="this ingest worker's name, unique and stable across restarts (its spool is its own)")
     common(serve)
 
     sim = sub.add_parser("simulate", help="play a scenario's devices on their wire protocols")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from wardlink.serve import serve
 
-            asyncio.run(serve(cfg, args.service, args.gateway))
+            asyncio.run(serve(cfg, args.service, args.gateway, args.instance))
         elif args.command == "simulate":
             from wardlink.serve import simulate
 

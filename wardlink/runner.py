@@ -114,7 +114,7 @@ async def run_system(config: Config, stop: asyncio.Event,
     try:
         site, scenario = await _simulate(config, config.site, address)
         gateways = [Gateway(site, g.id, data / f"outbox-{g.id}.db", address, config.gateway) for g in site.gateways]
-        ingest = Ingest(site, store, address, settings=config.ingest)
+        ingest = Ingest(site, store, address, settings=config.ingest, spool_path=data / "spool-ingest-1.db")
         alerts = AlertService(site, data / "alerts.db", address, config.alerts)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
         server = ApiServer(uvicorn.Config(create_app(site, store, view), host=config.api.host, port=config.api.port,

@@ -58,8 +58,8 @@ async def _run_until(stop: asyncio.Event, *coroutines: Awaitable[Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def serve(config: Config, service: str, gateway_id: str | None = None) -> None:
-    """Run one service until SIGINT or SIGTERM."""
+async def serve(config: Config, service: str, gateway_id: str | None = None, instance: str = "ingest-1") -> None:
+    """Run one service until SIGINT or SIGTERM (``instance`` names an ingest worker; its spool is its own)."""
     address = _broker(config)
     data = config.data_path
     data.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,9 @@ async def serve(config: Config, service: str, gateway_id: str | None = None) -> 
                 await _run_until(stop, gateway.run())
             elif service == "ingest":
                 store = open_store(config)
-                await _run_until(stop, Ingest(site, store, address, settings=config.ingest).run())
+                ingest = Ingest(site, store, address, instance=instance, settings=config.ingest,
+                                spool_path=data / f"spool-{instance}.db")
+                await _run_until(stop, ingest.run())
             elif service == "alerts":
                 await _run_until(stop, AlertService(site, data / "alerts.db", address, config.alerts).run())
             elif service == "api":

@@ -127,7 +127,8 @@ class BedsideSerialDriver:
         items = frames_to_items(self.spec, frames, now_ms())
         self.link.seen(len(frames))
         if items:
-            self.sink.accept(items)
+            # Nobody acknowledges a serial monitor, so its readings can share the loop iteration's group commit.
+            self.sink.accept_soon(items)
         return True
 
     def _log_bad(self) -> None:
