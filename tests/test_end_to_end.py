@@ -17,11 +17,13 @@ from typing import Any
 
 import duckdb
 import httpx
+import msgspec
 import pytest
 import websockets
 
 from tests.conftest import Mosquitto, free_port
 from tests.scenarios import RULES, fast_scenario
+from tests.victoria import VictoriaMetrics, victoria  # noqa: F401  (the fixture)
 from wardlink.config import Config, load
 from wardlink.runner import System, run_system
 
@@ -175,3 +177,29 @@ async def test_second_run_resumes_on_the_same_data(mosquitto: Mosquitto, tmp_pat
 async def _open_alert(api: httpx.AsyncClient) -> dict[str, Any] | None:
     active = (await api.get("/api/v1/alerts", params={"state": "active", "bed": "ICU-03"})).json()
     return dict(active[0]) if active else None
+
+
+async def test_the_hospital_on_victoriametrics(mosquitto: Mosquitto, victoria: VictoriaMetrics,  # noqa: F811
+                                               tmp_path: Path) -> None:
+    """The production store: `store.engine = "victoria"`; vitals and downsampled history come back from it."""
+    config = ward_config(tmp_path / "data", mosquitto.address.url)
+    config = msgspec.structs.replace(config, store=msgspec.structs.replace(config.store, engine="victoria",
+                                                                           url=victoria.url))
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+
+        async def spo2_history() -> list[dict[str, Any]]:
+            victoria.flush()  # VictoriaMetrics makes new samples searchable about once a second
+            points = (await api.get("/api/v1/beds/ICU-01/vitals/spo2", params={"step": "2s"})).json()["points"]
+            return list(points) if len(points) >= 3 else []
+
+        points = await until(spo2_history, 40, "ICU-01 SpO2 history from VictoriaMetrics")
+        assert all(90 <= p["mean"] <= 100 and p["count"] >= 1 for p in points)
+        latest = (await api.get("/api/v1/beds/ICU-01/vitals")).json()
+        assert {"MDC_PULS_OXIM_SAT_O2", "MDC_ECG_HEART_RATE"} <= {v["metric"] for v in latest}
+        devices = {d["id"] for d in (await api.get("/api/v1/devices")).json()}
+        assert "hl7-00a0c9fffe000301" in devices or await until(
+            lambda: _discovered(api), 20, "the HL7 monitors' registrations (kept in the side store)")
+
+
+async def _discovered(api: httpx.AsyncClient) -> bool:
+    return "hl7-00a0c9fffe000301" in {d["id"] for d in (await api.get("/api/v1/devices")).json()}

@@ -43,9 +43,12 @@ class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The embedded time-series store: DuckDB (chosen by measurement) or SQLite (several processes)."""
+    """The time-series store: embedded DuckDB (chosen by measurement), embedded SQLite (several processes
+    on one machine), or a VictoriaMetrics server (production; InfluxDB line protocol in, PromQL out)."""
 
-    engine: Literal["duckdb", "sqlite"] = "duckdb"
+    engine: Literal["duckdb", "sqlite", "victoria"] = "duckdb"
+    url: str = "http://127.0.0.1:8428"  # victoria: the server
+    retention_days: int = 31  # victoria: must match the server's -retentionPeriod
 
 
 class SimulationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,6 +82,7 @@ _ENV = {
     "WARDLINK_BROKER": ("broker", "url"),
     "WARDLINK_API_HOST": ("api", "host"),
     "WARDLINK_API_PORT": ("api", "port"),
+    "WARDLINK_STORE_URL": ("store", "url"),
 }
 
 

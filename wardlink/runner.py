@@ -28,6 +28,7 @@ from simulators.scenario import Running, load_scenario, start
 from storage.base import TimeSeriesStore
 from storage.duckdb import DuckDbStore
 from storage.sqlite import SqliteStore
+from storage.victoria import VictoriaStore
 from wardlink.broker import EmbeddedBroker, pick_port
 from wardlink.config import Config, ConfigError
 
@@ -62,6 +63,10 @@ def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
     data = config.data_path
     if config.store.engine == "sqlite":
         return SqliteStore(data / "timeseries.db")
+    if config.store.engine == "victoria":
+        # Events and quarantine (JSON bodies) stay in a SQLite side file, which several processes may open.
+        return VictoriaStore(config.store.url, data / "events.db",
+                             retention_ms=config.store.retention_days * 86_400_000)
     if reader:
         raise ConfigError('store.engine "duckdb" lets one process open the store; a separate API process needs '
                           'store.engine = "sqlite"')
