@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from pathlib import Path
 
 import aiomqtt
 import msgspec
 
 from alerts.engine import AlertEngine
 from alerts.rules import LimitRule
-from alerts.state import AlertState
 from devices import bus, topics
 from devices.clock import now_ms
 from devices.contract import Alert, ContractError, ServiceStatus, decode_batch, encode
 from devices.site import Site
+from state.db import State
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +41,22 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class AlertService:
     """Bus adapter around :class:`AlertEngine` with durable state."""
 
-    def __init__(self, site: Site, state_path: Path, address: bus.BrokerAddress,
+    def __init__(self, site: Site, state: State, address: bus.BrokerAddress,
                  settings: AlertSettings | None = None, instance: str = "alerts-1") -> None:
-        """Load persisted alerts into a fresh engine."""
+        """Load persisted alerts (the relational state: SQLite or PostgreSQL) into a fresh engine."""
         self.site = site
         self.address = address
         self.instance = instance
         self.settings = settings or AlertSettings()
-        self.state = AlertState(state_path)
+        self.alerts = state.alerts
         self.engine = AlertEngine(site, self.settings.rules)
-        self.engine.restore(self.state.open_alerts())
+        self.engine.restore(self.alerts.open())
         self.counters: dict[str, int] = defaultdict(int)
         self._status_topic = topics.service_topic(site.id, "alerts", instance)
 
     async def run(self) -> None:
         """Run until cancelled."""
-        try:
-            await bus.supervise(f"alerts {self.instance}", self._session)
-        finally:
-            self.state.close()
+        await bus.supervise(f"alerts {self.instance}", self._session)
 
     def _status(self, state: str) -> bytes:
         return encode(ServiceStatus(service="alerts", instance=self.instance,
@@ -96,7 +92,7 @@ class AlertService:
                 await self._publish(client, alert)
 
     async def _publish(self, client: aiomqtt.Client, alert: Alert) -> None:
-        self.state.save(alert)
+        await asyncio.to_thread(self.alerts.save, alert)
         self.counters[f"alerts_{alert.state}"] += 1
         topic = topics.alert_topic(self.site.id, alert.id)
         if alert.state == "resolved":

@@ -16,14 +16,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.contract import DeviceEvent, DeviceInfo, Item, Observation
+from devices.contract import FLAG_DEMO, DeviceEvent, DeviceInfo, Item, Observation
 from devices.site import DeviceSpec
 from devices.topics import check_name
+from gateway.drivers.hl7_pcd import rows
 from gateway.drivers.hl7_pcd.ack import ack_fields
 from gateway.drivers.hl7_pcd.config import ConfigError, load_settings
 from gateway.drivers.hl7_pcd.driver import Hl7PcdDriver
 from gateway.drivers.hl7_pcd.mllp import MllpFramer, wrap
-from gateway.drivers.hl7_pcd.parser import Hl7Error, Separators, escape, parse, parse_ts, unescape
+from gateway.drivers.hl7_pcd.parser import (
+    CACHE_SIZE,
+    Hl7Error,
+    Segment,
+    Separators,
+    escape,
+    parse,
+    parse_ts,
+    unescape,
+)
 from gateway.drivers.hl7_pcd.pcd import Routing, answer, decode
 from gateway.drivers.hl7_pcd.rows import Equipment, equipment_of
 from gateway.outbox import OutboxError
@@ -45,6 +55,16 @@ class ListSink:
             self.fail_next -= 1
             raise OutboxError("outbox test.db: disk I/O error")
         self.items.extend(items)
+
+    def accept_soon(self, items: Sequence[Item]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self.accept(items)
+        except OutboxError as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
 
     def register(self, info: DeviceInfo) -> None:
         self.items.append(info)
@@ -189,6 +209,88 @@ def test_unescape_known_sequences(escaped: str, plain: str) -> None:
 @given(st.text(max_size=40))
 def test_timestamps_never_raise(text: str) -> None:
     parse_ts(text)
+
+
+def _get_as_before(segment: Segment, n: int, component: int, rep: int, sub: int) -> str:
+    """Segment.get as it was before fields were split once and cached: every read splits afresh."""
+    value = segment.fields[n] if 0 <= n < len(segment.fields) else ""
+    reps = [value] if segment.id == "MSH" and n <= 2 else value.split(segment.seps.repetition)
+    if rep >= len(reps):
+        return ""
+    comps = reps[rep].split(segment.seps.component)
+    if not 1 <= component <= len(comps):
+        return ""
+    subs = comps[component - 1].split(segment.seps.subcomponent)
+    if not 1 <= sub <= len(subs):
+        return ""
+    return unescape(subs[sub - 1], segment.seps)
+
+
+def _components_as_before(segment: Segment, n: int, rep: int) -> list[str]:
+    """Segment.components as it was before the split cache."""
+    reps = segment.repetitions(n)
+    if rep >= len(reps) or not reps[rep]:
+        return []
+    seps = segment.seps
+    return [unescape(c.split(seps.subcomponent)[0], seps) for c in reps[rep].split(seps.component)]
+
+
+SEGMENT_TEXT = st.lists(st.sampled_from(["|", "^", "~", "\\", "&", "#", "A", "1", " ", "X0D", "F", "\\F\\"]),
+                        max_size=40).map("".join)
+READS = st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 4), st.integers(0, 3), st.integers(0, 3)), max_size=12)
+
+
+@pytest.mark.parametrize("seps", SEPARATORS, ids=["4-chars", "5-chars"])
+@given(seg_id=st.sampled_from(["MSH", "OBX"]), text=SEGMENT_TEXT, reads=READS)
+def test_split_once_reads_what_splitting_every_time_read(seps: Separators, seg_id: str, text: str,
+                                                           reads: list[tuple[int, int, int, int]]) -> None:
+    segment = Segment([seg_id, *text.split(seps.field)], seps)
+    for n, component, rep, sub in reads:  # in any order: reads of fields split earlier and of fields not yet split
+        assert segment.get(n, component, rep, sub) == _get_as_before(segment, n, component, rep, sub)
+        assert segment.components(n, rep) == _components_as_before(segment, n, rep)
+        assert segment.get(n) == _get_as_before(segment, n, 1, 0, 1)
+
+
+ROW_FIELD = st.one_of(
+    st.sampled_from(["150456^MDC_PULS_OXIM_SAT_O2^MDC", "262688^MDC_DIM_PERCENT^MDC", "mmHg^^UCUM", "DEMO", "A~DEMO",
+                     "0030E6FFFE000001^EUI-64", "urn:uuid:df041f5c-a3c9-11e9-8d8a-0050b612afeb", "X", "P", "", "bpm"]),
+    SEGMENT_TEXT)
+
+
+@pytest.mark.parametrize("seps", SEPARATORS, ids=["4-chars", "5-chars"])
+@given(fields=st.lists(ROW_FIELD, min_size=19, max_size=19))
+def test_cached_row_readings_equal_reading_the_row(seps: Separators, fields: list[str]) -> None:
+    segment = Segment(["OBX", *fields], seps)
+    # The reference: the uncached readers (by_field_text keeps them as __wrapped__) applied to the row itself.
+    uncached: dict[str, Callable[[Segment, int], Any]] = {
+        name: getattr(rows, name).__wrapped__ for name in ("_identity", "_sent_unit", "_has_demo", "equipment")}
+    ident = uncached["_identity"](segment, 3)
+    sent = uncached["_sent_unit"](segment, 6)
+    known = ident.known
+    fallback = known.unit if known else ""
+    unit = fallback if known is not None and (not sent or sent == known.unit) else sent or fallback
+    demo = uncached["_has_demo"](segment, 8)
+    flags = rows.status_flags(segment.get(11)) | (FLAG_DEMO if demo else 0)
+    for _ in range(2):  # cold, then from the caches
+        assert rows.identity(segment) == ident
+        assert rows.unit(segment, known) == unit
+        assert rows.is_demo(segment) == demo
+        assert rows.equipment(segment, 18) == uncached["equipment"](segment, 18)
+        assert rows.reading(segment) == rows.Reading(ident, unit, flags)
+
+
+def test_caches_of_network_text_stay_bounded() -> None:
+    seps = Separators()
+    for n in range(CACHE_SIZE + 10):
+        segment = Segment(["OBX", "1", "NM", f"{n}^VENDOR_{n}^MDC", "", "1", f"u{n}"], seps)
+        rows.reading(segment)
+        rows.equipment(segment, 3)
+    assert 0 < len(rows._READINGS) <= CACHE_SIZE
+    assert 0 < len(rows.equipment.cache) <= CACHE_SIZE  # type: ignore[attr-defined]
+    long_text = "9" * 10_000
+    rows.identity(Segment(["OBX", "1", "NM", long_text], seps))
+    assert all(long_text not in key for key in rows._identity.cache)  # type: ignore[attr-defined]
+    assert parse_ts(" " * 10_000 + "20260101") == 1_767_225_600_000  # too long to cache, still read
 
 
 @pytest.mark.parametrize(("text", "ms"), [

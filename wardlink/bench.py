@@ -85,7 +85,15 @@ def gateway(quick: bool = False) -> dict[str, float]:
     return run(quick=quick)
 
 
-BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, "store": store, "gateway": gateway}
+def ingest(quick: bool = False) -> dict[str, float]:
+    """Observations/s of one ingest worker from Mosquitto into each store, beside a bare subscriber's rate."""
+    from wardlink.bench_ingest import run
+
+    return run(quick=quick)
+
+
+BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, "store": store, "gateway": gateway,
+                                                          "ingest": ingest}
 
 
 def table(name: str, figures: dict[str, float]) -> str:
@@ -98,6 +106,10 @@ def table(name: str, figures: dict[str, float]) -> str:
         from wardlink.bench_gateway import table as gateway_table
 
         return gateway_table(figures)
+    if name == "ingest":
+        from wardlink.bench_ingest import table as ingest_table
+
+        return ingest_table(figures)
     width = max(len(k) for k in figures)
     lines = [f"wardlink bench {name}", "-" * (width + 16)]
     lines += [f"{k:<{width}}  {v:>14,.2f}" for k, v in figures.items()]

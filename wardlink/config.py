@@ -51,6 +51,12 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_days: int = 31  # victoria: must match the server's -retentionPeriod
 
 
+class StateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The relational state: SQLite in the data directory unless a database URL is given."""
+
+    url: str = ""  # e.g. postgresql+psycopg://wardlink@db/wardlink; empty: sqlite in the data directory
+
+
 class SimulationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The simulated hospital: a shipped scenario's name or a scenario file's path."""
 
@@ -66,6 +72,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     broker: BrokerSettings = BrokerSettings()
     api: ApiSettings = ApiSettings()
     store: StoreSettings = StoreSettings()
+    state: StateSettings = StateSettings()
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
     alerts: AlertSettings = AlertSettings()
@@ -83,6 +90,7 @@ _ENV = {
     "WARDLINK_API_HOST": ("api", "host"),
     "WARDLINK_API_PORT": ("api", "port"),
     "WARDLINK_STORE_URL": ("store", "url"),
+    "WARDLINK_STATE_URL": ("state", "url"),
 }
 
 

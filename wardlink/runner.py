@@ -21,10 +21,12 @@ from alerts.service import AlertService
 from api.app import create_app
 from api.view import LiveView
 from devices.bus import BrokerAddress
+from devices.clock import now_ms
 from devices.site import DeviceSpec, Site
 from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.scenario import Running, load_scenario, start
+from state.db import State, default_url, open_state
 from storage.base import TimeSeriesStore
 from storage.duckdb import DuckDbStore
 from storage.sqlite import SqliteStore
@@ -73,6 +75,13 @@ def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
     return DuckDbStore(data / "timeseries.duckdb")  # chosen by measurement: docs/storage.md
 
 
+def open_relational(config: Config, site: Site) -> State:
+    """The relational state (migrated to the newest schema), with the site's units, beds and devices loaded."""
+    state = open_state(config.state.url or default_url(config.data_path))
+    state.registry.seed_from_site(site, now_ms())
+    return state
+
+
 def listeners(site: Site, *, move_busy: bool = True) -> tuple[Site, dict[str, tuple[str, int]]]:
     """Where each HL7 listener will listen; with ``move_busy`` a port already taken is swapped for a free one."""
     targets: dict[str, tuple[str, int]] = {}
@@ -115,12 +124,13 @@ async def run_system(config: Config, stop: asyncio.Event,
         embedded = EmbeddedBroker(config.broker.embedded_host, config.broker.embedded_port)
         address = await embedded.start()
     store = open_store(config)
+    relational = await asyncio.to_thread(open_relational, config, config.site)
     scenario: Running | None = None
     try:
         site, scenario = await _simulate(config, config.site, address)
         gateways = [Gateway(site, g.id, data / f"outbox-{g.id}.db", address, config.gateway) for g in site.gateways]
         ingest = Ingest(site, store, address, settings=config.ingest, spool_path=data / "spool-ingest-1.db")
-        alerts = AlertService(site, data / "alerts.db", address, config.alerts)
+        alerts = AlertService(site, relational, address, config.alerts)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
         server = ApiServer(uvicorn.Config(create_app(site, store, view), host=config.api.host, port=config.api.port,
                                         log_level="warning", lifespan="off", ws_max_size=64 * 1024))
@@ -155,6 +165,7 @@ async def run_system(config: Config, stop: asyncio.Event,
         if scenario is not None:
             await scenario.stop()
         store.close()
+        relational.close()
         if embedded is not None:
             await embedded.stop()
         log.info("stopped")

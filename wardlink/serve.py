@@ -28,7 +28,7 @@ from ingest.service import Ingest
 from simulators.scenario import load_scenario, start
 from storage.base import TimeSeriesStore
 from wardlink.config import Config, ConfigError
-from wardlink.runner import ApiServer, listeners, open_store
+from wardlink.runner import ApiServer, listeners, open_relational, open_store
 
 log = logging.getLogger(__name__)
 SERVICES = ("gateway", "ingest", "alerts", "api")
@@ -80,7 +80,11 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                                 spool_path=data / f"spool-{instance}.db")
                 await _run_until(stop, ingest.run())
             elif service == "alerts":
-                await _run_until(stop, AlertService(site, data / "alerts.db", address, config.alerts).run())
+                relational = await asyncio.to_thread(open_relational, config, site)
+                try:
+                    await _run_until(stop, AlertService(site, relational, address, config.alerts).run())
+                finally:
+                    relational.close()
             elif service == "api":
                 store = open_store(config, reader=True)
                 view = LiveView(site.id, address)

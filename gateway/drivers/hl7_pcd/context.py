@@ -103,9 +103,21 @@ class MessageContext:
         self.skew = FLAG_CLOCK_SKEW if skewed else 0
         self.sender = equipment(msh, 3)
         self._announced: set[str] = set()
+        # Rows of one device repeat the same equipment id: resolve it once per message (routing and the
+        # bed are fixed for the message, so the answer cannot change within it). Keyed by id(): the ids come
+        # from a cache, so they are the same object, and hashing the dataclass runs Python code; each entry
+        # holds its Equipment, so an id cannot be reused for another while the entry lives.
+        self._routes: dict[int, tuple[Equipment | None, tuple[str, str | None]]] = {}
 
     def route(self, found: Equipment | None) -> tuple[str, str | None]:
         """Device id and bed of a row; a device seen for the first time in this message is queued for registration."""
+        entry = self._routes.get(id(found))
+        if entry is None or entry[0] is not found:
+            entry = self._routes[id(found)] = (found, self._route(found))
+        return entry[1]
+
+    def _route(self, found: Equipment | None) -> tuple[str, str | None]:
+        """:meth:`route`, unremembered."""
         found = found or self.sender
         device, discovered = self.routing.resolve(found)
         # The site's bed binding wins for the driver's own device; others are where PV1-3 says.

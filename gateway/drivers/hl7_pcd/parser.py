@@ -16,6 +16,8 @@ field separator and ``raw(2)`` the encoding characters.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -40,7 +42,14 @@ ERROR_TEXT: Final[dict[int, str]] = {
     APPLICATION_INTERNAL_ERROR: "Application internal error",
 }
 
+# Bounds of the caches of results keyed on field text (which comes from the network): entries, and
+# the longest key cached, so a cache holds at most about CACHE_SIZE * MAX_CACHED_KEY characters.
+CACHE_SIZE: Final = 4096
+MAX_CACHED_KEY: Final = 256
+
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+# Ids PCD messages are made of, all matching _SEGMENT_ID: a set look-up instead of a regex per segment.
+_COMMON_IDS: Final = frozenset({"MSH", "PID", "PD1", "PV1", "PV2", "ORC", "OBR", "OBX", "NTE", "TQ1", "PRT", "EVN"})
 _DTM = re.compile(r"(\d+)(?:\.(\d{1,4}))?([+-]\d{4})?")
 
 
@@ -67,6 +76,14 @@ class Separators:
     escape: str = "\\"
     subcomponent: str = "&"
     truncation: str | None = None  # HL7 2.7's fifth encoding character, usually '#'
+    # All of the above in one string, for keys of caches: a str hashes once and in C, where hashing the
+    # dataclass runs Python code on every look-up.
+    key: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Compute ``key`` (repr of the tuple, so that no two different sets of delimiters share one)."""
+        chars = (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.truncation)
+        object.__setattr__(self, "key", repr(chars))
 
     @property
     def encoding(self) -> str:
@@ -77,13 +94,16 @@ class Separators:
 class Segment:
     """One segment: ``fields[n]`` is field n as raw (still escaped) text."""
 
-    __slots__ = ("fields", "id", "seps")
+    __slots__ = ("_split", "fields", "id", "seps")
 
     def __init__(self, fields: list[str], seps: Separators) -> None:
         """Wrap split fields; ``fields[0]`` is the segment id."""
         self.fields = fields
         self.id = fields[0]
         self.seps = seps
+        # Field n split into repetitions of raw components, filled by the first read that has to split it:
+        # a field read several times is split once (re-splitting was most of the decode time).
+        self._split: dict[int, list[list[str]]] | None = None
 
     def raw(self, n: int) -> str:
         """Field ``n`` as sent (escaped, with its repetitions and components), or ``""``."""
@@ -96,25 +116,45 @@ class Segment:
             return [value]
         return value.split(self.seps.repetition)
 
+    def _components(self, n: int) -> list[list[str]]:
+        """Field ``n`` as repetitions of raw components, split once per segment."""
+        if self._split is None:
+            self._split = {}
+        split = self._split.get(n)
+        if split is None:
+            component = self.seps.component
+            split = self._split[n] = [rep.split(component) for rep in self.repetitions(n)]
+        return split
+
     def get(self, n: int, component: int = 1, rep: int = 0, sub: int = 1) -> str:
         """One leaf of field ``n`` (1-based component and subcomponent, 0-based repetition), unescaped."""
-        reps = self.repetitions(n)
+        seps = self.seps
+        if component == 1 and rep == 0 and sub == 1:
+            # Most reads are of a plain value (OBX-2, -5, -11, -14): with no delimiter in it, it is the leaf.
+            fields = self.fields
+            value = fields[n] if 0 <= n < len(fields) else ""
+            if seps.component not in value and seps.repetition not in value and seps.subcomponent not in value:
+                return unescape(value, seps) if seps.escape in value else value
+        reps = self._components(n)
         if rep >= len(reps):
             return ""
-        comps = reps[rep].split(self.seps.component)
+        comps = reps[rep]
         if not 1 <= component <= len(comps):
             return ""
-        subs = comps[component - 1].split(self.seps.subcomponent)
-        if not 1 <= sub <= len(subs):
-            return ""
-        return unescape(subs[sub - 1], self.seps)
+        value = comps[component - 1]
+        if sub != 1 or seps.subcomponent in value:
+            subs = value.split(seps.subcomponent)
+            if not 1 <= sub <= len(subs):
+                return ""
+            value = subs[sub - 1]
+        return unescape(value, seps) if seps.escape in value else value
 
     def components(self, n: int, rep: int = 0) -> list[str]:
         """All components of one repetition of field ``n``, unescaped (first subcomponent of each)."""
-        reps = self.repetitions(n)
-        if rep >= len(reps) or not reps[rep]:
+        reps = self._components(n)
+        if rep >= len(reps) or reps[rep] == [""]:  # [""] is what an empty repetition splits into
             return []
-        return [unescape(c.split(self.seps.subcomponent)[0], self.seps) for c in reps[rep].split(self.seps.component)]
+        return [unescape(c.split(self.seps.subcomponent)[0], self.seps) for c in reps[rep]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +191,13 @@ def parse(data: bytes | str) -> Message:
     seps = _separators(text)
     lines = _split_segments(text)
     segments: list[Segment] = []
+    field = seps.field
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line or line.isspace():  # what `not line.strip()` says, without copying the line
             continue
         seg_id = line[:3]
-        if not _SEGMENT_ID.fullmatch(seg_id) or (len(line) > 3 and line[3] != seps.field):
+        if ((seg_id not in _COMMON_IDS and not _SEGMENT_ID.fullmatch(seg_id))
+                or (len(line) > 3 and line[3] != field)):
             raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number} is not a segment ({line[:12]!r})")
         if not segments:
             header_end = 4 + len(seps.encoding)
@@ -165,7 +207,7 @@ def parse(data: bytes | str) -> Message:
             raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number}: a second MSH (one message per MLLP block)",
                            "MSH", 2, 0)
         else:
-            fields = line.split(seps.field)
+            fields = line.split(field)
         segments.append(Segment(fields, seps))
     return Message(seps, segments)
 
@@ -175,6 +217,12 @@ def _separators(text: str) -> Separators:
     first_line_end = min((i for i in (text.find("\r"), text.find("\n")) if i >= 0), default=len(text))
     end = text.find(field, 4, first_line_end)
     encoding = text[4:end if end >= 0 else first_line_end]
+    return _separators_of(field, encoding)
+
+
+@functools.lru_cache(maxsize=64)
+def _separators_of(field: str, encoding: str) -> Separators:
+    """Validate and build the separators once per set of delimiters (with their ``key``), not once per message."""
     chars = field + encoding
     if (field.isalnum() or field.isspace() or not 4 <= len(encoding) <= 5 or len(set(chars)) != len(chars)
             or any(c.isalnum() or c.isspace() for c in chars)):
@@ -185,6 +233,8 @@ def _separators(text: str) -> Separators:
 
 def _split_segments(text: str) -> list[str]:
     if "\r" in text:
+        if "\n" not in text:
+            return text.split("\r")  # plain CR, the standard: no line can start with an LF to drop
         # CR (or CRLF) terminators: a lone LF is then part of a value, as some monitors put it in text.
         return [line[1:] if line.startswith("\n") else line for line in text.split("\r")]
     return text.split("\n")
@@ -225,6 +275,11 @@ def _escape_value(seq: str, seps: Separators) -> str | None:
 
 def escape(text: str, seps: Separators) -> str:
     """Escape delimiters (and CR/LF, which would end the segment) so that :func:`unescape` gives ``text`` back."""
+    # Most values (control ids, trigger codes) hold none of these: skip building the table for them.
+    if not (seps.escape in text or seps.field in text or seps.component in text or seps.subcomponent in text
+            or seps.repetition in text or "\r" in text or "\n" in text
+            or (seps.truncation is not None and seps.truncation in text)):
+        return text
     table = {seps.escape: "E", seps.field: "F", seps.component: "S", seps.subcomponent: "T", seps.repetition: "R",
              "\r": "X0D", "\n": "X0A"}
     if seps.truncation:
@@ -239,6 +294,19 @@ def parse_ts(text: str) -> int | None:
     guess then shows up as a clock-skew flag rather than as silently shifted data. Seventeen-digit
     forms with milliseconds but no dot (seen from monitors) are accepted.
     """
+    # Every row of a message usually carries the same OBX-14, so results are cached; the key is network
+    # text, so only short ones (a DTM is at most 28 characters) are, in a bounded cache.
+    return _parse_ts_cached(text) if len(text) <= MAX_CACHED_KEY else _parse_ts(text)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _parse_ts_cached(text: str) -> int | None:
+    """:func:`_parse_ts`, remembered."""
+    return _parse_ts(text)
+
+
+def _parse_ts(text: str) -> int | None:
+    """:func:`parse_ts`, uncached."""
     match = _DTM.fullmatch(text.strip())
     if match is None:
         return None

@@ -21,7 +21,7 @@ import logging
 import math
 
 from devices import mdc
-from devices.contract import FLAG_DEMO, FLAG_IMPLAUSIBLE, Observation
+from devices.contract import FLAG_IMPLAUSIBLE, Observation
 from gateway.drivers.hl7_pcd import alarms
 from gateway.drivers.hl7_pcd.ack import build_ack, read_header, salvage_header
 from gateway.drivers.hl7_pcd.context import Decoded, MessageContext, Routing
@@ -36,7 +36,7 @@ from gateway.drivers.hl7_pcd.parser import (
     parse,
     parse_ts,
 )
-from gateway.drivers.hl7_pcd.rows import NUMBER, Equipment, equipment, identity, is_demo, status_flags, unit
+from gateway.drivers.hl7_pcd.rows import NUMBER, Equipment, equipment, reading
 
 log = logging.getLogger(__name__)
 
@@ -91,35 +91,38 @@ def _observations(ctx: MessageContext) -> None:
         if not value_type:
             current = own or current
             continue
-        if value_type != "NM" or not segment.get(5).strip():
+        text = segment.get(5).strip()
+        if value_type != "NM" or not text:
             result.skipped += 1
             continue
         device, bed = ctx.route(own or current)
+        containment = segment.get(4)
         try:
-            observation = _observation(ctx, segment, number, device, bed, obr_time)
+            observation = _observation(ctx, segment, number, device, bed, obr_time, text, containment)
         except Hl7Error as exc:
             result.warnings.append(exc)
             continue
         result.items.append(observation)
-        result.containment.append(segment.get(4))
+        result.containment.append(containment)
 
 
 def _observation(ctx: MessageContext, segment: Segment, number: int, device: str, bed: str | None,
-                 obr_time: int | None) -> Observation:
-    text = segment.get(5).strip()
+                 obr_time: int | None, text: str, containment: str) -> Observation:
+    """One NM row; ``text`` is its OBX-5 (stripped) and ``containment`` its OBX-4, already read by the caller."""
     value = float(text) if NUMBER.fullmatch(text) else math.nan
     if not math.isfinite(value):
         raise Hl7Error(DATA_TYPE_ERROR, f"OBX-5 {text[:30]!r} is not a number", "OBX", number, 5)
-    ident = identity(segment)
+    row = reading(segment)
+    ident = row.ident
     if not ident.metric:
         raise Hl7Error(REQUIRED_FIELD_MISSING, "OBX-3 names no observation", "OBX", number, 3)
-    flags = ctx.skew | status_flags(segment.get(11)) | (FLAG_DEMO if is_demo(segment) else 0)
+    flags = ctx.skew | row.flags
     if not mdc.is_plausible(ident.metric, value):
         flags |= FLAG_IMPLAUSIBLE
     return Observation(
         device=device, stream="numerics", seq=0, ts=ctx.received, metric=ident.metric, value=value,
-        unit=unit(segment, ident.known), code=ident.code, bed=bed,
-        device_ts=ctx.time_of(segment, number, obr_time), flags=flags, containment=segment.get(4).strip() or None,
+        unit=row.unit, code=ident.code, bed=bed,
+        device_ts=ctx.time_of(segment, number, obr_time), flags=flags, containment=containment.strip() or None,
     )
 
 

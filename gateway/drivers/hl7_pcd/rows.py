@@ -13,14 +13,16 @@ OBX-8 ``DEMO`` (a monitor in demo mode) sets ``FLAG_DEMO``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from devices import mdc
-from devices.contract import FLAG_INVALID, FLAG_UNVERIFIED
-from gateway.drivers.hl7_pcd.parser import Segment
+from devices.contract import FLAG_DEMO, FLAG_INVALID, FLAG_UNVERIFIED
+from gateway.drivers.hl7_pcd.parser import CACHE_SIZE, MAX_CACHED_KEY, Segment
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,40 @@ _ID_TYPES: Final = frozenset({"EUI-64", "URN", "UUID", "GUID", "ISO", "DNS", "MA
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
 MAX_NAME: Final = 128
 
+T = TypeVar("T")
+
+
+def by_field_text(read: Callable[[Segment, int], T]) -> Callable[[Segment, int], T]:
+    """``read(segment, field)`` remembered by the field's raw text and separators, in a bounded cache.
+
+    A sender repeats the same OBX-3/6/8/18 texts in every message, and reading them again each time was
+    much of the decode time. The result depends on nothing but that text (and the separators), which is why a
+    one-field segment stands in for the row on a miss. MSH-1/MSH-2 are read as they are (never split),
+    and texts longer than ``MAX_CACHED_KEY`` are not cached: the keys come from the network.
+    """
+
+    # A dict emptied when full rather than functools.lru_cache: the key needs only the separators' ``key``,
+    # while a miss needs the separators themselves.
+    cache: dict[tuple[str, str], T] = {}
+
+    @functools.wraps(read)
+    def reader(segment: Segment, field: int) -> T:
+        text = segment.raw(field)
+        if len(text) > MAX_CACHED_KEY or (field <= 2 and segment.id == "MSH"):
+            return read(segment, field)
+        key = (text, segment.seps.key)
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = read(Segment(["", text], segment.seps), 1)
+        return value
+
+    reader.cache = cache  # type: ignore[attr-defined]  # for tests and memory checks
+    return reader
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -73,8 +109,50 @@ class Equipment:
         return ("hl7-" + _BAD_ID_CHARS.sub("-", self.value.lower()))[:64]
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a numeric OBX row says besides its value and times: identity, UCUM unit, status and demo flags."""
+
+    ident: Identity
+    unit: str
+    flags: int
+
+
+# Bounded like the caches of by_field_text; keyed on OBX-3, -6, -8, -11 and the separators.
+_READINGS: dict[tuple[str, str, str, str, str], Reading] = {}
+
+
+def reading(segment: Segment) -> Reading:
+    """:func:`identity`, :func:`unit`, :func:`status_flags` of OBX-11 and :func:`is_demo` of an OBX row, at once."""
+    # One look-up instead of four per row: a monitor sends the same row texts every few seconds.
+    fields = segment.fields
+    if len(fields) > 11:  # what segment.raw() gives, without four calls
+        key = (fields[3], fields[6], fields[8], fields[11], segment.seps.key)
+    else:
+        raw = segment.raw
+        key = (raw(3), raw(6), raw(8), raw(11), segment.seps.key)
+    try:
+        return _READINGS[key]
+    except KeyError:
+        pass
+    ident = identity(segment)
+    found = Reading(ident, unit(segment, ident.known),
+                    status_flags(segment.get(11)) | (FLAG_DEMO if is_demo(segment) else 0))
+    if sum(len(text) for text in key[:4]) <= MAX_CACHED_KEY:
+        if len(_READINGS) >= CACHE_SIZE:
+            _READINGS.clear()
+        _READINGS[key] = found
+    return found
+
+
 def identity(segment: Segment, field: int = 3) -> Identity:
     """Metric of an identifier field ``<code>^<REFID>^MDC``; unknown codes pass through, never dropped."""
+    return _identity(segment, field)
+
+
+@by_field_text
+def _identity(segment: Segment, field: int) -> Identity:
+    """:func:`identity`, uncached."""
     ident, text, system = (segment.get(field, c).strip() for c in (1, 2, 3))
     if system.upper() not in ("", "MDC"):
         # Not MDC (LOINC, a vendor table): keep the sender's coding, prefixed so it cannot pass for MDC.
@@ -90,14 +168,16 @@ def identity(segment: Segment, field: int = 3) -> Identity:
 
 def unit(segment: Segment, known: mdc.Metric | None) -> str:
     """UCUM unit of an OBX row: the known metric's, unless OBX-6 says otherwise (kPa etCO2 stays kPa)."""
-    sent = _sent_unit(segment)
+    sent = _sent_unit(segment, 6)
     if known is not None and (not sent or sent == known.unit):
         return known.unit
     return sent or (known.unit if known else "")
 
 
-def _sent_unit(segment: Segment) -> str:
-    ident, text, system = (segment.get(6, c).strip() for c in (1, 2, 3))
+@by_field_text
+def _sent_unit(segment: Segment, field: int) -> str:
+    """The unit OBX-6 (``field``) names, as UCUM where it can be mapped."""
+    ident, text, system = (segment.get(field, c).strip() for c in (1, 2, 3))
     if system.upper() == "UCUM":
         return ident or text
     if ident.isascii() and ident.isdigit() and int(ident) in UNIT_BY_CODE:
@@ -121,7 +201,13 @@ def status_flags(status: str) -> int:
 
 def is_demo(segment: Segment) -> bool:
     """True when OBX-8 (abnormal flags, a repeating field) carries ``DEMO``."""
-    return any(rep.strip().upper() == "DEMO" for rep in _reps(segment, 8))
+    return _has_demo(segment, 8)
+
+
+@by_field_text
+def _has_demo(segment: Segment, field: int) -> bool:
+    """:func:`is_demo` of field ``field``, uncached."""
+    return any(rep.strip().upper() == "DEMO" for rep in _reps(segment, field))
 
 
 def abnormal_flags(segment: Segment) -> list[str]:
@@ -133,6 +219,7 @@ def _reps(segment: Segment, field: int) -> list[str]:
     return [segment.get(field, 1, rep) for rep in range(len(segment.repetitions(field)))]
 
 
+@by_field_text
 def equipment(segment: Segment, field: int) -> Equipment | None:
     """The equipment id in an EI/HD field (OBX-18, MSH-3): an EUI-64, a UUID, or the typed/first component."""
     for rep in range(len(segment.repetitions(field))):
