@@ -314,3 +314,16 @@ def check_range(start_ms: int, end_ms: int, step_ms: int | None, limit: int) -> 
         raise ValueError(f"step_ms must be positive, got {step_ms}")
     if limit < 0:
         raise ValueError(f"limit must not be negative, got {limit}")
+
+
+def events_query(*, bed: str | None, device: str | None, start_ms: int, end_ms: int, limit: int,
+                 kind: str | None) -> tuple[str, list[object]]:
+    """The SQL (``?`` parameters) and parameters of an events() query, shared by the SQL stores."""
+    check_range(start_ms, end_ms, None, limit)
+    where = "ts >= ? AND ts < ?"
+    params: list[object] = [start_ms, end_ms]
+    for column, value in (("bed", bed), ("device", device), ("kind", kind)):
+        if value is not None:
+            where += f" AND {column} = ?"
+            params.append(value)
+    return f"SELECT body FROM events WHERE {where} ORDER BY ts, device, stream, seq LIMIT ?", [*params, limit]

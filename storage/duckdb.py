@@ -55,6 +55,7 @@ from .base import (
     decode_event,
     encode_event,
     event_kind,
+    events_query,
     item_bed,
     key_of,
     merge_buckets,
@@ -504,21 +505,9 @@ class DuckDbStore:
         kind: str | None = None,
     ) -> list[StoredEvent]:
         """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
-        check_range(start_ms, end_ms, None, limit)
-        where = "ts >= ? AND ts < ?"
-        params: list[object] = [start_ms, end_ms]
-        if bed is not None:
-            where += " AND bed = ?"
-            params.append(bed)
-        if device is not None:
-            where += " AND device = ?"
-            params.append(device)
-        if kind is not None:
-            where += " AND kind = ?"
-            params.append(kind)
-        sql = f"SELECT body FROM events WHERE {where} ORDER BY ts, device, stream, seq LIMIT ?"
+        sql, params = events_query(bed=bed, device=device, start_ms=start_ms, end_ms=end_ms, limit=limit, kind=kind)
         with self._reading("events") as cursor:
-            bodies = [row[0] for row in cursor.execute(sql, [*params, limit]).fetchall()]
+            bodies = [row[0] for row in cursor.execute(sql, params).fetchall()]
         return [decode_event(bytes(body)) for body in bodies]
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:

@@ -51,6 +51,7 @@ from .base import (
     decode_event,
     encode_event,
     event_kind,
+    events_query,
     item_bed,
 )
 
@@ -382,21 +383,9 @@ class SqliteStore:
         kind: str | None = None,
     ) -> list[StoredEvent]:
         """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
-        check_range(start_ms, end_ms, None, limit)
-        where = "ts >= ? AND ts < ?"
-        params: list[object] = [start_ms, end_ms]
-        if bed is not None:
-            where += " AND bed = ?"
-            params.append(bed)
-        if device is not None:
-            where += " AND device = ?"
-            params.append(device)
-        if kind is not None:
-            where += " AND kind = ?"
-            params.append(kind)
-        sql = f"SELECT body FROM events WHERE {where} ORDER BY ts, device, stream, seq LIMIT ?"
+        sql, params = events_query(bed=bed, device=device, start_ms=start_ms, end_ms=end_ms, limit=limit, kind=kind)
         with self._reading("events") as conn:
-            bodies = [row[0] for row in conn.execute(sql, (*params, limit))]
+            bodies = [row[0] for row in conn.execute(sql, params)]
         return [decode_event(body) for body in bodies]
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
