@@ -236,7 +236,7 @@ class BedsideWorkload(Workload):
     """WLB/1 numerics frames of 10 parameters: FrameParser, then frames_to_items."""
 
     kind = "bedside_serial"
-    per_tick = 1  # every monitor's frame of the second arrives in one select() round: one group commit
+    per_tick = 1  # one frame per loop iteration, as a driver callback delivers it
     PARAMS: Final = (("hr", protocol.PARAM_HR), ("spo2", protocol.PARAM_SPO2), ("pr", protocol.PARAM_PULSE),
                      ("pi", protocol.PARAM_PERF_INDEX), ("nibp_sys", protocol.PARAM_NIBP_SYS),
                      ("nibp_dia", protocol.PARAM_NIBP_DIA), ("nibp_mean", protocol.PARAM_NIBP_MEAN),
