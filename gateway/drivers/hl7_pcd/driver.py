@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+from dataclasses import dataclass
 from typing import ClassVar, Final
 
 import serial
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 READ_CHUNK: Final = 65536
 MAX_SERIAL_BACKLOG: Final = 65536  # ACK bytes waiting for a serial line nobody drains: then the line is dead
 LOG_EVERY_S: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A decoded message on its way to the outbox."""
+
+    decoded: Decoded
+    control_id: str
+    received: int
 
 
 class Hl7PcdDriver:
@@ -74,7 +84,33 @@ class Hl7PcdDriver:
 
     # -- one message: persist, then ACK --------------------------------------------------------------
     def handle(self, frame: Frame) -> bytes:
-        """Map, register, store and answer one message; returns the ACK (unframed)."""
+        """Map, register, store and answer one message; returns the ACK (unframed). Stores synchronously."""
+        step = self._begin(frame)
+        if isinstance(step, bytes):
+            return step
+        try:
+            self._register(step.decoded.discovered)
+            if step.decoded.items:
+                self.sink.accept(step.decoded.items)
+        except (OutboxError, OSError) as exc:
+            return self._not_stored(step, exc)
+        return self._stored(step)
+
+    async def handle_soon(self, frame: Frame) -> bytes:
+        """As :meth:`handle`, but the readings join the gateway's group commit; the ACK waits until durable."""
+        step = self._begin(frame)
+        if isinstance(step, bytes):
+            return step
+        try:
+            self._register(step.decoded.discovered)
+            if step.decoded.items:
+                await self.sink.accept_soon(step.decoded.items)
+        except (OutboxError, OSError) as exc:
+            return self._not_stored(step, exc)
+        return self._stored(step)
+
+    def _begin(self, frame: Frame) -> _Step | bytes:
+        """Decode one message: a step to store, or the rejecting ACK."""
         received = now_ms()
         decoded = decode(frame.payload, self.routing, received, oversize=frame.oversize)
         control_id = f"WL{received}.{next(self._ack_ids)}"
@@ -84,22 +120,23 @@ class Hl7PcdDriver:
             self._throttled("rejected", "device %s: message %s rejected (%s); %d rejected so far", self.spec.id,
                             _control(decoded), decoded.error, self.rejected)
             return answer(decoded, control_id, received)
-        try:
-            self._register(decoded.discovered)
-            if decoded.items:
-                self.sink.accept(decoded.items)
-        except (OutboxError, OSError) as exc:
-            self.store_failures += 1
-            log.error("device %s: message %s not stored, asking the sender to resend: %s", self.spec.id,
-                      _control(decoded), exc)
-            return answer(decoded, control_id, received, store_error=str(exc))
+        return _Step(decoded, control_id, received)
+
+    def _not_stored(self, step: _Step, exc: Exception) -> bytes:
+        self.store_failures += 1
+        log.error("device %s: message %s not stored, asking the sender to resend: %s", self.spec.id,
+                  _control(step.decoded), exc)
+        return answer(step.decoded, step.control_id, step.received, store_error=str(exc))
+
+    def _stored(self, step: _Step) -> bytes:
+        decoded = step.decoded
         self.link.seen()
         if decoded.warnings:
             self._throttled("rows", "device %s: message %s: %d rows left out (first: %s)", self.spec.id,
                             _control(decoded), len(decoded.warnings), decoded.warnings[0])
         log.debug("device %s: message %s: %d items, %d skipped, containment %s", self.spec.id, _control(decoded),
                   len(decoded.items), decoded.skipped, decoded.containment)
-        return answer(decoded, control_id, received)
+        return answer(decoded, step.control_id, step.received)
 
     def _register(self, infos: list[DeviceInfo]) -> None:
         """Announce devices before their readings; again only when their identity or bed changed."""
@@ -196,7 +233,8 @@ class Hl7PcdDriver:
                     self.link.frames_bad += 1
                 return
             for frame in framer.feed(data):
-                writer.write(wrap(self.handle(frame)))
+                # Senders on other connections store in the same group commit; the ACK waits for it.
+                writer.write(wrap(await self.handle_soon(frame)))
                 try:
                     await asyncio.wait_for(writer.drain(), settings.write_timeout_s)
                 except TimeoutError:
