@@ -159,7 +159,7 @@ async def test_second_run_resumes_on_the_same_data(mosquitto: Mosquitto, tmp_pat
         first = await _open_alert(api)
     config = ward_config(tmp_path / "data", mosquitto.address.url)
     async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
-        again = await until(lambda: _open_alert(api), 10, "the restored ICU-03 alarm")
+        again = await until(lambda: _open_alert(api), 30, "the restored ICU-03 alarm")
         assert again["id"] == first["id"], "the open alarm was raised a second time after restart"
         await asyncio.sleep(3)
         history = (await api.get("/api/v1/beds/ICU-01/vitals/spo2", params={"step": "1s"})).json()["points"]
