@@ -404,17 +404,30 @@ async def measure_worker(site: Site, store: TimeSeriesStore, args: PublishArgs, 
         proc.stdin.write(b"stop\n")
         await proc.stdin.drain()
         await asyncio.wait_for(proc.stdout.read(), 30)
-        await proc.wait()
+        await asyncio.wait_for(proc.wait(), 30)
+        await _idle(ingest)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # aiomqtt's Client.__aexit__ waits for the DISCONNECT without a timeout; never hang the benchmark on it.
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:
+            log.warning("bench ingest: worker %s did not stop within 10 s of its cancellation", ingest.instance)
     dropped = ingest.counters["mqtt_queue_dropped"]
     if dropped:
         log.warning("bench ingest: the worker's client queue dropped %d messages", dropped)
     return Run(rate, received, lags, rss_mb(), ingest.counters["store_errors"])
+
+
+async def _idle(ingest: Ingest, quiet_s: float = 0.3, within_s: float = 15.0) -> None:
+    """Wait until the worker has received nothing for ``quiet_s`` (the broker's queue for it is empty)."""
+    deadline = time.monotonic() + within_s
+    seen = -1
+    while time.monotonic() < deadline and ingest.counters["messages"] != seen:
+        seen = ingest.counters["messages"]
+        await asyncio.sleep(quiet_s)
 
 
 def _percentile(values: list[int], q: float) -> float:
