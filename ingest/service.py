@@ -225,12 +225,21 @@ class Ingest:
                                             self.settings.heartbeat_s))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            raw = payload if isinstance(payload, bytes) else str(payload).encode()
-            self.dispatch(str(message.topic), raw)
-            if len(self._pending) >= self.settings.batch_max:
-                await self.flush(client)  # back-pressure: no more reading until the store has these
+        # One batch is written while the next one fills; a third waits (back-pressure: no more reading).
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for message in client.messages:
+                payload = message.payload
+                raw = payload if isinstance(payload, bytes) else str(payload).encode()
+                self.dispatch(str(message.topic), raw)
+                if len(self._pending) >= self.settings.batch_max:
+                    if writing is not None:
+                        await writing  # raises what the write raised: the session restarts, nothing committed
+                    writing = asyncio.create_task(self.flush(client))
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()  # uncommitted: the gateways send it again
+                await asyncio.gather(writing, return_exceptions=True)
 
     async def _timer(self, client: aiomqtt.Client) -> None:
         while True:
