@@ -73,6 +73,7 @@ from ingest.service import ranges
 from simulators.bedside import protocol
 from simulators.bedside.patient import PatientModel
 from simulators.hl7.messages import STYLES, MessageBuilder, Monitor
+from wardlink.bench_support import Clock, Rate, free_port, stop
 
 log = logging.getLogger(__name__)
 
@@ -116,39 +117,6 @@ class Durations:
 
 QUICK: Final = Durations(parse=0.1, outbox=0.15, full=0.25, broker=0.3, sqlite=0.1)
 FULL: Final = Durations(parse=1.5, outbox=2.5, full=4.0, broker=3.0, sqlite=1.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A count over wall and CPU seconds."""
-
-    count: int
-    wall_s: float
-    cpu_s: float
-
-    @property
-    def per_s(self) -> float:
-        """Per wall-clock second."""
-        return self.count / self.wall_s
-
-    @property
-    def per_cpu_s(self) -> float:
-        """Per CPU-second of this process (all its threads)."""
-        return self.count / max(self.cpu_s, 1e-9)
-
-
-class _Clock:
-    """Wall and CPU time since construction."""
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.wall
-
-    def rate(self, count: int) -> Rate:
-        return Rate(count, time.perf_counter() - self.wall, time.process_time() - self.cpu)
 
 
 def gateway_of(kind: str) -> str:
@@ -566,7 +534,7 @@ def measure_parse(workload: Workload, seconds: float) -> Rate:
     """Readings/s of the I/O-free path alone."""
     for _ in range(DEVICES):
         workload.parse()
-    count, clock = 0, _Clock()
+    count, clock = 0, Clock()
     while clock.elapsed() < seconds:
         count += workload.parse()
     return clock.rate(count)
@@ -579,7 +547,7 @@ def measure_outbox(workload: Workload, seconds: float) -> Rate:
         try:
             workload.bind(OutboxSink(outbox))
             _warm(workload)
-            count, clock = 0, _Clock()
+            count, clock = 0, Clock()
             while clock.elapsed() < seconds:
                 for _ in range(workload.per_tick):
                     count += workload.feed()
@@ -613,7 +581,7 @@ async def measure_full(workload: Workload, site: Site, address: BrokerAddress, s
             workload.grouped = True
             _warm(workload)
             await _until(drained, DRAIN_TIMEOUT_S, "the warm-up round to be committed")
-            count, clock = 0, _Clock()
+            count, clock = 0, Clock()
             while clock.elapsed() < seconds:
                 for _ in range(workload.per_tick):
                     count += workload.feed()
@@ -643,7 +611,7 @@ def measure_sqlite(rows: list[tuple[Any, ...]], seconds: float) -> Rate:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE plain (lane INTEGER, shed_rank INTEGER, device TEXT, stream TEXT, "
                        "first_seq INTEGER, last_seq INTEGER, count INTEGER, payload BLOB)")
-            count, clock = 0, _Clock()
+            count, clock = 0, Clock()
             while clock.elapsed() < seconds:
                 db.execute("BEGIN")
                 db.executemany("INSERT INTO plain VALUES (?,?,?,?,?,?,?,?)", rows)
@@ -710,7 +678,7 @@ def measure_broker(address: BrokerAddress, message: bytes, seconds: float) -> Ra
     try:
         if not ready.wait(15):
             raise RuntimeError("bench gateway: the baseline publisher could not subscribe")
-        sent, clock = 0, _Clock()
+        sent, clock = 0, Clock()
         while clock.elapsed() < seconds:
             acked.acquire()
             client.publish(RAW_TOPIC, message, qos=1)
@@ -728,13 +696,6 @@ def measure_broker(address: BrokerAddress, message: bytes, seconds: float) -> Ra
 
 
 # -- processes of the benchmark's own: broker and commit responder ---------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _helper(*args: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``python -m wardlink.bench_gateway ARGS``; wait for its ready line and return what follows "ready"."""
     proc = subprocess.Popen([sys.executable, "-m", "wardlink.bench_gateway", *args],  # noqa: S603 - our own module
@@ -743,20 +704,9 @@ def _helper(*args: str) -> tuple[subprocess.Popen[bytes], str]:
     readable, _, _ = select.select([proc.stdout], [], [], 20)
     line = proc.stdout.readline() if readable else b""
     if not line.startswith(b"ready"):
-        _stop(proc)
+        stop(proc)
         raise RuntimeError(f"bench gateway: helper {args[0]} did not start")
     return proc, line[len(b"ready"):].strip().decode()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def mosquitto_binary() -> str | None:
@@ -775,10 +725,10 @@ def broker() -> Iterator[tuple[BrokerAddress, str]]:
         try:
             yield BrokerAddress("127.0.0.1", int(reported)), "amqtt (embedded, own process)"
         finally:
-            _stop(proc)
+            stop(proc)
         return
     with tempfile.TemporaryDirectory(prefix="wardlink-bench-") as tmp:
-        port = _free_port()
+        port = free_port()
         conf = Path(tmp) / "mosquitto.conf"
         # The fault tests' settings (no persistence, deep queues, 100 messages in flight per client), and no
         # Nagle delay: with Mosquitto's default the gateway's one publish in flight waits up to 40 ms for each
@@ -856,7 +806,7 @@ def _run(durations: Durations) -> dict[str, float]:
                 full = asyncio.run(measure_full(workload, site, address, durations.full))
                 _put(figures, f"{workload.kind}_full", full, baseline)
         finally:
-            _stop(responder)
+            stop(responder)
     return figures
 
 
@@ -938,7 +888,7 @@ def responder_main(host: str, port: int, site: str) -> None:
 async def _amqtt_main() -> None:
     from wardlink.broker import EmbeddedBroker
 
-    embedded = EmbeddedBroker(port=_free_port())
+    embedded = EmbeddedBroker(port=free_port())
     address = await embedded.start()
     _ready(sys.stdout, str(address.port))
     await asyncio.Event().wait()

@@ -54,6 +54,7 @@ from devices.site import DeviceSpec, GatewaySpec, Site, Unit
 from ingest.service import Ingest, IngestSettings
 from storage.base import TimeSeriesStore
 from wardlink.bench_gateway import mosquitto_binary
+from wardlink.bench_support import Clock, Rate, free_port, stop
 
 log = logging.getLogger(__name__)
 
@@ -100,36 +101,6 @@ QUICK: Final = Plan(baseline_s=0.8, sustained_s=1.0, curve_s=0.8, warm_s=0.3, cu
                     curve_stores=("duckdb",))
 FULL: Final = Plan(baseline_s=4.0, sustained_s=8.0, curve_s=4.0, warm_s=1.0, curve_beds=(100, 500, 1_000, 2_000),
                    curve_stores=tuple(STORES))
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A count over wall and CPU seconds."""
-
-    count: int
-    wall_s: float
-    cpu_s: float
-
-    @property
-    def per_s(self) -> float:
-        """Per wall-clock second."""
-        return self.count / self.wall_s
-
-    @property
-    def per_cpu_s(self) -> float:
-        """Per CPU-second of this process (all its threads)."""
-        return self.count / max(self.cpu_s, 1e-9)
-
-
-class _Clock:
-    """Wall and CPU time since construction."""
-
-    def __init__(self) -> None:
-        self.wall = time.perf_counter()
-        self.cpu = time.process_time()
-
-    def rate(self, count: int) -> Rate:
-        return Rate(count, time.perf_counter() - self.wall, time.process_time() - self.cpu)
 
 
 def device_of(index: int) -> str:
@@ -213,13 +184,6 @@ class Frames:
 
 
 # -- processes of the benchmark's own: broker, victoria-metrics, publisher --------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 15
     while True:
@@ -232,22 +196,13 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
             time.sleep(0.05)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 @contextlib.contextmanager
 def broker(workdir: Path) -> Iterator[BrokerAddress]:
     """A Mosquitto of the benchmark's own: no persistence, deep queues, 100 in flight, no Nagle delay."""
     binary = mosquitto_binary()
     if binary is None:
         raise RuntimeError("bench ingest needs Mosquitto (apt-get install mosquitto)")
-    port = _free_port()
+    port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                     "max_queued_messages 1000000\nmax_inflight_messages 100\nset_tcp_nodelay true\n", encoding="utf-8")
@@ -275,7 +230,7 @@ def victoria(workdir: Path) -> Iterator[Victoria]:
     binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
     if not Path(binary).exists():
         raise RuntimeError("bench ingest needs victoria-metrics (apt-get install victoria-metrics)")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (workdir / "victoria-metrics.log").open("ab") as out:
         proc = subprocess.Popen([binary, f"-httpListenAddr=127.0.0.1:{port}",  # noqa: S603 - installed binary
@@ -295,7 +250,7 @@ def victoria(workdir: Path) -> Iterator[Victoria]:
                 time.sleep(0.05)
         yield Victoria(url, proc.pid)
     finally:
-        _kill(proc)
+        stop(proc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +277,7 @@ def measure_baseline(address: BrokerAddress, seconds: float) -> Rate:
     topic = topics.gateway_topic(SITE, GATEWAY, "data")
     subscribed, done = threading.Event(), threading.Event()
     count = 0
-    clock: _Clock | None = None
+    clock: Clock | None = None
     result: list[Rate] = []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="wardlink-bench-raw", clean_session=True)
     client.max_inflight_messages_set(100)
@@ -341,7 +296,7 @@ def measure_baseline(address: BrokerAddress, seconds: float) -> Rate:
             done.set()
             return
         if clock is None:
-            clock = _Clock()
+            clock = Clock()
         count += 1
 
     client.on_connect = on_connect
@@ -392,7 +347,7 @@ async def measure_worker(site: Site, store: TimeSeriesStore, args: PublishArgs, 
             raise RuntimeError(f"bench ingest: the publisher did not start ({line!r})")
         await asyncio.sleep(warm_s)
         stored0, sent0 = ingest.counters["stored"], ingest.counters["messages"]
-        clock = _Clock()
+        clock = Clock()
         lags: list[int] = []
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
