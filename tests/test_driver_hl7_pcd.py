@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from devices.contract import FLAG_DEMO, DeviceEvent, DeviceInfo, Item, Observation
 from devices.site import DeviceSpec
 from devices.topics import check_name
-from gateway.drivers.hl7_pcd import rows
+from gateway.drivers.hl7_pcd import parser, pcd, rows
 from gateway.drivers.hl7_pcd.ack import ack_fields
 from gateway.drivers.hl7_pcd.config import ConfigError, load_settings
 from gateway.drivers.hl7_pcd.driver import Hl7PcdDriver
@@ -474,3 +474,101 @@ async def test_serial_line_over_a_pty() -> None:
     (event,) = sink.events()
     assert (event.event, event.alarm_kind, event.priority, event.text) == (
         "MDC_EVT_LEAD_OFF", "technical", "medium", "Leads off [active, enabled]")
+
+
+# Equivalence of the fast paths of the PCD-01 mapping, segment splitting and ACK time with the general ones.
+
+_OBX_TEXT = st.sampled_from([
+    "", "NM", " nm ", "ST", "CWE", "NA", "NM^x", "67.4", " 96.9 ", "-1e5", "1e999", "abc", "1\\S\\2", ".5", "99" * 200,
+    "147842^MDC_ECG_HEART_RATE^MDC", "150456^MDC_PULS_OXIM_SAT_O2^MDC", "^MDC_TEMP^MDC", "8867-4^HR^LN", "123^^MDC",
+    "264864^MDC_DIM_BEAT_PER_MIN^MDC", "262688^MDC_DIM_PERCENT^MDC", "kPa^kPa^UCUM", "bpm", "R", "F", "P", "X", "DEMO",
+    "A~DEMO", "1.2.1.150456", "1.1\\F\\1", "20261128030547.027+0000", "2026112803", "20261399", "20261128030547.027",
+    "0030E6FFFE000001^EUI-64", "0030E6FFFE000002", "urn:uuid:6f1c2c1e-1111-4222-8333-944444444444^^^URN", "PUMP-7^ISO",
+    "\\X41\\", "a&b", "~",
+])
+
+
+@st.composite
+def _pcd01_messages(draw: st.DrawFn) -> bytes:
+    """ORU^R01 messages with OBX rows of arbitrary length made of the texts PCD senders (and broken ones) write."""
+    lines = ["MSH|^~\\&|WLSIM^" + draw(st.sampled_from(["0030E6FFFE000000^EUI-64", "", "X"])) + "|H|||"
+             + draw(st.sampled_from(["20261128030547+0000", "", "bad"])) + "||ORU^R01|C1|P|2.6"]
+    if draw(st.booleans()):
+        lines.append("PV1||I|ICU^^" + draw(st.sampled_from(["BED-1", ""])) + "^H")
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["OBX", "OBX", "OBX", "OBR", "NTE"]))
+        if kind == "OBR":
+            lines.append("OBR|1|x|x|y|||" + draw(st.sampled_from(["20261128030500", "", "junk"])))
+            continue
+        # Mostly what each position holds in PCD-01, sometimes any of the texts, cut at any length.
+        typical = ["NM", "147842^MDC_ECG_HEART_RATE^MDC", "1.1.1.147842", "67.4", "264864^MDC_DIM_BEAT_PER_MIN^MDC",
+                   "", "", "", "", "R", "", "", "20261128030547.027+0000", "", "", "", "0030E6FFFE000001^EUI-64"]
+        fields = [kind, "1"] + [text if draw(st.integers(0, 9)) < 7 else draw(_OBX_TEXT) for text in typical]
+        lines.append("|".join(fields[:draw(st.one_of(st.just(len(fields)), st.integers(1, len(fields))))]))
+    return "\r".join(lines).encode()
+
+
+def _comparable(decoded: Any) -> tuple[object, ...]:
+    """A decoded result with its errors as plain tuples (exceptions compare by identity)."""
+    def problem(exc: Hl7Error | None) -> object:
+        return None if exc is None else (exc.code, exc.reason, exc.segment, exc.sequence, exc.field)
+    return (decoded.header, decoded.items, decoded.discovered, problem(decoded.error),
+            [problem(w) for w in decoded.warnings], decoded.skipped, decoded.containment)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_pcd01_messages(), st.booleans())
+def test_fast_pcd01_rows_map_as_the_general_path(payload: bytes, discover: bool) -> None:
+    routing = Routing("hl7-x", discover=discover)
+    fast = decode(payload, routing, 1_764_300_000_000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pcd, "_observations", pcd._observations_slow)
+        slow = decode(payload, routing, 1_764_300_000_000)
+    assert _comparable(fast) == _comparable(slow)
+
+
+def _parse_segments_reference(text: str, seps: Separators) -> list[list[str]]:
+    """The segment loop of parse() before its fast path (the first line is MSH), as fields per segment."""
+    out: list[list[str]] = []
+    for number, line in enumerate(parser._split_segments(text), start=1):
+        if not line or line.isspace():
+            continue
+        seg_id = line[:3]
+        if ((seg_id not in parser._COMMON_IDS and not parser._SEGMENT_ID.fullmatch(seg_id))
+                or (len(line) > 3 and line[3] != seps.field)):
+            raise Hl7Error(100, f"line {number} is not a segment ({line[:12]!r})")
+        if not out:
+            header_end = 4 + len(seps.encoding)
+            rest = line[header_end + 1:].split(seps.field) if len(line) > header_end else []
+            out.append(["MSH", seps.field, seps.encoding, *rest])
+        elif seg_id == "MSH":
+            raise Hl7Error(100, f"line {number}: a second MSH (one message per MLLP block)", "MSH", 2, 0)
+        else:
+            out.append(line.split(seps.field))
+    return out
+
+
+_LINES = st.sampled_from(["OBX|1|NM", "OBX", "OBXX|1", "OBX^1", "PID||x", "ZZ1|a", "Z1|a", "zz1|a", "MSH|^~\\&|x",
+                          "", " ", "\t", "NTE|1|a|b", "OB|1", "|OBX|", "EVN", "ZPD", "1AB|x", "OBX|a\nb", "\nOBX|1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINES, max_size=8), st.sampled_from(["\r", "\n", "\r\n"]))
+def test_parse_splits_segments_as_the_reference_loop(lines: list[str], terminator: str) -> None:
+    text = terminator.join(["MSH|^~\\&|A|B", *lines])
+    seps = Separators()
+    try:
+        expected: object = _parse_segments_reference(text, seps)
+    except Hl7Error as exc:
+        expected = (exc.code, exc.reason, exc.segment, exc.sequence)
+    try:
+        got: object = [s.fields for s in parse(text).segments]
+    except Hl7Error as exc:
+        got = (exc.code, exc.reason, exc.segment, exc.sequence)
+    assert got == expected
+
+
+@given(st.lists(st.integers(-10**12, 4 * 10**12), min_size=1, max_size=20))
+def test_ack_time_as_formatted_afresh(moments: list[int]) -> None:
+    for ms in moments + [m + 1 for m in moments]:  # neighbours hit the remembered second
+        assert parser.format_ts(ms) == parser._format_ts(ms)

@@ -193,6 +193,14 @@ def parse(data: bytes | str) -> Message:
     segments: list[Segment] = []
     field = seps.field
     for number, line in enumerate(lines, start=1):
+        if segments:
+            # Split first: a first field that is a usual id is a valid segment start (it is three characters,
+            # so the line has the field separator right after it or ends there), and it needs no other check.
+            fields = line.split(field)
+            seg_id = fields[0]
+            if seg_id in _COMMON_IDS and seg_id != "MSH":
+                segments.append(Segment(fields, seps))
+                continue
         if not line or line.isspace():  # what `not line.strip()` says, without copying the line
             continue
         seg_id = line[:3]
@@ -334,4 +342,19 @@ def _parse_ts(text: str) -> int | None:
 
 def format_ts(ms: int) -> str:
     """Milliseconds since the epoch as an HL7 DTM in UTC, e.g. ``20260101000000+0000``."""
+    # Every ACK formats "now", and the text changes once a second: keep the last second's text (one entry).
+    global _last_ts
+    second = ms // 1000
+    if _last_ts[0] == second:
+        return _last_ts[1]
+    text = _format_ts(ms)
+    _last_ts = (second, text)
+    return text
+
+
+def _format_ts(ms: int) -> str:
+    """:func:`format_ts`, unremembered (the text depends on the whole second only: fractions are dropped)."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+_last_ts: tuple[int | None, str] = (None, "")
