@@ -21,6 +21,7 @@ import msgspec
 import pytest
 import websockets
 
+from devices.clock import now_ms
 from tests.conftest import Mosquitto, free_port
 from tests.scenarios import RULES, fast_scenario
 from tests.victoria import VictoriaMetrics, victoria  # noqa: F401  (the fixture)
@@ -113,12 +114,14 @@ async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -
         assert "ICU-05" not in {a["bed"] for a in active}, "the 2-second artefact dips raised an alarm"
         assert not [a for a in active if a["alarm_kind"] == "technical"], f"technical alarms: {active}"
 
-        history = (await api.get("/api/v1/beds/ICU-03/vitals/spo2", params={"step": "5s"})).json()
+        # A closed window that ended seconds ago, so both queries below see the same stored readings.
+        window = {"start": str(now_ms() - 600_000), "end": str(now_ms() - 5_000)}
+        history = (await api.get("/api/v1/beds/ICU-03/vitals/spo2", params={**window, "step": "5s"})).json()
         assert history["metric"] == "MDC_PULS_OXIM_SAT_O2"
         assert len(history["points"]) >= 3
         assert all(p["min"] <= p["mean"] <= p["max"] for p in history["points"])
         assert history["points"][-1]["mean"] < 90
-        raw = (await api.get("/api/v1/beds/ICU-03/vitals/spo2")).json()["points"]
+        raw = (await api.get("/api/v1/beds/ICU-03/vitals/spo2", params=window)).json()["points"]
         assert sum(p["count"] for p in history["points"]) == len(raw)
 
         health = (await api.get("/api/v1/health")).json()
