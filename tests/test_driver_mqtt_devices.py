@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from devices.bus import BrokerAddress
 from devices.contract import FLAG_CLOCK_SKEW, DeviceEvent, DeviceInfo, Item, TagRead, WasteEvent, check_item, encode
 from devices.site import DeviceSpec
-from gateway.drivers.rfid_mqtt import feed as feed_module
+from gateway.drivers import mqtt_feed as feed_module
+from gateway.drivers.mqtt_feed import MqttFeed, Rejection
 from gateway.drivers.rfid_mqtt import parser as rfid_parser
 from gateway.drivers.rfid_mqtt.driver import RfidMqttDriver
-from gateway.drivers.rfid_mqtt.feed import MqttFeed, Rejection
 from gateway.drivers.waste_mqtt import parser as waste_parser
 from gateway.drivers.waste_mqtt.driver import WasteMqttDriver
 from simulators.mqtt_devices.rfid import Asset, BleGatewaySim, RfidReaderSim, Ward, publish_once

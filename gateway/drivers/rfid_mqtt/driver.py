@@ -4,7 +4,7 @@ One driver instance is one reader: it subscribes the reader's topic, decodes eac
 :mod:`gateway.drivers.rfid_mqtt.parser` and hands the tag reads to the sink in batches, since tag reads
 are the gateway's lowest-priority data and arrive in bursts. De-duplication is ingest's job; this
 driver only bounds, checks and converts. Transport, link state and rejected-payload accounting are
-the shared :class:`~gateway.drivers.rfid_mqtt.feed.MqttFeed`.
+the shared :class:`~gateway.drivers.mqtt_feed.MqttFeed`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from devices.bus import BrokerAddress
 from devices.contract import DeviceHealth, Item
 from devices.site import DeviceSpec
 from gateway.driver import Sink
+from gateway.drivers.mqtt_feed import MqttFeed, Rejection, check_topic_filter
 from gateway.drivers.rfid_mqtt import parser
-from gateway.drivers.rfid_mqtt.feed import MqttFeed, Rejection, check_topic_filter
 from gateway.drivers.rfid_mqtt.parser import ConfigError, PayloadError
 
 log = logging.getLogger(__name__)

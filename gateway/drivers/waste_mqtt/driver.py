@@ -5,7 +5,7 @@ scans are rare and each is a handover record that must not wait in a batch. The 
 persistent with QoS 1 by default, so scans published while the gateway was away are delivered when it
 comes back (as long as the broker kept them). A scan that fails validation is refused with an error
 naming the device and field, counted, and never raised. Transport, link state and rejected-payload
-accounting are the shared :class:`~gateway.drivers.rfid_mqtt.feed.MqttFeed`.
+accounting are the shared :class:`~gateway.drivers.mqtt_feed.MqttFeed`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from devices.bus import BrokerAddress
 from devices.contract import DeviceHealth, Item
 from devices.site import DeviceSpec
 from gateway.driver import Sink
-from gateway.drivers.rfid_mqtt.feed import MqttFeed, Rejection, check_topic_filter
+from gateway.drivers.mqtt_feed import MqttFeed, Rejection, check_topic_filter
 from gateway.drivers.waste_mqtt import parser
 from gateway.drivers.waste_mqtt.parser import ConfigError, ScanError
 
