@@ -33,7 +33,7 @@ Library errors (``sqlite3.Error``, ``duckdb.Error``) never leave a store: they a
 called and re-raised as one of the above ``from`` the original. Caller mistakes (no bed and no
 device given, an empty range) raise ``ValueError``; ``write`` checks every item with
 :func:`devices.contract.check_item` first and stores nothing if one fails (``ContractError``, a
-``ValueError``).
+``ValueError``), unless the caller passes ``checked=True`` to say it has run that check itself.
 
 Retention and rollups (:class:`Maintainable`, implemented by the embedded store and its twin):
 ``maintain(now_ms)`` moves raw observations older than the raw retention (whole minutes) into
@@ -138,8 +138,12 @@ class StoreStats(msgspec.Struct, frozen=True):
 class TimeSeriesStore(Protocol):
     """What ingest writes through and the API reads from; every method is synchronous."""
 
-    def write(self, items: Sequence[Item]) -> WriteResult:
-        """Store a batch atomically; keys already stored are counted as duplicates, not stored again."""
+    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
+        """Store a batch atomically; keys already stored are counted as duplicates, not stored again.
+
+        ``checked=True`` says the caller has already run :func:`devices.contract.check_item` on every
+        item (ingest does), so the store skips that second pass; the default checks.
+        """
         ...
 
     def latest(

@@ -369,12 +369,13 @@ class DuckDbStore:
             except duckdb.Error as exc:
                 raise _store_error(exc, what, self.path) from exc
 
-    def write(self, items: Sequence[Item]) -> WriteResult:
+    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
         """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice."""
         obs: dict[Key, tuple[object, ...]] = {}
         evt: dict[Key, tuple[object, ...]] = {}
         for item in items:
-            check_item(item)
+            if not checked:
+                check_item(item)
             key = key_of(item)
             if isinstance(item, Observation):
                 if key not in obs:  # the first of a key within the batch wins, as across batches

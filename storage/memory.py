@@ -60,10 +60,11 @@ class MemoryStore:
         if self._closed:
             raise StoreClosed("store is closed")
 
-    def write(self, items: Sequence[Item]) -> WriteResult:
+    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
         """Store a batch atomically; keys already stored are counted as duplicates, not stored again."""
-        for item in items:
-            check_item(item)
+        if not checked:
+            for item in items:
+                check_item(item)
         stored = 0
         with self._lock:
             self._check_open()

@@ -254,7 +254,7 @@ class VictoriaStore:
                 retryable=False,
             )
 
-    def write(self, items: Sequence[Item]) -> WriteResult:
+    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
         """Store a batch (observations to VM, other items to SQLite); refuse it whole on a bad item.
 
         ``duplicates`` counts repeats of a key within the batch and events already stored; an
@@ -268,7 +268,8 @@ class VictoriaStore:
         slot: dict[tuple[str, str, str, int], int] = {}
         repeats = 0
         for item in items:
-            check_item(item)
+            if not checked:
+                check_item(item)
             if not isinstance(item, Observation):
                 others.append(item)
                 continue
@@ -289,7 +290,7 @@ class VictoriaStore:
                 newest = self._newest.get((item.device, item.stream, item.metric))
                 if newest is not None and newest[0] == item.ts and newest[1] != item.seq:
                     raise self._collision(item, newest[1])
-            side = self._side.write(others) if others else WriteResult(stored=0, duplicates=0)
+            side = self._side.write(others, checked=True) if others else WriteResult(stored=0, duplicates=0)
             if obs:
                 self._post_lines([line_of(o) for o in obs])
             for item in obs:

@@ -213,6 +213,19 @@ def test_empty_write_and_invalid_items(store: TimeSeriesStore) -> None:
     assert store.stats().observations == 0  # all or nothing
 
 
+def test_checked_write_stores_the_same_as_a_checking_one(store: TimeSeriesStore) -> None:
+    rng = random.Random(11)
+    items: list[Item] = [*observations(rng, 300), *events()]
+    twin = MemoryStore()
+    assert store.write(items, checked=True) == twin.write(items)
+    assert store.write(items[:50], checked=True) == twin.write(items[:50])  # replays are still duplicates
+    assert store.latest(bed="bed1") == twin.latest(bed="bed1")
+    assert store.stats().observations == twin.stats().observations == 300
+    bad = Observation(device="m", stream="s", seq=2, ts=T0, metric="HR", value=math.nan, unit="/min", bed="b")
+    with pytest.raises(ContractError):
+        store.write([bad])  # the default still checks
+
+
 @pytest.mark.parametrize(
     ("bed", "device", "since"),
     [("bed0", None, None), ("bed1", None, T0 + 300_000), (None, "mon3", None), ("bed0", "mon3", None)],
