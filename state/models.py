@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -171,9 +172,13 @@ class AlertRow(Base):
     device_alert: Mapped[str | None] = mapped_column(String(128))
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
     acknowledged_at: Mapped[int | None] = mapped_column(BigInteger)
+    latched: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    silenced_until: Mapped[int | None] = mapped_column(BigInteger)
+    resolved_at: Mapped[int | None] = mapped_column(BigInteger)
+    delay_ms: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # the rule's persistence delay
     body: Mapped[dict[str, Any]] = mapped_column(Json)
 
-    __table_args__ = (Index(None, "source", "type"),)
+    __table_args__ = (Index(None, "source", "type"), Index(None, "onset"))
 
 
 class AlarmLogRow(Base):
@@ -188,6 +193,32 @@ class AlarmLogRow(Base):
     at: Mapped[int] = mapped_column(BigInteger, index=True)
     actor: Mapped[str | None] = mapped_column(String(64))
     body: Mapped[dict[str, Any]] = mapped_column(Json)
+    event: Mapped[str | None] = mapped_column(String(32))  # onset, repeat, acknowledged, silenced, comment, ...
+    detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
+
+
+class AlarmProfileRow(Base):
+    """The clinical default rule set a unit uses (adult, paediatric, neonatal); absent means adult."""
+
+    __tablename__ = "alarm_profiles"
+
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ruleset: Mapped[str] = mapped_column(String(32))
+    updated: Mapped[int] = mapped_column(BigInteger)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class AlarmLimitRow(Base):
+    """An override of one rule's settings for a whole unit (``bed`` empty) or for one bed of it."""
+
+    __tablename__ = "alarm_limits"
+
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bed: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for the unit-wide override
+    rule: Mapped[str] = mapped_column(String(100), primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(Json)
+    updated: Mapped[int] = mapped_column(BigInteger)
+    updated_by: Mapped[str] = mapped_column(String(64))
 
 
 class AssetRow(Base):
