@@ -304,3 +304,66 @@ class AuditRow(Base):
 
 APPEND_ONLY = ("alarm_log", "audit", "waste_bags", "waste_handovers")
 """Tables whose rows are never updated or deleted (the migration guards them with triggers)."""
+
+
+ESCALATION_STATES = ("running", "acknowledged", "accepted", "resolved", "exhausted")
+DELIVERY_STATUSES = ("sent", "delivered", "read", "accepted", "declined", "failed")
+
+
+class EscalationRow(Base):
+    """An alert's escalation: the step last fired and the persisted deadline of the next (survives a restart)."""
+
+    __tablename__ = "escalations"
+
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), primary_key=True)
+    unit: Mapped[str | None] = mapped_column(String(64), index=True)
+    bed: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[str] = mapped_column(String(8))
+    step: Mapped[int] = mapped_column(Integer)  # index of the last step fired in the priority's schedule
+    next_at: Mapped[int | None] = mapped_column(BigInteger, index=True)  # None once the escalation has stopped
+    state: Mapped[str] = mapped_column(String(16))
+    created: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint(_one_of("state", ESCALATION_STATES), name="state"),)
+
+
+class EscalationStepRow(Base):
+    """One fired step of an escalation: who it targeted, why it fired, when (one row per step, never updated)."""
+
+    __tablename__ = "escalation_steps"
+
+    n: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str] = mapped_column(String(16))  # primary, buddy, charge, team
+    reason: Mapped[str] = mapped_column(String(16))  # onset, timeout, declined, unconfirmed, vacant
+    at: Mapped[int] = mapped_column(BigInteger)
+    recipients: Mapped[list[str]] = mapped_column(Json)
+
+    __table_args__ = (UniqueConstraint("alert_id", "step"),)
+
+
+class DeliveryRow(Base):
+    """One notification of one alert to one recipient on one channel, and how far it got."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    staff: Mapped[str] = mapped_column(String(64), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # websocket, webhook
+    status: Mapped[str] = mapped_column(String(16))
+    sent_at: Mapped[int] = mapped_column(BigInteger)
+    confirm_by: Mapped[int | None] = mapped_column(BigInteger, index=True)  # None once confirmed or given up
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+    read_at: Mapped[int | None] = mapped_column(BigInteger)
+    accepted_at: Mapped[int | None] = mapped_column(BigInteger)
+    declined_at: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(String(200), default="")
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
+        UniqueConstraint("alert_id", "step", "staff", "channel"),
+    )
