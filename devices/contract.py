@@ -18,6 +18,7 @@ Message tree::
     GatewayStatus     birth / heartbeat / last will of a gateway
     ServiceStatus     heartbeat of a backend service (ingest, alerts)
     Alert             an alarm raised by the alert engine, in its current state
+    Notification      an alert sent to one member of staff (alerts -> api), tracked per recipient
 """
 
 from __future__ import annotations
@@ -223,6 +224,20 @@ class Alert(msgspec.Struct, omit_defaults=True):
     metric: str | None = None
     value: float | None = None
     device_alert: str | None = None  # the device's own alert identity (IHE PCD-04 alert uuid), if any
+    v: int = SCHEMA_VERSION
+
+
+class Notification(msgspec.Struct, omit_defaults=True):
+    """alerts -> api: one alert sent to one member of staff (a delivery, tracked until confirmed)."""
+
+    delivery: int  # the delivery's id: the receiver confirms it (delivered, read, accepted, declined)
+    staff: str
+    alert: Alert
+    step: int  # the escalation step that sent it (0: the first recipient)
+    target: str  # primary, buddy, charge or team
+    reason: str  # onset, timeout, declined, unconfirmed, vacant, no_receiver
+    sent: int
+    confirm_by: int | None = None
     v: int = SCHEMA_VERSION
 
 

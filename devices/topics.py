@@ -8,6 +8,7 @@ Layout (``v1`` is the contract version, ``site`` one hospital or campus)::
     wardlink/v1/{site}/gw/{gateway}/commit    Commit from ingest: ranges the gateway may release
     wardlink/v1/{site}/svc/{service}/{instance}/status   ServiceStatus, retained
     wardlink/v1/{site}/alert/{alert_id}       Alert, retained while not resolved
+    wardlink/v1/{site}/notify/{staff}         Notification: an alert routed to one member of staff
 """
 
 from __future__ import annotations
@@ -64,13 +65,23 @@ def alert_filter(site: str) -> str:
     return f"{ROOT}/{check_name(site, 'site')}/alert/+"
 
 
+def notify_topic(site: str, staff: str) -> str:
+    """Topic of one member of staff's notifications."""
+    return f"{ROOT}/{check_name(site, 'site')}/notify/{check_name(staff, 'staff id')}"
+
+
+def notify_filter(site: str) -> str:
+    """Subscription filter for every member of staff's notifications."""
+    return f"{ROOT}/{check_name(site, 'site')}/notify/+"
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     """A parsed Wardlink topic."""
 
     site: str
-    area: Literal["gw", "svc", "alert"]
-    name: str  # gateway, service or alert id
+    area: Literal["gw", "svc", "alert", "notify"]
+    name: str  # gateway, service, alert id or staff id
     channel: str  # gateway channel, service instance, or "" for alerts
 
 
@@ -86,4 +97,6 @@ def parse(topic: str) -> Topic:
         return Topic(site, "svc", parts[4], parts[5])
     if area == "alert" and len(parts) == 5:
         return Topic(site, "alert", parts[4], "")
+    if area == "notify" and len(parts) == 5:
+        return Topic(site, "notify", parts[4], "")
     raise TopicError(f"unknown wardlink topic: {topic!r}")
