@@ -14,11 +14,12 @@ from collections import defaultdict
 import aiomqtt
 import msgspec
 
+from alerts.delivery import DeliverySettings, Dispatcher
 from alerts.engine import AlertEngine
 from alerts.rules import LimitRule
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Alert, ContractError, ServiceStatus, decode_batch, encode
+from devices.contract import Alert, ContractError, Priority, ServiceStatus, decode_batch, encode
 from devices.site import Site
 from state.db import State
 
@@ -36,6 +37,7 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     rules: list[LimitRule] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
     heartbeat_s: float = 5.0
+    delivery: DeliverySettings = DeliverySettings()  # routing, escalation and channels (docs/alerting-delivery.md)
 
 
 class AlertService:
@@ -53,6 +55,8 @@ class AlertService:
         self.engine.restore(self.alerts.open())
         self.counters: dict[str, int] = defaultdict(int)
         self._status_topic = topics.service_topic(site.id, "alerts", instance)
+        self._client: aiomqtt.Client | None = None
+        self.dispatch = Dispatcher(site.id, state, self.settings.delivery, self._raise_technical)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -66,6 +70,7 @@ class AlertService:
     async def _session(self) -> None:
         will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
         async with bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False) as client:
+            self._client = client
             for channel in ("alarm", "data"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
             for alert in self.engine.open.values():  # make sure the retained set matches our state
@@ -76,6 +81,7 @@ class AlertService:
                 group.create_task(bus.heartbeat(client, self._status_topic, lambda: self._status("online"),
                                                 self.settings.heartbeat_s))
                 group.create_task(self._receive(client))
+                group.create_task(self.dispatch.run(client))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         for_us = (topics.gateway_filter(self.site.id, "data"), topics.gateway_filter(self.site.id, "alarm"))
@@ -102,3 +108,16 @@ class AlertService:
         else:
             await client.publish(topic, encode(alert), qos=1, retain=True)
             log.warning("ALERT %s %s %s: %s", alert.priority.upper(), alert.source, alert.type, alert.message)
+        await self.dispatch.on_alert(alert)
+
+    async def _raise_technical(self, source: str, type_: str, priority: Priority, message: str, *,
+                               bed: str | None, unit: str | None) -> None:
+        """Raise a technical alarm of the alarm system itself (delivery failure, no receiver) and publish it."""
+        if self._client is None:
+            return
+        now = now_ms()
+        alert = self.engine._raise(source, type_, "technical", priority, now, now, message, bed, None, None)
+        if unit is not None and alert.unit is None:
+            alert = msgspec.structs.replace(alert, unit=unit)
+            self.engine.open[(source, type_, None)] = alert
+        await self._publish(self._client, alert)

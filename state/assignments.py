@@ -153,3 +153,31 @@ class Assignments:
                 row, name = held[0]
                 route.append(Recipient(row.staff_id, name, role, row.id))
         return route
+
+    def team(self, unit: str, at: int) -> list[Recipient]:
+        """Everyone assigned to a unit at ``at`` (the last step of an escalation), one entry per person, by staff id."""
+        query = (select(AssignmentRow, StaffRow.name).join(StaffRow, StaffRow.id == AssignmentRow.staff_id)
+                 .where(AssignmentRow.unit_id == unit, StaffRow.active.is_(True), _active(at))
+                 .order_by(AssignmentRow.staff_id, AssignmentRow.valid_from.desc()))
+        with self._sessions.read(f"reading the team of {unit}") as session:
+            rows = session.execute(query).all()
+        team: dict[str, Recipient] = {}
+        for row, name in rows:
+            team.setdefault(row.staff_id, Recipient(row.staff_id, name, row.role, row.id))
+        return list(team.values())
+
+    def unit_route(self, unit: str, at: int) -> list[Recipient]:
+        """The route of an alarm that has no bed (a fridge, a gateway): the unit's charge nurse, if any."""
+        query = (select(AssignmentRow, StaffRow.name).join(StaffRow, StaffRow.id == AssignmentRow.staff_id)
+                 .where(AssignmentRow.unit_id == unit, AssignmentRow.role == "charge", StaffRow.active.is_(True),
+                        _active(at))
+                 .order_by(AssignmentRow.valid_from.desc(), AssignmentRow.id.desc()).limit(1))
+        with self._sessions.read(f"routing unit {unit}") as session:
+            found = session.execute(query).first()
+        return [] if found is None else [Recipient(found[0].staff_id, found[1], "charge", found[0].id)]
+
+    def get(self, assignment_id: int) -> Assignment | None:
+        """One assignment, or None."""
+        with self._sessions.read(f"reading assignment {assignment_id}") as session:
+            row = session.get(AssignmentRow, assignment_id)
+            return None if row is None else _assignment(row)

@@ -1,0 +1,140 @@
+"""Delivery: new alerts go to their first recipients, deadlines escalate them, unconfirmed deliveries raise alarms.
+
+The dispatcher runs inside the alert service. It starts an escalation for every new active alert,
+checks the persisted deadlines every ``poll_s`` (so a restart keeps them), and sends each step on the
+configured channels. A delivery its receiver does not confirm within ``confirm_s`` is itself a
+technical alarm ("delivery.unconfirmed"), routed to the next step of the chain, and the escalation
+moves on at once; an alert nobody is assigned to raises "delivery.no_receiver".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from typing import Protocol
+
+import aiomqtt
+import msgspec
+
+from alerts.channels.pcd04_out import Pcd04Out, Pcd04Settings
+from alerts.channels.webhook import WebhookChannel, WebhookSettings
+from alerts.channels.websocket import WebSocketChannel
+from alerts.escalation import NO_RECEIVER, Escalator
+from alerts.routing import Router, RoutingSettings
+from devices.clock import now_ms
+from devices.contract import Alert, Priority
+from state.db import State
+from state.escalations import Escalations, Fired
+
+log = logging.getLogger(__name__)
+
+UNCONFIRMED = "delivery.unconfirmed"
+NO_RECEIVER_TYPE = "delivery.no_receiver"
+
+
+class DeliverySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Routing and escalation, and the channels beyond the per-user WebSocket stream."""
+
+    routing: RoutingSettings = RoutingSettings()
+    webhooks: list[WebhookSettings] = msgspec.field(default_factory=list)
+    pcd04: Pcd04Settings = Pcd04Settings()
+
+
+class RaiseTechnical(Protocol):
+    """How the dispatcher raises a technical alarm (the service runs it through the engine and publishes it)."""
+
+    def __call__(self, source: str, type_: str, priority: Priority, message: str, *, bed: str | None,
+                 unit: str | None) -> Awaitable[None]:
+        """Raise (or repeat) the technical alarm ``type_`` of ``source``."""
+
+
+class Dispatcher:
+    """Escalation and channels of the alert service."""
+
+    def __init__(self, site_id: str, state: State, settings: DeliverySettings,
+                 raise_technical: RaiseTechnical) -> None:
+        """Wire the escalator to the state and the channels to their settings."""
+        self.settings = settings
+        self.escalations = Escalations(state.sessions)
+        self.escalator = Escalator(self.escalations, Router(state.assignments), settings.routing)
+        self.websocket = WebSocketChannel(site_id)
+        self.webhooks = [WebhookChannel(w, self.escalations) for w in settings.webhooks]
+        self.pcd04 = Pcd04Out(settings.pcd04, raise_technical) if settings.pcd04.host else None
+        self._raise_technical = raise_technical
+        self._started: set[str] = set()  # alerts whose escalation this process has started or seen
+        self._first_step: dict[tuple[str, str], int] = {}  # a delivery alarm starts at the next step of its chain
+        self._client: aiomqtt.Client | None = None
+        self._wake = asyncio.Event()
+
+    async def run(self, client: aiomqtt.Client) -> None:
+        """Check deadlines and confirmations until cancelled (one bus session)."""
+        self._client = client
+        poll = self.settings.routing.poll_s
+        async with asyncio.TaskGroup() as group:
+            if self.pcd04 is not None:
+                group.create_task(self.pcd04.run())
+            while True:
+                await self.tick(now_ms())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll)
+
+    async def on_alert(self, alert: Alert) -> None:
+        """An alert transition published by the service: start, or stop, its escalation."""
+        if self.pcd04 is not None:
+            self.pcd04.report(alert)
+        if alert.state == "active" and alert.id not in self._started:
+            self._started.add(alert.id)
+            first = self._first_step.pop((alert.source, alert.type), 0)
+            started = await asyncio.to_thread(self.escalator.start, alert, now_ms(), first)
+            if started == NO_RECEIVER:
+                await self._no_receiver(alert)
+            elif isinstance(started, Fired):
+                await self._send(started)
+        elif alert.state in ("acknowledged", "resolved"):
+            await asyncio.to_thread(self.escalations.stop, alert.id, alert.state, now_ms())
+            if alert.state == "resolved":
+                self._started.discard(alert.id)
+
+    async def tick(self, now: int) -> None:
+        """Fire due steps and give up on unconfirmed deliveries (each at most once, across instances too)."""
+        for delivery in await asyncio.to_thread(self.escalations.unconfirmed, now):
+            if not await asyncio.to_thread(self.escalations.give_up, delivery.id, now, "not confirmed in time"):
+                continue
+            escalation = await asyncio.to_thread(self.escalations.get, delivery.alert_id)
+            await asyncio.to_thread(self.escalations.hasten, delivery.alert_id, now)
+            if escalation is not None:
+                self._first_step[(delivery.staff, UNCONFIRMED)] = delivery.step + 1
+                await self._raise_technical(
+                    delivery.staff, UNCONFIRMED, "high",
+                    f"alert {delivery.alert_id} to {delivery.staff} ({delivery.channel}) not confirmed within "
+                    f"{self.settings.routing.confirm_s:g} s", bed=escalation.bed, unit=escalation.unit)
+        for escalation in await asyncio.to_thread(self.escalations.due, now):
+            fired = await asyncio.to_thread(self.escalator.advance, escalation, now)
+            if isinstance(fired, Fired):
+                await self._send(fired)
+
+    async def _no_receiver(self, alert: Alert) -> None:
+        if alert.type in (NO_RECEIVER_TYPE, UNCONFIRMED):
+            return  # a delivery alarm nobody can take: published on the bus (and PCD-04), not raised again
+        where = alert.unit or alert.bed or alert.source
+        log.error("alert %s (%s %s): nobody is assigned to receive it", alert.id, where, alert.type)
+        await self._raise_technical(where, NO_RECEIVER_TYPE, "high", f"no receiver for {alert.type} of {where}",
+                                    bed=None, unit=alert.unit)
+
+    async def _send(self, fired: Fired) -> None:
+        """Send a fired step on every channel."""
+        alert = msgspec.convert(fired.alert, Alert)
+        if self._client is not None:
+            await self.websocket.send(self._client, fired, alert)
+        for webhook in self.webhooks:
+            webhook.send(fired, alert)
+        if self.pcd04 is not None and fired.step.step > 0:
+            self.pcd04.report(alert, escalated_to=fired.step.recipients)
+
+    def wake(self) -> None:
+        """Check deadlines now rather than at the next poll."""
+        self._wake.set()
+
