@@ -10,7 +10,8 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -26,24 +27,55 @@ class BusError(ConnectionError):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TLS for the broker connection: the CA that signed the broker's certificate, and optionally this
+    client's own certificate and key (when the broker authenticates clients by certificate)."""
+
+    ca_file: str | None = None  # None: the system's trusted CAs
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerAddress:
-    """Where the broker listens."""
+    """Where the broker listens, and who this process is to it (username/password and/or TLS)."""
 
     host: str
     port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never logged
+    tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
-        """The address as an ``mqtt://host:port`` URL."""
-        return f"mqtt://{self.host}:{self.port}"
+        """The address as an ``mqtt://host:port`` (or ``mqtts://``) URL, without credentials."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://host:port`` (port defaults to 1883); raise ValueError on anything else."""
+        """Parse ``mqtt://host:port`` (port defaults to 1883) or ``mqtts://host:port`` (8883, TLS with the
+        system's CAs); raise ValueError on anything else, including credentials in the URL."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"broker URL {url!r}: expected mqtt://HOST:PORT")
-        return cls(parts.hostname, parts.port or 1883)
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+            raise ValueError(f"broker URL {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        if parts.username or parts.password:
+            raise ValueError("broker URL: credentials do not belong in a URL; set broker.username and "
+                             "broker.password_file")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls=TlsFiles() if tls else None)
+
+    def with_identity(self, username: str | None, password_file: str | None = None,
+                      tls: TlsFiles | None = None) -> BrokerAddress:
+        """This address as ``username`` (its password read from ``password_file``), with ``tls`` if given."""
+        password = None
+        if password_file:
+            try:
+                password = Path(password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"broker password file {password_file}: {exc.strerror or exc}") from exc
+            if not password:
+                raise ValueError(f"broker password file {password_file} is empty")
+        return replace(self, username=username, password=password, tls=tls or self.tls)
 
 
 def client(
@@ -68,10 +100,15 @@ def client(
     if mqtt5 and not clean_session and session_expiry_s > 0:  # none when clean: the default expiry is 0
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = session_expiry_s
+    tls = address.tls
     return aiomqtt.Client(
         address.host,
         address.port,
         identifier=identifier,
+        username=address.username,
+        password=address.password,
+        tls_params=aiomqtt.TLSParameters(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
+        if tls else None,
         will=will,
         protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else None,
         clean_session=None if mqtt5 else clean_session,

@@ -51,6 +51,7 @@ class Mosquitto:
                 return
             except OSError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"mosquitto did not start on port {self.port}")
 
     def stop(self) -> None:

@@ -47,6 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the effective configuration as JSON")
     common(show)
 
+    bc = sub.add_parser("broker-config", help="write a secured Mosquitto configuration for the site's gateways "
+                                              "and services (TLS, one identity each, deny-by-default ACL)")
+    bc.add_argument("--out", type=Path, required=True, help="directory to write into")
+    bc.add_argument("--host", action="append", default=[],
+                    help="the broker's DNS name or IP for its certificate and the clients' URL (repeatable)")
+    bc.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    bc.add_argument("--tls", choices=("self-signed", "files"), default="self-signed",
+                    help="self-signed: generate a private CA and certificates; "
+                         "files: use --ca-file/--cert-file/--key-file")
+    bc.add_argument("--ca-file", default="", help="--tls files: the CA that signed the broker certificate")
+    bc.add_argument("--cert-file", default="", help="--tls files: the broker certificate")
+    bc.add_argument("--key-file", default="", help="--tls files: the broker's private key")
+    bc.add_argument("--client-certs", action="store_true",
+                    help="identities by client certificate (self-signed only) instead of passwords")
+    bc.add_argument("--ingest-workers", type=int, default=2, help="ingest identities to create (default 2)")
+    common(bc)
+
     b = sub.add_parser("bench", help="run a benchmark and print its figures")
     b.add_argument("name", choices=sorted(bench.BENCHES), help="which benchmark")
     b.add_argument("--quick", action="store_true", help="a small run (seconds), for smoke tests")
@@ -69,6 +86,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _broker_config(args: argparse.Namespace, cfg: config.Config) -> int:
+    from wardlink.broker_config import BrokerPlan, generate
+
+    if args.tls == "files" and not (args.ca_file and args.cert_file and args.key_file):
+        raise config.ConfigError("broker-config --tls files needs --ca-file, --cert-file and --key-file")
+    if args.client_certs and args.tls != "self-signed":
+        raise config.ConfigError("broker-config --client-certs issues certificates from the self-signed CA only")
+    plan = BrokerPlan(cfg.site, args.out, hosts=args.host or ["localhost"], port=args.port, tls=args.tls,
+                      client_certs=args.client_certs, ingest_workers=args.ingest_workers,
+                      ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+    ids = generate(plan)
+    out = args.out.resolve()
+    sys.stdout.write(f"wrote {out}/mosquitto.conf, acl, passwd and tls/ for {len(ids)} identities:\n")
+    for identity in ids:
+        sys.stdout.write(f"  {identity.role:8} {identity.name:24} --config {out}/credentials/{identity.name}.toml\n")
+    sys.stdout.write(f"start the broker with: mosquitto -c {out}/mosquitto.conf\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wardlink`` console script."""
     args = _parser().parse_args(argv)
@@ -88,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(json.dumps(msgspec.to_builtins(cfg), indent=2) + "\n")
             return 0
         # Imported late: `bench` and `config` need none of the services.
+        if args.command == "broker-config":
+            return _broker_config(args, cfg)
         if args.command == "serve":
             from wardlink.serve import serve
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from alerts.service import AlertSettings
+from devices.bus import BrokerAddress, TlsFiles
 from devices.site import Site, SiteError
 from gateway.service import GatewaySettings
 from ingest.service import IngestSettings
@@ -30,9 +31,28 @@ class ConfigError(ValueError):
 class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Which broker to use."""
 
-    url: str = ""  # empty: the embedded broker
+    url: str = ""  # empty: the embedded broker; mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 1883
+    # This process's identity on a secured broker (`wardlink broker-config` writes one per process):
+    username: str = ""
+    password_file: str = ""  # the password is read from this file, never written in the config
+    ca_file: str = ""  # the CA of the broker's certificate (mqtts:// only; empty: the system's CAs)
+    cert_file: str = ""  # this process's client certificate and key, when the broker asks for one
+    key_file: str = ""
+
+    def address(self) -> BrokerAddress:
+        """The external broker's address with this process's identity; raise ConfigError when it is wrong."""
+        try:
+            address = BrokerAddress.parse(self.url)
+            tls = None
+            if self.ca_file or self.cert_file or self.key_file:
+                if address.tls is None:
+                    raise ValueError("broker.ca_file/cert_file/key_file need an mqtts:// URL")
+                tls = TlsFiles(self.ca_file or None, self.cert_file or None, self.key_file or None)
+            return address.with_identity(self.username or None, self.password_file or None, tls)
+        except ValueError as exc:
+            raise ConfigError(f"broker: {exc}") from exc
 
 
 class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -118,7 +118,7 @@ async def run_system(config: Config, stop: asyncio.Event,
     data.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
     if config.broker.url:
-        address = BrokerAddress.parse(config.broker.url)
+        address = config.broker.address()
         log.info("using external broker %s", address.url)
     else:
         embedded = EmbeddedBroker(config.broker.embedded_host, config.broker.embedded_port)

@@ -38,7 +38,7 @@ def _broker(config: Config) -> BrokerAddress:
     if not config.broker.url:
         raise ConfigError("serve: set the broker (--broker mqtt://HOST:PORT or broker.url); the embedded broker "
                           "runs only inside `wardlink run`")
-    return BrokerAddress.parse(config.broker.url)
+    return config.broker.address()
 
 
 async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
