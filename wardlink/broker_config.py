@@ -104,9 +104,10 @@ def acl_rules(site: str, identity: Identity) -> list[str]:
                 f"topic read {svc}/+/+/status", own_status]
     if identity.role == "alerts":
         return [f"topic read {gw}/+/data", f"topic read {gw}/+/alarm", f"topic read {gw}/+/status",
-                f"topic readwrite {topics.ROOT}/{site}/alert/+", own_status]
-    return [f"topic read {topics.ROOT}/{site}/alert/+", f"topic read {gw}/+/status",
-            f"topic read {svc}/+/+/status"]
+                f"topic readwrite {topics.alert_filter(site)}", f"topic write {topics.notify_filter(site)}",
+                own_status]
+    return [f"topic read {topics.alert_filter(site)}", f"topic read {topics.notify_filter(site)}",
+            f"topic read {gw}/+/status", f"topic read {svc}/+/+/status"]
 
 
 def acl_text(site: str, ids: Iterable[Identity]) -> str:
