@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import json
 import random
@@ -19,7 +20,16 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 
 from devices.contract import DeviceEvent, Observation, TagRead
 from storage import MemoryStore, StoreClosed, StoreError, StoreUnavailable
-from storage.victoria import DAY_MS, VictoriaStore, bench_build, bench_write, escape_tag, line_of, now_ms
+from storage.victoria import (
+    DAY_MS,
+    VictoriaStore,
+    _fast_gzip,
+    bench_build,
+    bench_write,
+    escape_tag,
+    line_of,
+    now_ms,
+)
 from tests.victoria import VictoriaMetrics, victoria  # noqa: F401  (the fixture)
 
 METRICS = ("HR", "SPO2", "RR")
@@ -264,3 +274,27 @@ def test_bench_write_and_build_rates(store: VictoriaStore) -> None:
     rates = bench_build(20_000)
     assert rate > 0
     assert rates["fstring_lines_s"] > rates["point_lines_s"]
+
+
+def test_line_prefix_cache_stays_bounded_and_lines_stay_right(store: VictoriaStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("storage.victoria.PREFIX_CACHE_MAX", 3)
+    obs = [Observation(device=f"m{i % 5}", stream="s", seq=i, ts=T0 + i, metric="HR", value=float(i), unit="/min",
+                       bed=f"b{i % 5}") for i in range(40)]
+    assert store.write(obs[:20]).stored == 20
+    assert store.write(obs[20:], checked=True).stored == 20
+    assert len(store._prefixes) <= 3
+    store.flush()
+    for i in range(5):
+        got = store.history(bed=f"b{i}", metric="HR", start_ms=T0, end_ms=T0 + 40)
+        assert [p.value for p in got] == [float(j) for j in range(i, 40, 5)]
+    assert [line_of(o) for o in obs[:1]] == [
+        f"obs,device=m0,stream=s,metric=HR,bed=b0,unit=/min value=0.0,seq=0i,flags=0i,code=0i {T0}"]
+
+
+def test_write_bodies_are_gzip_at_the_fast_level() -> None:
+    body = b"obs,device=m value=1.0 1\n" * 100
+    packed = _fast_gzip("/api/v2/write", body)
+    assert isinstance(packed, bytes)
+    assert gzip.decompress(packed) == body
+    assert _fast_gzip("/api/v2/query", "q") == "q"  # only write bodies are touched
