@@ -14,11 +14,13 @@ from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnec
 from fastapi.responses import PlainTextResponse, RedirectResponse
 
 from api import metrics, schemas
+from api.routing_routes import routing_router
 from api.view import LiveView
 from devices import mdc
 from devices.clock import now_ms
 from devices.contract import DeviceInfo
 from devices.site import Site
+from state.db import State
 from storage.base import HistoryPoint, Latest, StoreError, TimeSeriesStore
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,8 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
-    """Build the application around a site, a store and the live bus view."""
+def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State | None = None) -> FastAPI:
+    """Build the application around a site, a store and the live bus view (and the relational state, if given)."""
     app = FastAPI(title="Wardlink API", version="0.1.0",
                   description="Device telemetry, vitals and alarms for a hospital's connected devices.")
     beds = {bed: unit.id for unit in site.units for bed in unit.beds}
@@ -231,6 +233,8 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView) -> FastAPI:
         """Prometheus text exposition of every worker's counters (label ``instance``) and the API's own view."""
         return PlainTextResponse(metrics.render(view, now_ms()), media_type=metrics.CONTENT_TYPE)
 
+    if state is not None:
+        app.include_router(routing_router(site, state, view))
     return app
 
 

@@ -16,7 +16,7 @@ import msgspec
 
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Alert, GatewayStatus, ServiceStatus
+from devices.contract import Alert, GatewayStatus, Notification, ServiceStatus
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,16 @@ class Subscriber:
     """One live WebSocket client."""
 
     queue: asyncio.Queue[Alert] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    overflowed: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class StaffSubscriber:
+    """One member of staff's live stream: the notifications sent to them and the later states of those alerts."""
+
+    staff: str
+    queue: asyncio.Queue[Alert | Notification] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    alerts: set[str] = field(default_factory=set)  # alerts notified to this stream: their transitions follow
     overflowed: bool = False
 
 
@@ -46,10 +56,12 @@ class LiveView:
         self.gateways: dict[str, GatewayStatus] = {}
         self.services: dict[str, ServiceStatus] = {}
         self.subscribers: set[Subscriber] = set()
+        self.staff_streams: dict[str, set[StaffSubscriber]] = {}
         self.dropped_clients = 0
         self._alert = msgspec.json.Decoder(Alert)
         self._gateway = msgspec.json.Decoder(GatewayStatus)
         self._service = msgspec.json.Decoder(ServiceStatus)
+        self._notification = msgspec.json.Decoder(Notification)
 
     async def run(self) -> None:
         """Follow the bus until cancelled."""
@@ -61,6 +73,7 @@ class LiveView:
                 await client.subscribe(topics.alert_filter(self.site_id), qos=1)
                 await client.subscribe(topics.gateway_filter(self.site_id, "status"), qos=1)
                 await client.subscribe(topics.service_filter(self.site_id), qos=1)
+                await client.subscribe(topics.notify_filter(self.site_id), qos=1)
                 self.connected = True
                 async for message in client.messages:
                     if isinstance(message.payload, bytes):
@@ -79,6 +92,8 @@ class LiveView:
             elif parsed.area == "gw" and parsed.channel == "status":
                 status = self._gateway.decode(payload)
                 self.gateways[status.gateway] = status
+            elif parsed.area == "notify":
+                self._apply_notification(self._notification.decode(payload))
             elif parsed.area == "svc":
                 service = self._service.decode(payload)
                 self.services[f"{service.service}/{service.instance}"] = service
@@ -96,6 +111,10 @@ class LiveView:
                 self.resolved.popitem(last=False)
         else:
             self.alerts[alert.id] = alert
+        for streams in list(self.staff_streams.values()):
+            for stream in list(streams):
+                if alert.id in stream.alerts:
+                    self._offer(stream, alert)
         for subscriber in list(self.subscribers):
             try:
                 subscriber.queue.put_nowait(alert)
@@ -103,6 +122,33 @@ class LiveView:
                 subscriber.overflowed = True  # the handler closes this client
                 self.subscribers.discard(subscriber)
                 self.dropped_clients += 1
+
+    def _apply_notification(self, notification: Notification) -> None:
+        for stream in list(self.staff_streams.get(notification.staff, ())):
+            stream.alerts.add(notification.alert.id)
+            self._offer(stream, notification)
+
+    def _offer(self, stream: StaffSubscriber, item: Alert | Notification) -> None:
+        try:
+            stream.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            stream.overflowed = True  # the handler closes this client; its deliveries stay unconfirmed
+            self.unsubscribe_staff(stream)
+            self.dropped_clients += 1
+
+    def subscribe_staff(self, staff: str) -> StaffSubscriber:
+        """Register a member of staff's live stream."""
+        stream = StaffSubscriber(staff)
+        self.staff_streams.setdefault(staff, set()).add(stream)
+        return stream
+
+    def unsubscribe_staff(self, stream: StaffSubscriber) -> None:
+        """Forget a member of staff's stream."""
+        streams = self.staff_streams.get(stream.staff)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self.staff_streams[stream.staff]
 
     def subscribe(self) -> Subscriber:
         """Register a live client."""

@@ -1,0 +1,238 @@
+"""Routing API: staff, shift assignments (create, end, list per unit), routes, deliveries and the per-user stream.
+
+Authentication comes in a later issue: until then the member of staff is named by a ``staff`` query
+parameter (stream) or body field (delivery status), which is trusted. Do not expose this API beyond a
+trusted network before then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, Field
+
+from api.view import LiveView, StaffSubscriber
+from devices.clock import now_ms
+from devices.contract import Alert, Notification
+from devices.site import Site
+from state.assignments import Assignment, Recipient
+from state.db import State
+from state.errors import StateError
+from state.escalations import RECEIVER_STATUSES, Delivery, Escalations
+
+log = logging.getLogger(__name__)
+
+PING_S = 15.0
+
+
+class StaffIn(BaseModel):
+    """A member of staff to create or update."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    name: str
+    role: str
+    active: bool = True
+
+
+class AssignmentIn(BaseModel):
+    """A shift assignment: primary or buddy for a bed or patient, or charge for the whole unit."""
+
+    staff: str
+    unit: str
+    role: Literal["primary", "buddy", "charge"]
+    valid_from: int | None = None  # epoch ms; default now
+    valid_to: int  # epoch ms, exclusive
+    bed: str | None = None
+    patient: str | None = None
+
+
+class EndIn(BaseModel):
+    """When an assignment ends (default now)."""
+
+    at: int | None = None
+
+
+class StatusIn(BaseModel):
+    """A receiver's answer to a delivery."""
+
+    status: Literal["delivered", "read", "accepted", "declined"]
+    staff: str  # the recipient (trusted until authentication arrives)
+
+
+def _delivery(delivery: Delivery) -> dict[str, object]:
+    body: dict[str, object] = msgspec.to_builtins(delivery)
+    return body
+
+
+def routing_router(site: Site, state: State, view: LiveView) -> APIRouter:
+    """The routing endpoints over the relational state and the live view."""
+    router = APIRouter(prefix="/api/v1", tags=["routing"])
+    assignments = state.assignments
+    escalations = Escalations(state.sessions)
+    units = {unit.id for unit in site.units}
+    beds = {bed for unit in site.units for bed in unit.beds}
+
+    async def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except StateError as exc:
+            raise HTTPException(503, f"state unavailable: {exc}") from exc
+
+    @router.post("/staff", status_code=201)
+    async def put_staff(staff: StaffIn) -> dict[str, object]:
+        """Create or update a member of staff."""
+        saved = await call(assignments.add_staff, staff.id, staff.name, staff.role, active=staff.active)
+        return msgspec.to_builtins(saved)  # type: ignore[no-any-return]
+
+    @router.get("/units/{unit}/assignments")
+    async def list_assignments(unit: str, at: int | None = None) -> list[dict[str, object]]:
+        """Assignments of a unit in force at ``at`` (default now)."""
+        if unit not in units:
+            raise HTTPException(404, f"unit {unit!r} not found")
+        found: list[Assignment] = await call(assignments.current, unit, now_ms() if at is None else at)
+        return [msgspec.to_builtins(a) for a in found]
+
+    @router.post("/assignments", status_code=201)
+    async def create_assignment(body: AssignmentIn) -> dict[str, object]:
+        """Assign a member of staff for a shift."""
+        if body.unit not in units:
+            raise HTTPException(404, f"unit {body.unit!r} not found")
+        if body.bed is not None and body.bed not in beds:
+            raise HTTPException(404, f"bed {body.bed!r} not found")
+        if await call(assignments.staff, body.staff) is None:
+            raise HTTPException(404, f"staff {body.staff!r} not found")
+        try:
+            made = await call(assignments.assign, body.staff, body.unit, body.role,
+                              now_ms() if body.valid_from is None else body.valid_from, body.valid_to,
+                              bed=body.bed, patient=body.patient)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return msgspec.to_builtins(made)  # type: ignore[no-any-return]
+
+    @router.post("/assignments/{assignment_id}/end")
+    async def end_assignment(assignment_id: int, body: EndIn | None = None) -> dict[str, object]:
+        """End an assignment (now, or at ``at``)."""
+        at = now_ms() if body is None or body.at is None else body.at
+        try:
+            ended = await call(assignments.end, assignment_id, at)
+        except KeyError:
+            raise HTTPException(404, f"assignment {assignment_id} not found") from None
+        return msgspec.to_builtins(ended)  # type: ignore[no-any-return]
+
+    @router.get("/beds/{bed}/route")
+    async def bed_route(bed: str, at: int | None = None) -> list[dict[str, object]]:
+        """Who an alarm of this bed goes to now: primary, buddy, charge."""
+        if bed not in beds:
+            raise HTTPException(404, f"bed {bed!r} not found")
+        route: list[Recipient] = await call(assignments.route, bed, now_ms() if at is None else at)
+        return [msgspec.to_builtins(r) for r in route]
+
+    @router.get("/alerts/{alert_id}/delivery")
+    async def alert_delivery(alert_id: str) -> dict[str, object]:
+        """An alert's escalation (state, step, next deadline), its fired steps and every delivery."""
+        escalation = await call(escalations.get, alert_id)
+        if escalation is None:
+            raise HTTPException(404, f"no delivery of alert {alert_id!r}")
+        steps = await call(escalations.steps, alert_id)
+        deliveries = await call(escalations.deliveries, alert_id=alert_id)
+        return {"escalation": msgspec.to_builtins(escalation), "steps": msgspec.to_builtins(steps),
+                "deliveries": [_delivery(d) for d in deliveries]}
+
+    @router.get("/deliveries")
+    async def list_deliveries(staff: str) -> list[dict[str, object]]:
+        """Deliveries to one member of staff, oldest first."""
+        return [_delivery(d) for d in await call(escalations.deliveries, staff=staff)]
+
+    @router.post("/deliveries/{delivery_id}/status")
+    async def delivery_status(delivery_id: int, body: StatusIn) -> dict[str, object]:
+        """A receiver's answer: delivered, read, accepted (stops the escalation) or declined (next step now)."""
+        try:
+            updated = await call(escalations.mark, delivery_id, body.status, now_ms(), staff=body.staff)
+        except KeyError:
+            raise HTTPException(404, f"delivery {delivery_id} not found") from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return _delivery(updated)
+
+    @router.websocket("/staff/stream")
+    async def staff_stream(ws: WebSocket, staff: Annotated[str, Query(min_length=1, max_length=64)]) -> None:
+        """One member of staff's alerts: a snapshot of open deliveries, then each new one and its alert's updates.
+
+        Every notification written to the socket is recorded as delivered. The client answers with
+        ``{"type": "status", "delivery": <id>, "status": "read" | "accepted" | "declined"}``.
+        """
+        await ws.accept()
+        stream = view.subscribe_staff(staff)
+        try:
+            await _snapshot(ws, stream)
+            reader = asyncio.create_task(_answers(ws, staff))
+            try:
+                while not reader.done():
+                    getter = asyncio.ensure_future(stream.queue.get())
+                    done, _ = await asyncio.wait({getter, reader}, timeout=PING_S,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        if stream.overflowed:
+                            break
+                        if not done:
+                            await ws.send_json({"type": "ping", "ts": now_ms()})
+                        continue
+                    await _send(ws, getter.result())
+                    if stream.overflowed and stream.queue.empty():
+                        break
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+                    await reader
+        except WebSocketDisconnect:
+            pass
+        finally:
+            view.unsubscribe_staff(stream)
+            if stream.overflowed:
+                with contextlib.suppress(RuntimeError):
+                    await ws.close(code=1013, reason="too slow: reconnect and resynchronise")
+
+    async def _snapshot(ws: WebSocket, stream: StaffSubscriber) -> None:
+        """Deliveries to this member of staff whose alert is still open (after a reconnect, nothing is missed)."""
+        pending = [d for d in await call(escalations.deliveries, staff=stream.staff) if d.alert_id in view.alerts]
+        stream.alerts.update(d.alert_id for d in pending)
+        await ws.send_json({"type": "snapshot", "deliveries": [
+            {**_delivery(d), "alert": msgspec.to_builtins(view.alerts[d.alert_id])} for d in pending]})
+        for d in pending:
+            if d.status == "sent":
+                await call(escalations.mark, d.id, "delivered", now_ms(), staff=stream.staff)
+
+    async def _send(ws: WebSocket, item: Alert | Notification) -> None:
+        if isinstance(item, Notification):
+            await ws.send_json({"type": "notification", "notification": msgspec.to_builtins(item)})
+            with contextlib.suppress(KeyError):  # a delivery of another instance's database: nothing to record
+                await call(escalations.mark, item.delivery, "delivered", now_ms(), staff=item.staff)
+        else:
+            await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(item)})
+
+    async def _answers(ws: WebSocket, staff: str) -> None:
+        """The client's answers to deliveries; unreadable or foreign ones get an error frame."""
+        while True:
+            message = await ws.receive_json()
+            if not isinstance(message, dict) or message.get("type") != "status":
+                await ws.send_json({"type": "error", "detail": "expected {type: status, delivery, status}"})
+                continue
+            if message.get("status") not in RECEIVER_STATUSES:
+                await ws.send_json({"type": "error", "detail": f"status: expected one of {RECEIVER_STATUSES}"})
+                continue
+            try:
+                updated = await call(escalations.mark, int(message["delivery"]), message["status"], now_ms(),
+                                     staff=staff)
+            except (KeyError, ValueError, TypeError) as exc:
+                await ws.send_json({"type": "error", "detail": f"delivery {message.get('delivery')}: {exc}"})
+                continue
+            await ws.send_json({"type": "delivery", "delivery": _delivery(updated)})
+
+    return router
