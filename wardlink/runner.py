@@ -132,7 +132,8 @@ async def run_system(config: Config, stop: asyncio.Event,
         ingest = Ingest(site, store, address, settings=config.ingest, spool_path=data / "spool-ingest-1.db")
         alerts = AlertService(site, relational, address, config.alerts)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
-        server = ApiServer(uvicorn.Config(create_app(site, store, view), host=config.api.host, port=config.api.port,
+        app = create_app(site, store, view, relational)
+        server = ApiServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
                                         log_level="warning", lifespan="off", ws_max_size=64 * 1024))
         api_url = f"http://{config.api.host}:{config.api.port}"
         system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario)

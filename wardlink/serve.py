@@ -88,7 +88,8 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
             elif service == "api":
                 store = open_store(config, reader=True)
                 view = LiveView(site.id, address)
-                server = ApiServer(uvicorn.Config(create_app(site, store, view), host=config.api.host,
+                relational = await asyncio.to_thread(open_relational, config, site)
+                server = ApiServer(uvicorn.Config(create_app(site, store, view, relational), host=config.api.host,
                                                   port=config.api.port, log_level="warning", lifespan="off"))
                 tasks = [asyncio.ensure_future(c) for c in (server.serve(), stop.wait(), view.run())]
                 await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)  # stopped, or the API failed
@@ -97,6 +98,7 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                 for task in tasks[1:]:
                     task.cancel()
                 await asyncio.gather(*tasks[1:], return_exceptions=True)
+                relational.close()
             else:
                 raise ConfigError(f"serve: unknown service {service!r}; choose one of {', '.join(SERVICES)}")
         finally:
