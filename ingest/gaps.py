@@ -71,6 +71,11 @@ class GapTracker:
                 continue  # our own gap events, or nonsense
             key = (r.device, r.stream)
             state = self._streams.get(key)
+            if state is not None and not state.above and r.first <= state.contiguous + 1 <= r.last:
+                self._streams.move_to_end(key)  # the usual commit: it continues its stream, no hole open
+                state.gateway = gateway
+                state.contiguous = r.last
+                continue
             if state is None:
                 state = self._streams[key] = _Stream(gateway, r.first - 1)
                 while len(self._streams) > self.max_streams:

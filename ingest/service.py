@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
 
-import aiomqtt
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
@@ -32,10 +34,13 @@ from devices.contract import (
     Batch,
     Commit,
     ContractError,
+    DeviceEvent,
     DeviceInfo,
     Item,
+    Observation,
     SeqRange,
     ServiceStatus,
+    TagRead,
     check_item,
     decode_batch_lenient,
     encode,
@@ -43,6 +48,7 @@ from devices.contract import (
 from devices.site import DeviceSpec, Site
 from ingest.gaps import Gap, GapTracker, Members, gap_event
 from ingest.metrics import Metrics
+from ingest.mqtt import Publisher, Session
 from ingest.spool import Record, Rejected, Spool
 from storage.base import Maintainable, StoreError, TimeSeriesStore
 
@@ -83,11 +89,36 @@ class _Pending:
         return len(self.items) + len(self.rejected)
 
 
+_device_stream = attrgetter("device", "stream")
+_seq = attrgetter("seq")
+_ts = attrgetter("ts")
+_NUMBER: dict[type, attrgetter[float]] = {Observation: attrgetter("value"), TagRead: attrgetter("rssi")}
+_NO_NUMBER = frozenset({DeviceEvent, DeviceInfo})
+
+
+def _finite(items: list[Item]) -> bool:
+    """True if every item passes :func:`check_item`'s number checks (``seq`` aside); False means: look at each.
+
+    A sum is finite only if every term is (an infinity or NaN spreads), so one ``sum`` checks a run; a run
+    of finite numbers whose sum overflows is merely sent the slow way.
+    """
+    kinds = set(map(type, items))
+    if kinds <= _NO_NUMBER:
+        return True
+    if len(kinds) == 1:
+        number = _NUMBER.get(kinds.pop())
+        return number is not None and math.isfinite(sum(map(number, items)))
+    return False  # mixed kinds in one stream, or waste events (a weight must not be negative): item by item
+
+
 def ranges(seqs: dict[tuple[str, str], list[int]]) -> list[SeqRange]:
     """Merge sequence numbers per stream into inclusive contiguous ranges."""
     out: list[SeqRange] = []
     for (device, stream), numbers in seqs.items():
         numbers = sorted(set(numbers))
+        if numbers[-1] - numbers[0] == len(numbers) - 1:  # distinct and sorted: contiguous (the usual case)
+            out.append(SeqRange(device, stream, numbers[0], numbers[-1]))
+            continue
         first = prev = numbers[0]
         for n in numbers[1:]:
             if n != prev + 1:
@@ -96,25 +127,6 @@ def ranges(seqs: dict[tuple[str, str], list[int]]) -> list[SeqRange]:
             prev = n
         out.append(SeqRange(device, stream, first, prev))
     return out
-
-
-def _counting_queue(metrics: Metrics, holder: list[asyncio.Queue[aiomqtt.Message]]) -> type[
-        asyncio.Queue[aiomqtt.Message]]:
-    """An incoming-message queue class that counts what aiomqtt discards when it is full."""
-
-    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
-        def __init__(self, maxsize: int = 0) -> None:
-            super().__init__(maxsize)
-            holder[:] = [self]
-
-        def put_nowait(self, item: aiomqtt.Message) -> None:
-            try:
-                super().put_nowait(item)
-            except asyncio.QueueFull:
-                metrics.counters["mqtt_queue_dropped"] += 1  # never committed: the gateway sends it again
-                raise
-
-    return CountingQueue
 
 
 class Ingest:
@@ -146,7 +158,8 @@ class Ingest:
         self._forced: list[Gap] = []
         self._v3_only = not self.settings.mqtt5
         self._probed = False
-        self._queue: list[asyncio.Queue[aiomqtt.Message]] = []
+        self._session_now: Session | None = None
+        self._topics: dict[str, topics.Topic] = {}
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting as needed; drain the spool and maintain the store meanwhile."""
@@ -166,7 +179,7 @@ class Ingest:
         now = now_ms()
         gauges = self.metrics.gauges
         gauges["pending_items"] = len(self._pending)
-        gauges["queue_messages"] = self._queue[0].qsize() if self._queue else 0
+        gauges["queue_messages"] = self._session_now.queued() if self._session_now else 0
         gauges["spool_items"] = self.spool.depth() if self.spool else 0
         gauges["gap_open_holes"] = self.gaps.open_holes()
         gauges["gap_streams"] = self.gaps.streams()
@@ -184,14 +197,17 @@ class Ingest:
             self._probed = True
         mqtt5 = not self._v3_only and self.settings.share_group is not None  # MQTT 5 only to share
         share = self.settings.share_group if mqtt5 else None
-        will = aiomqtt.Will(self._status_topic, encode(self.status("offline")), qos=1, retain=True)
+        will = (self._status_topic, encode(self.status("offline")))
         # Shared: a fresh session each time, so a dead worker's session never holds the group's messages.
-        client = bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=mqtt5, mqtt5=mqtt5,
-                            session_expiry_s=self.settings.session_expiry_s,
-                            max_queued_incoming=self.settings.max_queued_incoming,
-                            queue_type=_counting_queue(self.metrics, self._queue))
-        async with client:
-            await self._consume(client, share)
+        session = Session(self.address, f"wardlink-{self.instance}", will=will, mqtt5=mqtt5, clean=mqtt5,
+                          session_expiry_s=self.settings.session_expiry_s,
+                          max_queued=self.settings.max_queued_incoming, on_drop=self._dropped)
+        self._session_now = session
+        async with session:
+            await self._consume(session, share)
+
+    def _dropped(self) -> None:
+        self.counters["mqtt_queue_dropped"] += 1  # never committed: the gateway sends it again
 
     async def _speaks_mqtt5(self) -> bool:
         """Probe with a bare MQTT 5 CONNECT (no will, no properties), which a 3.1.1-only broker refuses cleanly.
@@ -209,7 +225,7 @@ class Ingest:
                     "worker against it", self.instance, self.address.url)
         return False
 
-    async def _consume(self, client: aiomqtt.Client, share: str | None) -> None:
+    async def _consume(self, client: Session, share: str | None) -> None:
         site = self.site.id
         for channel in ("alarm", "data"):
             await client.subscribe(topics.gateway_filter(site, channel, share), qos=1)
@@ -221,32 +237,38 @@ class Ingest:
             group.create_task(self._receive(client))
             group.create_task(self._timer(client))
             group.create_task(self._gap_timer(client))
-            group.create_task(bus.heartbeat(client, self._status_topic, lambda: encode(self.status()),
-                                            self.settings.heartbeat_s))
+            group.create_task(self._heartbeat(client))
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: Session) -> None:
         # One batch is written while the next one fills; a third waits (back-pressure: no more reading).
         writing: asyncio.Task[None] | None = None
+        batch_max = self.settings.batch_max
+        dispatch = self.dispatch
         try:
-            async for message in client.messages:
-                payload = message.payload
-                raw = payload if isinstance(payload, bytes) else str(payload).encode()
-                self.dispatch(str(message.topic), raw)
-                if len(self._pending) >= self.settings.batch_max:
-                    if writing is not None:
-                        await writing  # raises what the write raised: the session restarts, nothing committed
-                    writing = asyncio.create_task(self.flush(client))
+            while True:
+                for topic, payload in await client.received():
+                    dispatch(topic, payload)
+                    if len(self._pending) >= batch_max:
+                        if writing is not None:
+                            await writing  # raises what the write raised: the session restarts, nothing committed
+                        writing = asyncio.create_task(self.flush(client))
         finally:
             if writing is not None and not writing.done():
                 writing.cancel()  # uncommitted: the gateways send it again
                 await asyncio.gather(writing, return_exceptions=True)
 
-    async def _timer(self, client: aiomqtt.Client) -> None:
+    async def _heartbeat(self, client: Publisher) -> None:
+        """Publish a retained status now and every ``heartbeat_s`` (the will says offline)."""
+        while True:
+            await client.publish(self._status_topic, encode(self.status()), qos=1, retain=True)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _timer(self, client: Publisher) -> None:
         while True:
             await asyncio.sleep(self.settings.flush_s)
             await self.flush(client)
 
-    async def _gap_timer(self, client: aiomqtt.Client) -> None:
+    async def _gap_timer(self, client: Publisher) -> None:
         while True:
             await asyncio.sleep(self.settings.gap_check_s)
             await self.report_gaps(client, now_ms())
@@ -254,7 +276,7 @@ class Ingest:
     def dispatch(self, topic: str, payload: bytes, now: int | None = None) -> None:
         """Route one message: commits feed gap detection, ingest statuses the reporter election, the rest handle()."""
         try:
-            parsed = topics.parse(topic)
+            parsed = self._parse(topic)
         except topics.TopicError:
             self.handle(topic, payload)
             return
@@ -278,7 +300,7 @@ class Ingest:
         else:
             self.handle(topic, payload)
 
-    async def report_gaps(self, client: aiomqtt.Client, now: int) -> list[Gap]:
+    async def report_gaps(self, client: Publisher, now: int) -> list[Gap]:
         """Close holes past their grace period; the elected reporter publishes them as "data gap" events.
 
         The events go out as a Batch on the device's gateway alarm topic: alerts already reads it, and
@@ -305,7 +327,7 @@ class Ingest:
         """Validate one message into the pending batch; never raises for bad input."""
         self.counters["messages"] += 1
         try:
-            parsed = topics.parse(topic)
+            parsed = self._parse(topic)
         except topics.TopicError as exc:
             self._reject(topic, str(exc), payload)
             return
@@ -331,25 +353,50 @@ class Ingest:
             self._reject(gateway, broken.reason, broken.raw)
             if broken.seq >= 0:
                 commit[(broken.device, broken.stream)].append(broken.seq)
-        for item in batch.items:
-            commit[(item.device, item.stream)].append(item.seq)
-            spec = self.devices.get(item.device)
-            if item.device == gateway and spec is None:
-                pending.items.append(item)  # a gateway's events about itself (uplink lost, outbox shed)
+        devices = self.devices
+        accepted = pending.items
+        # A batch holds runs of one stream (a monitor frame, an outbox row): each run is checked at once, in C
+        # where it can be; a run that does not pass whole goes item by item, where each item gets its reason.
+        for key, run in groupby(batch.items, _device_stream):
+            items = list(run)
+            seqs = list(map(_seq, items))
+            commit[key] += seqs  # every item is released: stored, a duplicate, or quarantined below
+            spec = devices.get(key[0])
+            if spec is not None and spec.gateway == gateway and min(seqs) >= 0 and _finite(items):
+                accepted += items
                 continue
-            if spec is None and isinstance(item, DeviceInfo):
-                spec = self._discovered(gateway, item)
-            try:
-                if spec is None:
-                    raise ContractError(f"device {item.device}: unknown device (field device)")
-                if spec.gateway != gateway:
-                    raise ContractError(f"device {item.device}: belongs to gateway {spec.gateway}, "
-                                        f"not {gateway} (field device)")
-                check_item(item)
-            except ContractError as exc:
-                self._reject(gateway, str(exc), encode(item))
-                continue
-            pending.items.append(item)
+            for item in items:
+                self._check(gateway, item)
+
+    def _check(self, gateway: str, item: Item) -> None:
+        """One item the run check did not pass: into the pending batch, or quarantined with its reason."""
+        spec = self.devices.get(item.device)
+        if item.device == gateway and spec is None:
+            self._pending.items.append(item)  # a gateway's events about itself (uplink lost, outbox shed)
+            return
+        if spec is None and isinstance(item, DeviceInfo):
+            spec = self._discovered(gateway, item)
+        try:
+            if spec is None:
+                raise ContractError(f"device {item.device}: unknown device (field device)")
+            if spec.gateway != gateway:
+                raise ContractError(f"device {item.device}: belongs to gateway {spec.gateway}, "
+                                    f"not {gateway} (field device)")
+            check_item(item)
+        except ContractError as exc:
+            self._reject(gateway, str(exc), encode(item))
+            return
+        self._pending.items.append(item)
+
+    def _parse(self, topic: str) -> topics.Topic:
+        """:func:`devices.topics.parse`, remembered: a worker hears the same few hundred topics over and over."""
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            parsed = topics.parse(topic)
+            if len(self._topics) >= 10_000:
+                self._topics.clear()  # bounded: a flood of odd topics costs only re-parsing
+            self._topics[topic] = parsed
+        return parsed
 
     def _restore_discovered(self) -> None:
         """Devices gateways discovered before this worker started are theirs still (kept in the store)."""
@@ -372,7 +419,7 @@ class Ingest:
             log.warning("ingest: quarantined input from %s: %s", source, reason)
         self._pending.rejected.append(Rejected(source, reason, raw))
 
-    async def flush(self, client: aiomqtt.Client) -> None:
+    async def flush(self, client: Publisher) -> None:
         """Write the pending batch to the store (or the spool), then tell each gateway what it may release."""
         async with self._flush_lock:
             pending = self._pending
@@ -427,7 +474,7 @@ class Ingest:
         self.counters["stored"] += stored
         self.counters["duplicates"] += duplicates
         if record.items:
-            self.lag_ms = max(0, now_ms() - min(i.ts for i in record.items))
+            self.lag_ms = max(0, now_ms() - min(map(_ts, record.items)))
 
     def _backoff(self, current: float) -> tuple[float, float]:
         """Capped exponential backoff with jitter: (seconds to sleep now, next backoff)."""

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devices import topics
 from devices.bus import BrokerAddress
-from devices.contract import Batch, Commit, Observation, SeqRange, encode
+from devices.contract import Batch, Commit, DeviceEvent, Item, Observation, SeqRange, TagRead, WasteEvent, encode
 from ingest.service import Ingest, ranges
 from storage.duckdb import DuckDbStore
 from storage.memory import MemoryStore
@@ -119,3 +121,52 @@ async def test_an_item_the_store_refuses_is_quarantined_and_the_rest_stored() ->
     commit = msgspec.json.decode(client.published[-1][1], type=Commit)
     assert [(r.first, r.last) for r in commit.ranges] == [(1, 3)]  # the refused one is released too
     store.close()
+
+
+_DEVICES = ("mon-icu-01", "mon-icu-02", "scale-w3", "mon-unknown", "gw-icu")  # ours, ours, gw-w3's, nobody's, itself
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> list[Item]:
+    """Items in runs of one stream, as gateways send them, with every way an item can be refused."""
+    items: list[Item] = []
+    for _ in range(draw(st.integers(1, 6))):
+        device, stream = draw(st.sampled_from(_DEVICES)), draw(st.sampled_from(("a", "b")))
+        kind = draw(st.sampled_from(("obs", "obs", "tag", "waste", "evt", "mixed")))
+        for k in range(draw(st.integers(1, 8))):
+            seq = draw(st.integers(-2, 50))
+            big = draw(st.sampled_from((1.0, -3.5, 1e308, -1e308)))  # two 1e308 overflow a sum, not a reading
+            this = draw(st.sampled_from(("obs", "tag", "waste", "evt"))) if kind == "mixed" else kind
+            if this == "obs":
+                items.append(Observation(device=device, stream=stream, seq=seq, ts=1, metric="M", value=big, unit="%"))
+            elif this == "tag":
+                items.append(TagRead(device=device, stream=stream, seq=seq, ts=1, tag=f"t{k}", rssi=big))
+            elif this == "waste":
+                items.append(WasteEvent(device=device, stream=stream, seq=seq, ts=1, bag="b", category="sharps",
+                                        weight_g=big, point="ward", handler="h"))
+            else:
+                items.append(DeviceEvent(device=device, stream=stream, seq=seq, ts=1, event="E",
+                                         alarm_kind="technical", priority="low"))
+    return items
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs())
+def test_the_run_check_accepts_and_refuses_exactly_what_the_item_check_does(items: list[Item]) -> None:
+    fast, _ = make()
+    fast.handle(DATA, encode(Batch(gateway="gw-icu", sent=1, items=items)))
+    slow, _ = make()
+    for item in items:
+        slow._check("gw-icu", item)
+    assert fast._pending.items == slow._pending.items
+    assert [(r.reason, r.raw) for r in fast._pending.rejected] == [(r.reason, r.raw) for r in slow._pending.rejected]
+    expected: dict[tuple[str, str], list[int]] = {}
+    for item in items:
+        expected.setdefault((item.device, item.stream), []).append(item.seq)
+    assert {key: sorted(seqs) for key, seqs in fast._pending.seqs["gw-icu"].items()} == \
+        {key: sorted(seqs) for key, seqs in expected.items()}
+
+
+def test_ranges_of_contiguous_and_broken_runs() -> None:
+    assert ranges({("d", "s"): [3, 2, 1, 2]}) == [SeqRange("d", "s", 1, 3)]
+    assert ranges({("d", "s"): [1, 1, 3]}) == [SeqRange("d", "s", 1, 1), SeqRange("d", "s", 3, 3)]
