@@ -19,6 +19,7 @@ from .alerts import Alerts
 from .assets import Assets
 from .assignments import Assignments
 from .audit import Audit
+from .credentials import Credentials
 from .errors import StateError, translated
 from .patients import Patients
 from .registry import Registry
@@ -52,6 +53,7 @@ class State:
         self.assets = Assets(self.sessions)
         self.waste = Waste(self.sessions)
         self.audit = Audit(self.sessions)
+        self.credentials = Credentials(self.sessions)
 
     @property
     def dialect(self) -> str:

@@ -367,3 +367,14 @@ class DeliveryRow(Base):
         CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
         UniqueConstraint("alert_id", "step", "staff", "channel"),
     )
+
+
+class CredentialRow(Base):
+    """A member of staff's local sign-in secret (the embedded identity provider): an Argon2id hash, never the
+    password. Staff who sign in through the hospital's OIDC provider have no row here."""
+
+    __tablename__ = "credentials"
+
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    updated: Mapped[int] = mapped_column(BigInteger)
