@@ -45,18 +45,18 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[State]:
     yield shared
 
 
-def staffed(state: State, *, buddy: bool = True) -> None:
-    """The demo site with a primary nurse (and buddy) for ICU-01 and a charge nurse for ICU, for the hour from T0."""
-    state.registry.seed_from_site(SITE, T0)
+def staffed(state: State, *, buddy: bool = True, start: int = T0) -> None:
+    """The test site with a primary nurse (and buddy) for ICU-01 and a charge nurse for ICU, for an hour from start."""
+    state.registry.seed_from_site(SITE, start)
     a = state.assignments
     for staff, name, role in (("n-ana", "Ana", "nurse"), ("n-ben", "Ben", "nurse"), ("n-cho", "Cho", "charge nurse"),
                               ("n-dev", "Dev", "nurse")):
         a.add_staff(staff, name, role)
-    a.assign("n-ana", "ICU", "primary", T0, T0 + HOUR, bed="ICU-01")
+    a.assign("n-ana", "ICU", "primary", start, start + HOUR, bed="ICU-01")
     if buddy:
-        a.assign("n-ben", "ICU", "buddy", T0, T0 + HOUR, bed="ICU-01")
-    a.assign("n-cho", "ICU", "charge", T0, T0 + HOUR)
-    a.assign("n-dev", "ICU", "primary", T0, T0 + HOUR, bed="ICU-02")
+        a.assign("n-ben", "ICU", "buddy", start, start + HOUR, bed="ICU-01")
+    a.assign("n-cho", "ICU", "charge", start, start + HOUR)
+    a.assign("n-dev", "ICU", "primary", start, start + HOUR, bed="ICU-02")
 
 
 def alert(state: State, alert_id: str = "al-1", priority: str = "high", bed: str | None = "ICU-01") -> Alert:
