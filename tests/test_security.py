@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import http.server
+import io
 import json
 import threading
 import time
@@ -20,16 +21,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from api.security import (
     AUDIENCE,
+    ROLES,
     Authenticator,
     AuthError,
     LocalTokens,
     OidcTokens,
     Tickets,
 )
-from state.db import State
+from devices.clock import now_ms
+from state.db import State, open_state
 from state.errors import StateError
 from tests.test_state import T0, pg, pg_shared, state  # noqa: F401 (fixtures: SQLite and PostgreSQL)
+from wardlink.cli import main
 from wardlink.config import load
+from wardlink.users import seed_demo_users
 
 HOUR = 3_600_000
 ISSUER = "https://idp.hospital.example/realms/wards"
@@ -234,3 +239,48 @@ def test_scope_comes_from_assignments_at_request_time(state: State, tmp_path: Pa
         auth.bearer(idp.token(iss="https://evil.example"))
     with pytest.raises(AuthError, match="not a token"):
         auth.bearer("garbage")
+
+
+# --- demo users and the CLI ---------------------------------------------------------------------------------------
+
+
+def test_demo_seeds_one_user_per_role_once(state: State, tmp_path: Path) -> None:  # noqa: F811
+    site = load(env={}).site
+    state.registry.seed_from_site(site, T0)
+    users = seed_demo_users(state, tmp_path, site)
+    assert sorted({u.role for u in users}) == sorted(ROLES)
+    assert (tmp_path / "demo-users.toml").stat().st_mode & 0o077 == 0
+    again = seed_demo_users(state, tmp_path, site)
+    assert [u.password for u in again] == [u.password for u in users]  # passwords kept across restarts
+    auth = Authenticator(state, LocalTokens.from_data_dir(tmp_path))
+    scopes = {}
+    for user in users:
+        token = auth.sign_in(user.staff_id, user.password)
+        assert token is not None, user.staff_id
+        scopes[user.staff_id] = auth.bearer(token).units
+    assert scopes["n-icu"] == frozenset({"ICU"})
+    assert scopes["n-w3"] == frozenset({"W3"})
+    assert scopes["c-icu"] == frozenset({"ICU"})
+    assert scopes["b-biomed"] == frozenset()  # site-wide by role, not by assignment
+    assert len(state.assignments.current("ICU", now_ms())) == 9  # 8 beds of n-icu + the charge nurse, once
+
+
+def test_cli_adds_a_user_and_prints_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert main(["user", "add", "n-zed", "--name", "Zed", "--role", "nurse", "--password-stdin", *data]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert main(["user", "add", "n-q", "--name", "Q", "--role", "boss", "--password-stdin", *data]) == 2
+    capsys.readouterr()
+    assert main(["token", "n-zed", *data]) == 0
+    token = capsys.readouterr().out.strip()
+    opened = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        assert Authenticator(opened, LocalTokens.from_data_dir(tmp_path)).bearer(token).subject == "n-zed"
+        assert opened.credentials.verify("n-zed", "a long enough password", at=now_ms()) is not None
+        assert opened.assignments.staff("n-q") is None
+        assert opened.audit.records()[-1].action == "token.cli"
+    finally:
+        opened.close()
+    assert main(["token", "nobody", *data]) == 2

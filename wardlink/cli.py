@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from state.errors import StateError
 from wardlink import bench, config
 
 
@@ -46,6 +47,20 @@ def _parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("config", help="print the effective configuration as JSON")
     common(show)
+
+    user = sub.add_parser("user", help="members of staff who sign in (the embedded identity provider)")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create or update a member of staff and set their password")
+    add.add_argument("staff_id", help="the staff id (what they sign in with)")
+    add.add_argument("--name", required=True, help="their name as shown to colleagues")
+    add.add_argument("--role", required=True,
+                     help="nurse, charge_nurse, facilities, biomed, admin or auditor")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input (otherwise asked for at the terminal)")
+    common(add)
+    tok = sub.add_parser("token", help="print a short-lived API token for a member of staff (operator's command)")
+    tok.add_argument("staff_id")
+    common(tok)
 
     bc = sub.add_parser("broker-config", help="write a secured Mosquitto configuration for the site's gateways "
                                               "and services (TLS, one identity each, deny-by-default ACL)")
@@ -84,6 +99,28 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "scenario", None):
         out["simulation"] = {"scenario": args.scenario}
     return out
+
+
+def _users(args: argparse.Namespace, cfg: config.Config) -> int:
+    import getpass
+
+    from wardlink import users
+    from wardlink.runner import open_relational
+
+    state = open_relational(cfg, cfg.site)
+    try:
+        if args.command == "token":
+            sys.stdout.write(users.token(state, cfg.data_path, args.staff_id) + "\n")
+            return 0
+        password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                    else getpass.getpass(f"password for {args.staff_id}: "))
+        users.add_user(state, args.staff_id, args.name, args.role, password)
+        sys.stdout.write(f"staff {args.staff_id} ({args.role}) can sign in\n")
+        return 0
+    except (ValueError, StateError) as exc:
+        raise config.ConfigError(str(exc)) from exc
+    finally:
+        state.close()
 
 
 def _broker_config(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -126,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         # Imported late: `bench` and `config` need none of the services.
         if args.command == "broker-config":
             return _broker_config(args, cfg)
+        if args.command in ("user", "token"):
+            return _users(args, cfg)
         if args.command == "serve":
             from wardlink.serve import serve
 
