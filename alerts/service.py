@@ -17,26 +17,27 @@ import msgspec
 from alerts.delivery import DeliverySettings, Dispatcher
 from alerts.engine import AlertEngine
 from alerts.rules import LimitRule
+from alerts.ruleset import RuleBook
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Alert, ContractError, Priority, ServiceStatus, decode_batch, encode
+from devices.contract import Alert, ContractError, GatewayStatus, Priority, ServiceStatus, decode_batch, encode
 from devices.site import Site
 from state.db import State
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RULES = (
-    LimitRule(name="spo2_low", metric="spo2", direction="below", limit=90, priority="high", delay_s=10, hysteresis=2),
-    LimitRule(name="hr_high", metric="hr", direction="above", limit=130, priority="medium", delay_s=10, hysteresis=5),
-    LimitRule(name="hr_low", metric="hr", direction="below", limit=40, priority="high", delay_s=10, hysteresis=5),
-)
 
 
 class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The rule set (clinical defaults unless configured)."""
+    """The rules: a clinical default set per unit (``ruleset`` unless the unit chose), site rules on top."""
 
-    rules: list[LimitRule] = msgspec.field(default_factory=lambda: list(DEFAULT_RULES))
+    ruleset: str = "adult"  # alerts/rulesets/<name>.toml for units that chose none
+    rules: list[LimitRule] = []  # site-wide rules applied over every set (same name replaces)
     heartbeat_s: float = 5.0
+    silent_after_s: float = 30.0  # no reading from a device this long: "device.silent"
+    gateway_stale_s: float = 30.0  # no status from a gateway this long: "gateway.offline"
+    tick_s: float = 1.0  # timers (silences, liveness) and staff actions are looked at this often
+    settings_poll_s: float = 5.0  # unit rule sets and limit overrides are reloaded this often
     delivery: DeliverySettings = DeliverySettings()  # routing, escalation and channels (docs/alerting-delivery.md)
 
 
@@ -51,8 +52,11 @@ class AlertService:
         self.instance = instance
         self.settings = settings or AlertSettings()
         self.alerts = state.alerts
-        self.engine = AlertEngine(site, self.settings.rules)
-        self.engine.restore(self.alerts.open())
+        self.alarm_settings = state.alarm_settings
+        self.engine = AlertEngine(site, self._book(), silent_after_s=self.settings.silent_after_s,
+                                  gateway_stale_s=self.settings.gateway_stale_s)
+        self.engine.restore(self.alerts.open())  # open, latched and silenced alerts, with their deadlines
+        self._log_mark = self.alerts.last_log_n()
         self.counters: dict[str, int] = defaultdict(int)
         self._status_topic = topics.service_topic(site.id, "alerts", instance)
         self._client: aiomqtt.Client | None = None
@@ -71,22 +75,34 @@ class AlertService:
         will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
         async with bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False) as client:
             self._client = client
-            for channel in ("alarm", "data"):
+            for channel in ("alarm", "data", "status"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
             for alert in self.engine.open.values():  # make sure the retained set matches our state
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
-            log.info("alerts %s: %d rules, %d open alerts", self.instance, len(self.settings.rules),
+            log.info("alerts %s: rule set %s, %d open alerts", self.instance, self.settings.ruleset,
                      len(self.engine.open))
             async with asyncio.TaskGroup() as group:
                 group.create_task(bus.heartbeat(client, self._status_topic, lambda: self._status("online"),
                                                 self.settings.heartbeat_s))
                 group.create_task(self._receive(client))
+                group.create_task(self._clock(client))
                 group.create_task(self.dispatch.run(client))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         for_us = (topics.gateway_filter(self.site.id, "data"), topics.gateway_filter(self.site.id, "alarm"))
+        status = topics.gateway_filter(self.site.id, "status")
+        status_decoder = msgspec.json.Decoder(GatewayStatus)
         async for message in client.messages:
             payload = message.payload
+            if isinstance(payload, bytes) and payload and message.topic.matches(status):
+                try:
+                    gateway = status_decoder.decode(payload)
+                except msgspec.DecodeError:
+                    self.counters["undecodable"] += 1
+                    continue
+                for alert in self.engine.gateway_status(gateway, now_ms()):
+                    await self._publish(client, alert)
+                continue
             if not isinstance(payload, bytes) or not any(message.topic.matches(f) for f in for_us):
                 continue
             try:
@@ -97,8 +113,41 @@ class AlertService:
             for alert in self.engine.process(batch.items, now_ms()):
                 await self._publish(client, alert)
 
+    async def _clock(self, client: aiomqtt.Client) -> None:
+        """Timers (silences running out, silent devices and gateways), staff actions, and changed limits."""
+        last_reload = now_ms()
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            now = now_ms()
+            for alert in self.engine.tick(now):
+                await self._publish(client, alert)
+            await self._adopt_staff_actions(client)
+            if now - last_reload >= self.settings.settings_poll_s * 1000:
+                last_reload = now
+                self.engine.reload(await asyncio.to_thread(self._book))
+
+    def _book(self) -> RuleBook:
+        """The rule book of the site's beds with each unit's chosen set and the stored overrides."""
+        beds = {bed: unit.id for unit in self.site.units for bed in unit.beds}
+        return RuleBook(beds, default=self.settings.ruleset, site_rules=self.settings.rules,
+                        rulesets=self.alarm_settings.rulesets(), overrides=self.alarm_settings.overrides())
+
+    async def _adopt_staff_actions(self, client: aiomqtt.Client) -> None:
+        """Acknowledgements and silences committed by staff (through the API) since last looked: adopt, publish."""
+        lines = await asyncio.to_thread(self.alerts.staff_actions, self._log_mark)
+        for line in lines:
+            self._log_mark = max(self._log_mark, line.n)
+            current = await asyncio.to_thread(self.alerts.get, line.alert_id)
+            if current is not None and line.event in ("acknowledged", "silenced"):
+                self.engine.adopt(current)
+                await self._announce(client, current)
+
     async def _publish(self, client: aiomqtt.Client, alert: Alert) -> None:
-        await asyncio.to_thread(self.alerts.save, alert)
+        alert = await asyncio.to_thread(self.alerts.save, alert)
+        self.engine.adopt(alert)  # what was stored: committed staff actions win over our copy
+        await self._announce(client, alert)
+
+    async def _announce(self, client: aiomqtt.Client, alert: Alert) -> None:
         self.counters[f"alerts_{alert.state}"] += 1
         topic = topics.alert_topic(self.site.id, alert.id)
         if alert.state == "resolved":
@@ -115,9 +164,5 @@ class AlertService:
         """Raise a technical alarm of the alarm system itself (delivery failure, no receiver) and publish it."""
         if self._client is None:
             return
-        now = now_ms()
-        alert = self.engine._raise(source, type_, "technical", priority, now, now, message, bed, None, None)
-        if unit is not None and alert.unit is None:
-            alert = msgspec.structs.replace(alert, unit=unit)
-            self.engine.open[(source, type_, None)] = alert
+        alert = self.engine.raise_technical(source, type_, priority, message, now_ms(), bed=bed, unit=unit)
         await self._publish(self._client, alert)

@@ -224,7 +224,20 @@ class Alert(msgspec.Struct, omit_defaults=True):
     metric: str | None = None
     value: float | None = None
     device_alert: str | None = None  # the device's own alert identity (IHE PCD-04 alert uuid), if any
+    latched: bool = False  # stays until acknowledged even after its condition clears (high physiological)
+    condition_cleared: bool = False  # latched and the condition is gone: acknowledging it resolves it
+    silenced_until: int | None = None  # paused (no delivery, no escalation) until this time
+    silence_reason: str | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: int | None = None
+    repeats: int = 0  # how often the condition was reported again while this alert was open
+    delay_ms: int = 0  # the rule's persistence delay: how long the condition held before the alert rose
     v: int = SCHEMA_VERSION
+
+    @property
+    def category(self) -> Literal["physiological", "technical"]:
+        """Technical (about a device, a link or the alarm system) or physiological (about the patient)."""
+        return "technical" if self.alarm_kind == "technical" else "physiological"
 
 
 class Notification(msgspec.Struct, omit_defaults=True):

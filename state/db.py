@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .alarm_settings import AlarmSettings
 from .alerts import Alerts
 from .assets import Assets
 from .assignments import Assignments
@@ -50,6 +51,7 @@ class State:
         self.patients = Patients(self.sessions)
         self.assignments = Assignments(self.sessions)
         self.alerts = Alerts(self.sessions)
+        self.alarm_settings = AlarmSettings(self.sessions)
         self.assets = Assets(self.sessions)
         self.waste = Waste(self.sessions)
         self.audit = Audit(self.sessions)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from alerts.engine import AlertEngine
 from alerts.rules import Evaluator, LimitRule
 from devices.contract import FLAG_DEMO, FLAG_INVALID, DeviceEvent, Observation
@@ -65,8 +67,17 @@ def test_engine_keeps_one_open_alert_per_source_and_type() -> None:
     fired = engine.process([reading(t, 84.0) for t in range(15)], now=20_000)
     assert [(a.state, a.bed, a.unit, a.priority) for a in fired] == [("active", "ICU-03", "ICU", "high")]
     assert engine.process([reading(t, 84.0) for t in range(15, 30)], now=31_000) == []
-    resolved = engine.process([reading(31, 95.0)], now=32_000)
-    assert [(a.id, a.state) for a in resolved] == [(fired[0].id, "resolved")]
+    cleared = engine.process([reading(31, 95.0)], now=32_000)
+    # high priority latches: the condition cleared, the alert stays until someone acknowledges it
+    assert [(a.id, a.state, a.latched, a.condition_cleared) for a in cleared] == [(fired[0].id, "active", True, True)]
+    assert engine.process([reading(32, 96.0)], now=33_000) == []
+
+
+def test_a_medium_alert_does_not_latch_and_resolves_when_the_condition_clears() -> None:
+    engine = AlertEngine(load(env={}).site, [msgspec.structs.replace(SPO2, priority="medium")])
+    [fired] = engine.process([reading(t, 84.0) for t in range(15)], now=20_000)
+    assert not fired.latched
+    assert [(a.id, a.state) for a in engine.process([reading(31, 95.0)], now=32_000)] == [(fired.id, "resolved")]
 
 
 def test_device_technical_events_open_and_close_an_alert() -> None:
@@ -89,7 +100,8 @@ def test_restored_open_alert_is_not_raised_twice() -> None:
     second = AlertEngine(site, [SPO2])
     second.restore([alert])
     assert second.process([reading(t, 84.0) for t in range(12, 40)], now=41_000) == []
-    assert [a.state for a in second.process([reading(41, 96.0)], now=42_000)] == ["resolved"]
+    assert [(a.state, a.condition_cleared) for a in second.process([reading(41, 96.0)], now=42_000)] == \
+        [("active", True)]
 
 
 def test_device_alarms_in_demo_mode_never_raise_and_alert_uuids_keep_alarms_apart() -> None:

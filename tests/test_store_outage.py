@@ -122,7 +122,9 @@ async def test_victoria_down_2_minutes_under_load_loses_and_duplicates_nothing(m
     ingest = Ingest(site, store, mosquitto.address, spool_path=tmp_path / "spool.db")
     state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     # Delay 0 and a limit every device's cycling value (60..99, tests/procs/load.py) crosses within a few seconds.
-    rule = LimitRule(name="spo2_bench_low", metric="MDC_PULS_OXIM_SAT_O2", direction="below", limit=70.0, delay_s=0.0)
+    # Medium priority: it does not latch, so every crossing is an episode of its own (a latched one repeats).
+    rule = LimitRule(name="spo2_bench_low", metric="MDC_PULS_OXIM_SAT_O2", direction="below", limit=70.0, delay_s=0.0,
+                     priority="medium")
     alerts = AlertService(site, state, mosquitto.address, AlertSettings(rules=[rule]))
     stop = asyncio.Event()
     # One reading per device per tick: VictoriaMetrics keeps one sample per series and millisecond.

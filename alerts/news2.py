@@ -1,0 +1,133 @@
+"""A NEWS2-style early-warning score from a patient's latest vitals, and the rule that alarms on it.
+
+Scoring table (Royal College of Physicians, National Early Warning Score 2, 2017; SpO2 scale 1):
+
+=================  ========  =========  =========  ==========  =========  =========  ======
+parameter          3         2          1          0           1          2          3
+=================  ========  =========  =========  ==========  =========  =========  ======
+respiration /min   <=8                  9-11       12-20                  21-24      >=25
+SpO2 %             <=91      92-93      94-95      >=96
+systolic mmHg      <=90      91-100     101-110    111-219                           >=220
+pulse /min         <=40                 41-50      51-90       91-110     111-130    >=131
+temperature C      <=35.0               35.1-36.0  36.1-38.0   38.1-39.0  >=39.1
+=================  ========  =========  =========  ==========  =========  =========  ======
+
+Two NEWS2 parameters are not measured by devices and are taken as normal: supplemental oxygen
+(scored 2 when given) and consciousness (scored 3 for new confusion, V, P or U). The score is
+therefore a lower bound, and the alert says so. Response thresholds: 5-6 medium, 7 or more high; a
+single parameter scoring 3 raises a low-priority alert ("urgent ward-based review"). NEWS2 is for
+adults (not under 16, not in pregnancy): the paediatric and neonatal rule sets leave it off.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from alerts.vitals import Assessment, Vitals
+from devices.contract import Priority
+
+RR: Final = "MDC_RESP_RATE"
+SPO2: Final = "MDC_PULS_OXIM_SAT_O2"
+SYSTOLIC: Final = ("MDC_PRESS_BLD_NONINV_SYS", "MDC_PRESS_BLD_ART_SYS", "MDC_PRESS_CUFF_SYS")
+PULSE: Final = ("MDC_ECG_HEART_RATE", "MDC_PULS_OXIM_PULS_RATE", "MDC_BLD_PULS_RATE_INV")
+TEMP: Final = "MDC_TEMP"
+
+
+def score_rr(v: float) -> int:
+    """Respiration rate /min."""
+    return 3 if v <= 8 else 1 if v <= 11 else 0 if v <= 20 else 2 if v <= 24 else 3
+
+
+def score_spo2(v: float) -> int:
+    """SpO2 % on scale 1."""
+    return 3 if v <= 91 else 2 if v <= 93 else 1 if v <= 95 else 0
+
+
+def score_systolic(v: float) -> int:
+    """Systolic blood pressure mmHg."""
+    return 3 if v <= 90 else 2 if v <= 100 else 1 if v <= 110 else 0 if v <= 219 else 3
+
+
+def score_pulse(v: float) -> int:
+    """Pulse /min."""
+    return 3 if v <= 40 else 1 if v <= 50 else 0 if v <= 90 else 1 if v <= 110 else 2 if v <= 130 else 3
+
+
+def score_temp(v: float) -> int:
+    """Temperature in degrees Celsius (one decimal, as charted)."""
+    v = round(v, 1)
+    return 3 if v <= 35.0 else 1 if v <= 36.0 else 0 if v <= 38.0 else 1 if v <= 39.0 else 2
+
+
+class Score(msgspec.Struct, frozen=True):
+    """A score with its parts (parameter -> points) and the parameters that had no recent reading."""
+
+    total: int
+    parts: dict[str, int]
+    missing: list[str]
+
+
+def score(vitals: Vitals, max_age_ms: int) -> Score:
+    """Score the latest readings no older than ``max_age_ms``."""
+    parts: dict[str, int] = {}
+    missing: list[str] = []
+
+    def first(refids: tuple[str, ...]) -> float | None:
+        for refid in refids:
+            latest = vitals.latest(refid, max_age_ms)
+            if latest is not None:
+                return latest[1]
+        return None
+
+    for name, refids, fn in (("rr", (RR,), score_rr), ("spo2", (SPO2,), score_spo2),
+                             ("systolic", SYSTOLIC, score_systolic), ("pulse", PULSE, score_pulse),
+                             ("temp", (TEMP,), score_temp)):
+        value = first(refids)
+        if value is None:
+            missing.append(name)
+        else:
+            parts[name] = fn(value)
+    return Score(sum(parts.values()), parts, missing)
+
+
+class News2Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Alarm on the early-warning score: medium from ``medium_at``, high from ``high_at``, low on a single 3."""
+
+    name: str = "news2"
+    medium_at: int = 5
+    high_at: int = 7
+    single_three: bool = True  # one parameter scoring 3 raises a low-priority alert
+    max_age_s: float = 3600.0  # readings older than this are not scored
+    min_parameters: int = 4  # of the five measured ones, or no score
+    delay_s: float = 60.0  # a score must persist this long (the score moves with every reading)
+    hysteresis: float = 0.0
+    enabled: bool = True
+    priority: Priority = "high"  # the highest it can reach; the alert carries the current level
+
+    @property
+    def metrics(self) -> frozenset[str]:
+        """Every scored metric re-evaluates the score."""
+        return frozenset({RR, SPO2, TEMP, *SYSTOLIC, *PULSE})
+
+    def level(self, result: Score) -> Priority | None:
+        """The alert priority a score calls for, or None."""
+        if result.total >= self.high_at:
+            return "high"
+        if result.total >= self.medium_at:
+            return "medium"
+        if self.single_three and any(p == 3 for p in result.parts.values()):
+            return "low"
+        return None
+
+    def assess(self, vitals: Vitals) -> Assessment | None:
+        """Score the vitals; None while too few parameters have a recent reading."""
+        result = score(vitals, int(self.max_age_s * 1000))
+        if len(result.parts) < self.min_parameters:
+            return None
+        level = self.level(result)
+        parts = ", ".join(f"{k} {v}" for k, v in result.parts.items())
+        missing = f"; not measured: {', '.join(result.missing)}" if result.missing else ""
+        text = f"NEWS2 {result.total} ({parts}{missing}; oxygen and consciousness assumed normal)"
+        return Assessment(level is not None, level is None, float(result.total), level or "low", text)
