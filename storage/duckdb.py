@@ -137,8 +137,10 @@ SCHEMA: Final = (
 
 _INSERT_OBS: Final = (
     f"INSERT OR IGNORE INTO observations ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} "
-    "FROM incoming_obs RETURNING device, stream, seq, ts, metric, code, value, unit, bed, flags"
+    "FROM incoming_obs"
 )
+# The slow path, for a batch holding a key already stored: only the rows really inserted update latest.
+_INSERT_OBS_RETURNING: Final = _INSERT_OBS + " RETURNING device, stream, seq, ts, metric, code, value, unit, bed, flags"
 _LATEST_COLUMNS: Final = (
     "device",
     "metric",
@@ -160,14 +162,24 @@ _LATEST_DTYPES: Final[dict[str, type]] = {
     "flags": np.int64,
 }
 # Keep the newer row by (ts, device, stream, seq); device is part of the key, so (ts, stream, seq) decides.
-UPSERT_LATEST: Final = (
-    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
-    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM incoming_latest "
+_LATEST_CONFLICT: Final = (
     "ON CONFLICT (device, metric, bed_key) DO UPDATE SET stream = excluded.stream, seq = excluded.seq, "
     "ts = excluded.ts, code = excluded.code, value = excluded.value, unit = excluded.unit, "
     "flags = excluded.flags "
     "WHERE excluded.ts > latest.ts OR (excluded.ts = latest.ts AND (excluded.stream > latest.stream "
     "OR (excluded.stream = latest.stream AND excluded.seq > latest.seq)))"
+)
+UPSERT_LATEST: Final = (
+    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
+    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM incoming_latest {_LATEST_CONFLICT}"
+)
+# The fast path: every incoming row was new, so the newest of each (device, metric, bed) comes from them, in SQL.
+_LATEST_FROM_INCOMING: Final = (
+    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
+    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM (SELECT *, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END "
+    "AS bed_key FROM incoming_obs) "
+    "QUALIFY row_number() OVER "
+    f"(PARTITION BY device, metric, bed_key ORDER BY ts DESC, stream DESC, seq DESC) = 1 {_LATEST_CONFLICT}"
 )
 # Recompute the latest table from the observations (after a bulk load; retention keeps it valid anyway).
 REBUILD_LATEST: Final = (
@@ -230,6 +242,21 @@ def _columns(build: Callable[[list[tuple[object, ...]]], dict[str, np.ndarray]],
         return build(rows)
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"a batch of {len(rows)} rows cannot be stored: {exc}", retryable=False) from exc
+
+
+_EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
+
+
+def _event_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
+    """Event rows ``(device, stream, seq, kind, ts, bed, body)`` as numpy columns."""
+    return {
+        name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
+        for name, values in zip(_EVT_COLUMNS, zip(*rows, strict=True), strict=True)
+    }
+
+
+class _KeyAlreadyStored(Exception):
+    """Internal: the fast path met a key already stored; the transaction is rolled back and redone slowly."""
 
 
 def _newest(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
@@ -370,48 +397,73 @@ class DuckDbStore:
                 raise _store_error(exc, what, self.path) from exc
 
     def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
-        """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice."""
+        """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice.
+
+        ``checked=True``: the caller has run ``check_item`` on every item, so it is not run again.
+        """
         obs: dict[Key, tuple[object, ...]] = {}
         evt: dict[Key, tuple[object, ...]] = {}
         for item in items:
             if not checked:
                 check_item(item)
-            key = key_of(item)
             if isinstance(item, Observation):
+                key = (item.device, item.stream, item.seq)
                 if key not in obs:  # the first of a key within the batch wins, as across batches
                     obs[key] = astuple(item)
-            elif key not in evt:
+                continue
+            key = key_of(item)
+            if key not in evt:
                 evt[key] = (*key, event_kind(item), item.ts, item_bed(item), encode_event(item))
         if not items:
             self._check_open()
             return WriteResult(stored=0, duplicates=0)
-        stored = 0
-        with self._writing("write") as conn:
-            if obs:
-                conn.register("incoming_obs", _columns(obs_columns, list(obs.values())))
-                try:
-                    fresh = conn.execute(_INSERT_OBS).fetchall()
-                finally:
-                    conn.unregister("incoming_obs")
-                stored += len(fresh)
-                if fresh:
-                    conn.register("incoming_latest", _newest(fresh))
-                    try:
-                        conn.execute(UPSERT_LATEST).fetchall()
-                    finally:
-                        conn.unregister("incoming_latest")
-            if evt:
-                names = ("device", "stream", "seq", "kind", "ts", "bed", "body")
-                columns = _columns(lambda rows: {
-                    name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
-                    for name, values in zip(names, zip(*rows, strict=True), strict=True)
-                }, list(evt.values()))
-                conn.register("incoming_evt", columns)
-                try:
-                    stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
-                finally:
-                    conn.unregister("incoming_evt")
+        obs_cols = _columns(obs_columns, list(obs.values())) if obs else None
+        evt_cols = _columns(_event_columns, list(evt.values())) if evt else None
+        try:
+            with self._writing("write") as conn:
+                stored = self._insert(conn, obs_cols, len(obs), evt_cols, fast=True)
+        except _KeyAlreadyStored:
+            # Rolled back: a replay (rare: a gateway resending after a lost commit) takes the slow path.
+            with self._writing("write") as conn:
+                stored = self._insert(conn, obs_cols, len(obs), evt_cols, fast=False)
         return WriteResult(stored=stored, duplicates=len(items) - stored)
+
+    @staticmethod
+    def _insert(conn: duckdb.DuckDBPyConnection, obs: dict[str, np.ndarray] | None, n_obs: int,
+                evt: dict[str, np.ndarray] | None, *, fast: bool) -> int:
+        """Insert a batch's columns in the open transaction; return the rows stored.
+
+        Fast: count the rows inserted and, when all were new, update ``latest`` from the incoming rows
+        in SQL; otherwise raise :class:`_KeyAlreadyStored` (the caller rolls back and retries slow).
+        Slow: ``RETURNING`` the rows really inserted and update ``latest`` from those alone.
+        """
+        stored = 0
+        if obs is not None:
+            conn.register("incoming_obs", obs)
+            try:
+                if fast:
+                    stored = int(conn.execute(_INSERT_OBS).fetchall()[0][0])
+                    if stored != n_obs:
+                        raise _KeyAlreadyStored
+                    conn.execute(_LATEST_FROM_INCOMING).fetchall()
+                else:
+                    fresh = conn.execute(_INSERT_OBS_RETURNING).fetchall()
+                    stored = len(fresh)
+                    if fresh:
+                        conn.register("incoming_latest", _newest(fresh))
+                        try:
+                            conn.execute(UPSERT_LATEST).fetchall()
+                        finally:
+                            conn.unregister("incoming_latest")
+            finally:
+                conn.unregister("incoming_obs")
+        if evt is not None:
+            conn.register("incoming_evt", evt)
+            try:
+                stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
+            finally:
+                conn.unregister("incoming_evt")
+        return stored
 
     def latest(
         self, *, bed: str | None = None, device: str | None = None, since_ms: int | None = None

@@ -204,6 +204,19 @@ def test_first_write_wins_and_batch_internal_duplicates_count(store: TimeSeriesS
     assert (latest.value, latest.ts) == (60.0, T0)
 
 
+def test_a_batch_mixing_stored_and_new_keys_stores_the_new_ones_once(store: TimeSeriesStore) -> None:
+    old = Observation(device="m", stream="s", seq=1, ts=T0, metric="HR", value=60.0, unit="/min", bed="b")
+    assert store.write([old]).stored == 1
+    # The stored key comes back newer and different (it must change nothing); the rest is new.
+    replay = Observation(device="m", stream="s", seq=1, ts=T0 + 9, metric="HR", value=99.0, unit="/min", bed="b")
+    new = Observation(device="m", stream="s", seq=2, ts=T0 + 5, metric="HR", value=70.0, unit="/min", bed="b")
+    other = Observation(device="m", stream="s", seq=3, ts=T0 + 1, metric="RR", value=12.0, unit="/min", bed="b")
+    result = store.write([replay, new, other, *events()])
+    assert (result.stored, result.duplicates) == (2 + len(events()), 1)
+    assert [(x.metric, x.value, x.ts) for x in store.latest(bed="b")] == [("HR", 70.0, T0 + 5), ("RR", 12.0, T0 + 1)]
+    assert (store.stats().observations, store.stats().events) == (3, len(events()))
+
+
 def test_empty_write_and_invalid_items(store: TimeSeriesStore) -> None:
     assert store.write([]).stored == 0
     good = Observation(device="m", stream="s", seq=1, ts=T0, metric="HR", value=60.0, unit="/min", bed="b")
