@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("devices", "storage", "state", "gateway", "ingest", "alerts", "api", "simulators", "wardlink")
+PACKAGES = ("devices", "storage", "state", "gateway", "ingest", "alerts", "facilities", "api", "simulators",
+            "wardlink")
 ALLOWED = {
     "devices": {"devices"},
     "storage": {"storage", "devices"},
@@ -16,7 +17,8 @@ ALLOWED = {
     "gateway": {"gateway", "devices"},
     "ingest": {"ingest", "devices", "storage"},
     "alerts": {"alerts", "devices", "state"},
-    "api": {"api", "devices", "storage", "state"},
+    "facilities": {"facilities", "devices", "state", "storage"},
+    "api": {"api", "devices", "storage", "state", "facilities"},  # facilities' pure engines only (below)
     "simulators": {"simulators", "devices"},  # never the gateway: the encoder must stay independent
     "wardlink": set(PACKAGES),
 }
@@ -40,6 +42,18 @@ def test_package_imports_only_what_it_may(package: str) -> None:
     assert modules, f"package {package} has no modules"
     offences = [f"{m.relative_to(ROOT)} imports {sorted(imported_packages(m) - ALLOWED[package])}"
                 for m in modules if imported_packages(m) - ALLOWED[package]]
+    assert offences == []
+
+
+def test_api_uses_only_the_pure_facilities_modules() -> None:
+    """The API may use the site map, wayfinding and asset queries, never the facilities bus service."""
+    offences = []
+    for module in sorted((ROOT / "api").rglob("*.py")):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            offences += [f"{module.name}: {n}" for n in names if n.startswith("facilities.service")]
     assert offences == []
 
 
