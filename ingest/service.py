@@ -371,18 +371,16 @@ class Ingest:
     def _check(self, gateway: str, item: Item) -> None:
         """One item the run check did not pass: into the pending batch, or quarantined with its reason."""
         spec = self.devices.get(item.device)
-        if item.device == gateway and spec is None:
-            self._pending.items.append(item)  # a gateway's events about itself (uplink lost, outbox shed)
-            return
-        if spec is None and isinstance(item, DeviceInfo):
-            spec = self._discovered(gateway, item)
         try:
-            if spec is None:
-                raise ContractError(f"device {item.device}: unknown device (field device)")
-            if spec.gateway != gateway:
-                raise ContractError(f"device {item.device}: belongs to gateway {spec.gateway}, "
-                                    f"not {gateway} (field device)")
-            check_item(item)
+            if item.device != gateway or spec is not None:  # a gateway's events about itself need no device
+                if spec is None and isinstance(item, DeviceInfo):
+                    spec = self._discovered(gateway, item)
+                if spec is None:
+                    raise ContractError(f"device {item.device}: unknown device (field device)")
+                if spec.gateway != gateway:
+                    raise ContractError(f"device {item.device}: belongs to gateway {spec.gateway}, "
+                                        f"not {gateway} (field device)")
+            check_item(item)  # every pending item is checked here or by the run check: the store need not
         except ContractError as exc:
             self._reject(gateway, str(exc), encode(item))
             return
@@ -546,7 +544,7 @@ class Ingest:
         if not record.items:
             return 0, 0
         try:
-            result = self.store.write(record.items)
+            result = self.store.write(record.items, checked=True)
         except StoreError as exc:
             if exc.retryable:
                 raise
@@ -559,7 +557,7 @@ class Ingest:
         stored = duplicates = 0
         for item in items:
             try:
-                result = self.store.write([item])
+                result = self.store.write([item], checked=True)
             except StoreError as exc:
                 if exc.retryable:
                     raise

@@ -26,11 +26,11 @@ class FlakyStore(MemoryStore):
         self.down = False
         self.refused = 0
 
-    def write(self, items: Sequence[Item]) -> WriteResult:
+    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
         if self.down:
             self.refused += 1
             raise StoreUnavailable("store down (test)")
-        return super().write(items)
+        return super().write(items, checked=checked)
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
         if self.down:

@@ -2,8 +2,9 @@
 
 The worker is the real :class:`~ingest.service.Ingest` (real bus, default settings, MQTT 5 shared
 subscription) running in this process; the publisher is a helper process (``python -m
-wardlink.bench_ingest publish ...``) sending 100-observation :class:`~devices.contract.Batch` messages
-at QoS 1, as a gateway would: ten 10-parameter monitor frames per message, every reading with its own
+wardlink.bench_ingest publish ...``) sending :class:`~devices.contract.Batch` messages of 500 observations
+(the gateway's ``batch_max``, what its uplink sends while its outbox holds a backlog) at QoS 1, as a gateway
+would: fifty 10-parameter monitor frames per message, every reading with its own
 ``(device, stream, seq)`` and, per series, its own millisecond. The broker (Mosquitto, ``set_tcp_nodelay``,
 ``max_queued_messages`` 1,000,000) and victoria-metrics (free port, own data directory) are processes of
 the benchmark's own, so the CPU time reported (``time.process_time``: every thread of this process,
@@ -51,6 +52,7 @@ from devices.bus import BrokerAddress
 from devices.clock import now_ms
 from devices.contract import Commit, Observation
 from devices.site import DeviceSpec, GatewaySpec, Site, Unit
+from gateway.service import GatewaySettings
 from ingest.service import Ingest, IngestSettings
 from storage.base import TimeSeriesStore
 from wardlink.bench_gateway import mosquitto_binary
@@ -63,7 +65,7 @@ UNIT: Final = "ICU"
 GATEWAY: Final = "gw-bench-ingest"
 MAX_BEDS: Final = 2_000
 SUSTAINED_BEDS: Final = 1_000  # devices the sustained stream cycles through
-OBS_PER_MESSAGE: Final = 100
+OBS_PER_MESSAGE: Final = GatewaySettings().batch_max  # a loaded gateway's uplink batch (500)
 OBS_PER_FRAME: Final = 10  # one monitor frame: 10 parameters, one ts
 FRAMES_PER_MESSAGE: Final = OBS_PER_MESSAGE // OBS_PER_FRAME
 OBS_PER_BED_S: Final = 10
@@ -471,7 +473,8 @@ def table(figures: dict[str, float]) -> str:
     """Sustained rate per store beside the raw ceiling, then the bed curve."""
     head = f"{'sustained, one worker':<46}{'obs/s':>12}{'per CPU-s':>12}{'ratio':>8}{'RSS MiB':>9}{'target':>10}"
     lines = ["wardlink bench ingest: observations/s of one ingest worker from Mosquitto into each store",
-             "100-observation batches at QoS 1; per CPU-s counts this process only (worker + store client threads)",
+             f"{OBS_PER_MESSAGE}-observation batches (a loaded gateway's) at QoS 1; per CPU-s counts this process only "
+             "(worker + store client threads)",
              "", head, "-" * len(head),
              f"{'baseline: bare paho subscriber (raw ceiling)':<46}{figures['baseline_raw_obs_per_s']:>12,.0f}"
              f"{figures['baseline_raw_obs_per_cpu_s']:>12,.0f}{1.0:>8.3f}{figures['baseline_rss_mb']:>9,.0f}{'':>10}"]
@@ -600,29 +603,33 @@ class _Publisher:
         frames = Frames(self.args.stream, self.args.beds, t0=now_ms() - 3_600_000)
         sent = 0
         while not self.stop.is_set():
-            with self.window:
-                while sent * OBS_PER_MESSAGE - self.committed >= WINDOW and not self.stop.is_set():
-                    self.window.wait(1.0)
+            self._wait_window(sent * OBS_PER_MESSAGE)
             self.publish(frames.next_message())
             sent += 1
         return sent
+
+    def _wait_window(self, sent_obs: int) -> None:
+        """Block while ``WINDOW`` observations are published and not yet committed (a gateway's outbox)."""
+        with self.window:
+            while sent_obs - self.committed >= WINDOW and not self.stop.is_set():
+                self.window.wait(1.0)
 
     def _paced(self) -> int:
         beds = self.args.beds
         frames = Frames(self.args.stream, beds)
         per_tick = max(1, round(beds * TICK_S))
         order = itertools.cycle(range(beds))
-        sent = 0
+        sent = sent_obs = 0
         next_tick = time.perf_counter()
         while not self.stop.is_set():
             due = [next(order) for _ in range(per_tick)]
             ts = now_ms()
             for lo in range(0, len(due), FRAMES_PER_MESSAGE):
-                with self.window:
-                    while sent * OBS_PER_MESSAGE - self.committed >= WINDOW and not self.stop.is_set():
-                        self.window.wait(1.0)
-                self.publish(frames.message(due[lo:lo + FRAMES_PER_MESSAGE], ts))
+                self._wait_window(sent_obs)
+                frames_now = due[lo:lo + FRAMES_PER_MESSAGE]
+                self.publish(frames.message(frames_now, ts))
                 sent += 1
+                sent_obs += len(frames_now) * OBS_PER_FRAME
             next_tick += TICK_S
             self.stop.wait(max(0.0, next_tick - time.perf_counter()))
         return sent
