@@ -35,13 +35,34 @@ class GatewaySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = ""
 
 
+class Room(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A room (or corridor section, doorway) where location readers place assets.
+
+    ``id`` is the room id of the site map (e.g. ``"ICU-R03"``); ``exit`` marks a zone at a way out of
+    the building, where an asset passing raises a theft alert. Rooms are listed per floor in corridor
+    order: the facilities service uses that order as a walking distance when no site map is loaded.
+    """
+
+    id: str
+    unit: str | None = None
+    zone: str | None = None
+    floor: str | None = None
+    name: str = ""
+    exit: bool = False
+
+
 class DeviceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A device on a gateway: its driver kind, identity, bed binding and connection settings."""
+    """A device on a gateway: its driver kind, identity, bed binding and connection settings.
+
+    ``room`` places a location reader (RFID reader, BLE gateway, room beacon): its tag reads locate
+    assets in that room.
+    """
 
     id: str
     kind: str
     gateway: str
     bed: str | None = None
+    room: str | None = None
     manufacturer: str = ""
     model: str = ""
     serial_number: str = ""
@@ -56,6 +77,7 @@ class Site(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     units: list[Unit]
     gateways: list[GatewaySpec]
     devices: list[DeviceSpec] = []
+    rooms: list[Room] = []
 
     def __post_init__(self) -> None:
         """Check cross references so a bad site file fails at start-up with a clear message."""
@@ -75,6 +97,12 @@ class Site(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for gateway in self.gateways:
             if gateway.unit not in units:
                 raise SiteError(f"gateway {gateway.id}: field unit {gateway.unit!r} is not a unit of the site")
+        rooms = {r.id for r in self.rooms}
+        if len(rooms) != len(self.rooms):
+            raise SiteError("a room id appears twice in rooms[]")
+        for room in self.rooms:
+            if room.unit is not None and room.unit not in units:
+                raise SiteError(f"room {room.id}: field unit {room.unit!r} is not a unit of the site")
         seen: set[str] = set()
         for device in self.devices:
             if device.id in seen:
@@ -86,10 +114,16 @@ class Site(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise SiteError(f"device {device.id}: field gateway {device.gateway!r} is not a gateway of the site")
             if device.bed is not None and device.bed not in beds:
                 raise SiteError(f"device {device.id}: field bed {device.bed!r} is not a bed of the site")
+            if device.room is not None and device.room not in rooms:
+                raise SiteError(f"device {device.id}: field room {device.room!r} is not a room of the site")
 
     def device_index(self) -> dict[str, DeviceSpec]:
         """Devices by id; hot paths build this once and keep it."""
         return {d.id: d for d in self.devices}
+
+    def room_index(self) -> dict[str, Room]:
+        """Rooms by id."""
+        return {r.id: r for r in self.rooms}
 
     def unit_of_bed(self, bed: str) -> str | None:
         """The unit a bed belongs to, or None."""

@@ -46,6 +46,7 @@ Serial: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
 
 ASSIGNMENT_ROLES = ("primary", "buddy", "charge")
 ASSET_STATUSES = ("clean", "in_use", "dirty", "in_repair")
+ASSET_EVENTS = ("entered", "left", "lost", "status")
 WASTE_POINTS = ("ward", "collector", "storage", "disposer")
 WASTE_CATEGORIES = ("infectious", "sharps", "pathological", "pharmaceutical", "chemical")
 
@@ -233,11 +234,56 @@ class AssetRow(Base):
     unit_id: Mapped[str | None] = mapped_column(ForeignKey("units.id"), index=True)
     device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id"), unique=True)
     updated: Mapped[int] = mapped_column(BigInteger)
+    # Current location (the facilities service writes it; None until the asset is first placed).
+    room: Mapped[str | None] = mapped_column(String(64), index=True)
+    zone: Mapped[str | None] = mapped_column(String(64), index=True)
+    floor: Mapped[str | None] = mapped_column(String(64))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    since: Mapped[int | None] = mapped_column(BigInteger)  # entered the room (dwell = now - since)
+    last_seen: Mapped[int | None] = mapped_column(BigInteger)
+    location_source: Mapped[str | None] = mapped_column(String(64))  # the reader that placed it
+    lost: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         CheckConstraint(_one_of("status", ASSET_STATUSES), name="status"),
         Index(None, "type", "status"),
     )
+
+
+class AssetEventRow(Base):
+    """Location and status history of an asset (append-only): entered, left, lost, status."""
+
+    __tablename__ = "asset_events"
+
+    n: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    asset_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(16))
+    room: Mapped[str | None] = mapped_column(String(64))
+    zone: Mapped[str | None] = mapped_column(String(64))
+    floor: Mapped[str | None] = mapped_column(String(64))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(16))
+    unit: Mapped[str | None] = mapped_column(String(64))  # the owning unit at the time
+    type: Mapped[str | None] = mapped_column(String(64))  # the asset type at the time
+
+    __table_args__ = (
+        CheckConstraint(_one_of("event", ASSET_EVENTS), name="event"),
+        Index(None, "asset_id", "ts"),
+        Index(None, "ts"),
+    )
+
+
+class ParLevelRow(Base):
+    """How many assets of a type a unit should have available (clean) at any time."""
+
+    __tablename__ = "par_levels"
+
+    unit_id: Mapped[str] = mapped_column(ForeignKey("units.id"), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    minimum: Mapped[int] = mapped_column(Integer)
+    updated: Mapped[int] = mapped_column(BigInteger)
 
 
 class WasteBagRow(Base):
