@@ -99,6 +99,7 @@ class TagRead(_Base, tag="tag"):
     rssi: float
     device_ts: int | None = None
     flags: int = 0
+    battery: float | None = None  # the tag's battery charge in %, when the reader reports it (BLE beacons)
 
 
 class WasteEvent(_Base, tag="waste"):

@@ -17,6 +17,9 @@ type ``Gateway`` names the gateway itself and is required (a reader speaks only 
     [{"timestamp": "2026-01-01T00:00:00.100Z", "type": "Gateway", "mac": "AC233FC07DA5"},
      {"timestamp": "2026-01-01T00:00:00.095Z", "type": "iBeacon", "mac": "AC:23:3F:2A:0B:1C", "rssi": -63}]
 
+A BLE advert's ``battery`` (percent, 0-100) becomes the read's ``battery``; a value outside that range
+(some beacons report millivolts) is left out rather than guessed.
+
 Times are ISO 8601 strings (without a zone they are taken as UTC) or integers of microseconds since
 the Unix epoch. The device time of an RFID read is its last-seen time, else its first-seen time. Tags
 come out as upper-case hex: the EPC, or the 12 digits of a BLE MAC. RSSI is in dBm. Unknown fields
@@ -102,6 +105,7 @@ class _Read:
     tag: str
     rssi: float
     device_ms: int | None
+    battery: float | None = None
 
 
 class _TagReport(msgspec.Struct, rename="camel"):
@@ -124,6 +128,7 @@ class _Advert(msgspec.Struct):
     mac: str = ""
     rssi: float | None = None
     timestamp: int | str | None = None
+    battery: float | None = None
 
 
 _reader_decoder: Final = msgspec.json.Decoder(_ReaderReport)
@@ -144,7 +149,8 @@ def parse(payload: bytes, spec: DeviceSpec, settings: Settings, received: int) -
     else:
         reads = _ble_reads(payload, spec.id, reader_id)
     return [TagRead(device=spec.id, stream="tags", seq=0, ts=received, tag=read.tag, rssi=read.rssi,
-                    device_ts=read.device_ms, flags=_skew(read.device_ms, received)) for read in reads]
+                    device_ts=read.device_ms, flags=_skew(read.device_ms, received), battery=read.battery)
+            for read in reads]
 
 
 def _reader_reads(payload: bytes, device: str, reader_id: str, antennas: frozenset[int]) -> list[_Read]:
@@ -194,7 +200,8 @@ def _ble_reads(payload: bytes, device: str, reader_id: str) -> list[_Read]:
         if not _MAC.fullmatch(mac):
             raise PayloadError("malformed", f"device {device}: field [{index}].mac: not a MAC ({_show(advert.mac)})")
         rssi = _rssi(device, f"[{index}].rssi", advert.rssi)
-        reads.append(_Read(mac.upper(), rssi, _time_ms(device, f"[{index}].timestamp", advert.timestamp)))
+        battery = advert.battery if advert.battery is not None and 0 <= advert.battery <= 100 else None
+        reads.append(_Read(mac.upper(), rssi, _time_ms(device, f"[{index}].timestamp", advert.timestamp), battery))
     return reads
 
 
