@@ -9,19 +9,18 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from functools import cache
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any, Final
 
 import msgspec
 
 from alerts.news2 import News2Rule
 from alerts.rules import CombinedRule, LimitRule, RateRule, Rule
-from state.alarm_settings import DEFAULT_RULESET, LimitOverride
+from state.alarm_settings import DEFAULT_RULESET, OVERRIDABLE, LimitOverride
 
-RULESETS_DIR: Final = Path(__file__).resolve().parent / "rulesets"
+RULESETS_DIR: Final[Traversable] = resources.files("alerts") / "rulesets"  # package data: shipped in the wheel
 RULESET_NAMES: Final = ("adult", "paediatric", "neonatal")
-OVERRIDABLE: Final = frozenset({"limit", "per_min", "window_s", "priority", "delay_s", "hysteresis", "enabled",
-                                "medium_at", "high_at"})
 
 
 class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -39,7 +38,7 @@ class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return [*self.limit, *self.rate, *self.combined, self.news2]
 
 
-def load_ruleset(path: Path) -> RuleSet:
+def load_ruleset(path: Traversable) -> RuleSet:
     """Read and validate one rule-set file; raise ``ValueError`` naming the file and what is wrong."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -78,6 +78,15 @@ class AlertOut(BaseModel):
     unit: str | None = None
     metric: str | None = None
     value: float | None = None
+    device_alert: str | None = None
+    latched: bool = False
+    condition_cleared: bool = False
+    silenced_until: int | None = None
+    silence_reason: str | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: int | None = None
+    repeats: int = 0
+    delay_ms: int = 0
     v: int = 1
 
 

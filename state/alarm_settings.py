@@ -6,7 +6,7 @@ change returns the old and new values so the caller can audit it (who, old, new,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from sqlalchemy import select
@@ -15,6 +15,9 @@ from .models import AlarmLimitRow, AlarmProfileRow
 from .sessions import Sessions
 
 DEFAULT_RULESET = "adult"
+OVERRIDABLE: Final = frozenset({"limit", "per_min", "window_s", "priority", "delay_s", "hysteresis", "enabled",
+                                "medium_at", "high_at"})
+"""Rule fields a unit or bed may override (the alert engine and the API both refuse any other)."""
 
 
 class LimitOverride(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from devices.contract import Alert
@@ -36,6 +36,25 @@ class Transition(msgspec.Struct, frozen=True):
     alert: Alert
     event: str | None = None
     detail: dict[str, Any] | None = None
+
+
+class Episode(msgspec.Struct, frozen=True):
+    """One alert as the alarm-load reports see it: when it rose, when its condition ended, who acknowledged when."""
+
+    id: str
+    type: str
+    source: str
+    alarm_kind: str
+    priority: str
+    state: str
+    onset: int  # the condition's onset (a rule's persistence delay runs from here)
+    raised_at: int  # the alert's first alarm-log line: when it rose
+    delay_ms: int
+    bed: str | None
+    unit: str | None
+    cleared_at: int | None  # the condition ended (first condition_cleared or resolved line)
+    acknowledged_at: int | None
+    resolved_at: int | None
 
 
 class Comment(msgspec.Struct, frozen=True):
@@ -227,6 +246,27 @@ class Alerts:
             query = query.where(AlertRow.unit == unit)
         with self._sessions.read("reading alerts of a period") as session:
             return [_alert(body) for body in session.scalars(query)]
+
+    def episodes(self, start: int, end: int, units: set[str] | None = None) -> list[Episode]:
+        """Alerts that rose in ``[start, end)`` (of ``units``, or all) with their key times, oldest first."""
+        raised = select(AlarmLogRow.alert_id, func.min(AlarmLogRow.at).label("at")) \
+            .where(AlarmLogRow.event == "onset", AlarmLogRow.at >= start, AlarmLogRow.at < end) \
+            .group_by(AlarmLogRow.alert_id).subquery()
+        query = select(AlertRow, raised.c.at).join(raised, raised.c.alert_id == AlertRow.id) \
+            .order_by(raised.c.at, AlertRow.id)
+        if units is not None:
+            query = query.where(AlertRow.unit.in_(sorted(units)))
+        ended = select(AlarmLogRow.alert_id, func.min(AlarmLogRow.at)) \
+            .where(AlarmLogRow.event.in_(("condition_cleared", "resolved"))).group_by(AlarmLogRow.alert_id)
+        with self._sessions.read("reading alert episodes") as session:
+            rows = session.execute(query).all()
+            ends: dict[str, int] = {}
+            for chunk in range(0, len(rows), 500):  # bounded IN lists
+                ids = [row.id for row, _ in rows[chunk:chunk + 500]]
+                ends.update(session.execute(ended.where(AlarmLogRow.alert_id.in_(ids))).tuples().all())
+        return [Episode(row.id, row.type, row.source, row.alarm_kind, row.priority, row.state, row.onset, at,
+                        row.delay_ms, row.bed, row.unit, ends.get(row.id), row.acknowledged_at, row.resolved_at)
+                for row, at in rows]
 
     def acknowledged_by(self, alert_id: str) -> tuple[str, int] | None:
         """Who acknowledged an alert and when, or None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 from typing import Any, Final
 
 import msgspec
@@ -85,14 +86,21 @@ class Audit:
             session.flush()
             return _record(row)
 
-    def records(self, *, after: int = 0, limit: int = 1000, actor: str | None = None,
-                unit: str | None = None) -> list[AuditRecord]:
-        """Records with ``n > after``, oldest first, optionally of one actor or unit (for the auditor and export)."""
+    def records(self, *, after: int = 0, limit: int = 1000, actor: str | None = None, unit: str | None = None,
+                actions: Collection[str] | None = None, since: int | None = None,
+                until: int | None = None) -> list[AuditRecord]:
+        """Records with ``n > after``, oldest first, optionally of one actor, unit, some actions, ``[since, until)``."""
         query = select(AuditRow).where(AuditRow.n > after).order_by(AuditRow.n).limit(limit)
         if actor is not None:
             query = query.where(AuditRow.actor == actor)
         if unit is not None:
             query = query.where(AuditRow.unit == unit)
+        if actions is not None:
+            query = query.where(AuditRow.action.in_(sorted(actions)))
+        if since is not None:
+            query = query.where(AuditRow.at >= since)
+        if until is not None:
+            query = query.where(AuditRow.at < until)
         with self._sessions.read("reading the audit trail") as session:
             return [_record(r) for r in session.scalars(query)]
 
