@@ -117,6 +117,7 @@ class WasteEvent(_Base, tag="waste"):
     unit: str | None = None
     device_ts: int | None = None
     flags: int = 0
+    manifest: str | None = None  # the transfer manifest number (转移联单) the licensed disposer signs for
 
 
 class DeviceInfo(_Base, tag="dev"):

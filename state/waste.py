@@ -112,7 +112,7 @@ class Waste:
             raise CustodyError(f"bag {event.bag}: scanned as {event.category}, sealed as {bag.category}")
         from_point: WastePoint = PREVIOUS[event.point]  # type: ignore[assignment]  # values of NEXT are points
         return self.handover(event.bag, from_point=from_point, to_point=event.point, handler=event.handler,
-                             weight_g=event.weight_g, at=event.ts, device=event.device)
+                             weight_g=event.weight_g, at=event.ts, device=event.device, manifest=event.manifest)
 
     def bag(self, bag: str) -> Bag | None:
         """A bag as sealed, or None."""
@@ -137,3 +137,84 @@ class Waste:
                  .where(WasteHandoverRow.to_point == point).order_by(WasteHandoverRow.bag_id))
         with self._sessions.read(f"reading bags held at {point}") as session:
             return list(session.scalars(query))
+
+    def holding(self, point: WastePoint) -> list[Handover]:
+        """The last step of every bag held at ``point`` now (its ``at`` is when the bag arrived there), by bag."""
+        last = (select(WasteHandoverRow.bag_id, func.max(WasteHandoverRow.step).label("step"))
+                .group_by(WasteHandoverRow.bag_id).subquery())
+        query = (select(WasteHandoverRow)
+                 .join(last, (last.c.bag_id == WasteHandoverRow.bag_id) & (last.c.step == WasteHandoverRow.step))
+                 .where(WasteHandoverRow.to_point == point).order_by(WasteHandoverRow.bag_id))
+        with self._sessions.read(f"reading bags held at {point}") as session:
+            return [Handover(r.bag_id, r.step, r.from_point, r.to_point, r.handler, r.weight_g, r.at, r.device,
+                             r.manifest) for r in session.scalars(query)]
+
+    def sealed(self, since: int, until: int, *, units: set[str] | None = None) -> list[Bag]:
+        """Bags sealed in ``[since, until)``, oldest first; ``units`` limits them to those units."""
+        query = (select(WasteBagRow).where(WasteBagRow.sealed_at >= since, WasteBagRow.sealed_at < until)
+                 .order_by(WasteBagRow.sealed_at, WasteBagRow.id))
+        if units is not None:
+            query = query.where(WasteBagRow.unit.in_(sorted(units)))
+        with self._sessions.read("reading sealed bags") as session:
+            return [Bag(r.id, r.category, r.weight_g, r.sealed_by, r.sealed_at, r.unit, r.device)
+                    for r in session.scalars(query)]
+
+    def unsealed_pending(self, before: int) -> list[Bag]:
+        """Bags sealed before ``before`` that no collector has taken yet (still on the ward)."""
+        taken = select(WasteHandoverRow.bag_id)
+        query = (select(WasteBagRow).where(WasteBagRow.sealed_at < before, WasteBagRow.id.not_in(taken))
+                 .order_by(WasteBagRow.sealed_at))
+        with self._sessions.read("reading bags waiting on the ward") as session:
+            return [Bag(r.id, r.category, r.weight_g, r.sealed_by, r.sealed_at, r.unit, r.device)
+                    for r in session.scalars(query)]
+
+    def collected_units(self, since: int, until: int) -> set[str]:
+        """Units with at least one bag handed from the ward to a collector in ``[since, until)``."""
+        query = (select(WasteBagRow.unit).join(WasteHandoverRow, WasteHandoverRow.bag_id == WasteBagRow.id)
+                 .where(WasteHandoverRow.step == 1, WasteHandoverRow.at >= since, WasteHandoverRow.at < until)
+                 .distinct())
+        with self._sessions.read("reading units with a handover") as session:
+            return {u for u in session.scalars(query) if u is not None}
+
+    def register(self, since: int, until: int) -> list[RegisterLine]:
+        """Every handover in ``[since, until)`` as a register line (both signatures), in time order."""
+        query = (select(WasteHandoverRow, WasteBagRow).join(WasteBagRow, WasteBagRow.id == WasteHandoverRow.bag_id)
+                 .where(WasteHandoverRow.at >= since, WasteHandoverRow.at < until)
+                 .order_by(WasteHandoverRow.at, WasteHandoverRow.bag_id, WasteHandoverRow.step))
+        with self._sessions.read("reading the handover register") as session:
+            rows = session.execute(query).tuples().all()
+            bags = {bag.id for _, bag in rows}
+            handlers: dict[tuple[str, int], tuple[str, float]] = {}
+            if bags:
+                for step in session.scalars(select(WasteHandoverRow).where(WasteHandoverRow.bag_id.in_(sorted(bags)))):
+                    handlers[(step.bag_id, step.step)] = (step.handler, step.weight_g)
+            lines = []
+            for handover, bag in rows:
+                given_by, given_weight = handlers.get((bag.id, handover.step - 1), (bag.sealed_by, bag.weight_g))
+                lines.append(RegisterLine(
+                    at=handover.at, bag=bag.id, unit=bag.unit, category=bag.category, step=handover.step,
+                    from_point=handover.from_point, to_point=handover.to_point, given_by=given_by,
+                    received_by=handover.handler, weight_g=handover.weight_g, previous_weight_g=given_weight,
+                    sealed_at=bag.sealed_at, sealed_weight_g=bag.weight_g, manifest=handover.manifest,
+                    device=handover.device))
+            return lines
+
+
+class RegisterLine(msgspec.Struct, frozen=True):
+    """One handover as the regulator's register shows it: what, from whom to whom, how heavy, when."""
+
+    at: int
+    bag: str
+    unit: str | None
+    category: str
+    step: int
+    from_point: str
+    to_point: str
+    given_by: str  # who handed the bag over (the sealing nurse for the first step)
+    received_by: str
+    weight_g: float  # weighed on receipt
+    previous_weight_g: float  # what the giver's scale read
+    sealed_at: int
+    sealed_weight_g: float
+    manifest: str | None = None
+    device: str | None = None

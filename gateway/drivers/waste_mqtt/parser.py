@@ -15,6 +15,8 @@ A scan point (ward, collector, storage or disposer) publishes one JSON object pe
   silently misfile a bag, so the scanner must send a name.
 - exactly one of ``weight_g`` and ``weight_kg`` (required): a finite number, 0 to 1000 kg.
 - ``department`` (optional) becomes the event's ``unit``; otherwise the device's configured ``unit``.
+- ``manifest`` (optional): the transfer manifest number the licensed disposer signs for (1-64 printable
+  characters); kept on the disposer's handover record.
 - ``time`` (optional): ISO 8601 (without a zone it is taken as UTC) or integer milliseconds since the
   epoch; kept as ``device_ts`` and flagged when more than 5 s from the gateway's receive time.
 
@@ -115,6 +117,7 @@ class _Scan(msgspec.Struct):
     weight_kg: float | None = None
     handler: str | None = None
     department: str | None = None
+    manifest: str | None = None
     time: int | str | None = None
 
 
@@ -147,11 +150,12 @@ def parse(payload: bytes, spec: DeviceSpec, settings: Settings, received: int) -
     weight_g = _weight(device, scan.weight_g, scan.weight_kg)
     handler = _text(device, "handler", scan.handler)
     unit = _text(device, "department", scan.department) if scan.department is not None else settings.unit
+    manifest = _text(device, "manifest", scan.manifest) if scan.manifest is not None else None
     device_ms = _time_ms(device, scan.time)
     flags = FLAG_CLOCK_SKEW if device_ms is not None and abs(device_ms - received) > CLOCK_SKEW_MS else 0
     return WasteEvent(device=device, stream="waste", seq=0, ts=received, bag=bag, category=category,
                       weight_g=weight_g, point=settings.point, handler=handler, unit=unit, device_ts=device_ms,
-                      flags=flags)
+                      flags=flags, manifest=manifest)
 
 
 def _text(device: str, field: str, value: str | None) -> str:
