@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 from gateway.drivers.hl7_pcd.parser import (
     ERROR_TEXT,
     Hl7Error,
     Message,
+    Segment,
     Separators,
     decode_text,
     escape,
@@ -35,9 +37,12 @@ Outcome = Literal["A", "E", "R"]  # accept, error (retry), reject (do not retry)
 APPLICATION: Final = "WARDLINK"
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """What the ACK needs from MSH; raw fields are kept escaped, exactly as the sender wrote them."""
+class Header(msgspec.Struct, frozen=True):
+    """What the ACK needs from MSH; raw fields are kept escaped, exactly as the sender wrote them.
+
+    A Struct rather than a dataclass: a sender's header is read once and copied with each message's
+    MSH-10 (``msgspec.structs.replace``, in C).
+    """
 
     seps: Separators
     sending_application: str  # MSH-3, raw
@@ -54,9 +59,13 @@ class Header:
 
 def read_header(message: Message) -> Header:
     """The header of a parsed message (whether MSH-9 names a supported message is checked by the caller)."""
-    msh = message.header
+    return header_of(message.header)
+
+
+def header_of(msh: Segment) -> Header:
+    """The header an MSH segment gives."""
     return Header(
-        seps=message.seps, sending_application=msh.raw(3), sending_facility=msh.raw(4),
+        seps=msh.seps, sending_application=msh.raw(3), sending_facility=msh.raw(4),
         receiving_application=msh.raw(5), receiving_facility=msh.raw(6), message_code=msh.get(9, 1).strip(),
         trigger=msh.get(9, 2).strip(), control_id=msh.raw(10), processing_id=msh.raw(11), version=msh.raw(12),
         enhanced=bool(msh.raw(15).strip() or msh.raw(16).strip()),

@@ -13,19 +13,26 @@ attributed without guessing.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from devices.contract import FLAG_CLOCK_SKEW, DeviceInfo, Item
-from gateway.drivers.hl7_pcd.ack import Header
+from gateway.drivers.hl7_pcd.ack import Header, header_of
 from gateway.drivers.hl7_pcd.parser import (
+    CACHE_SIZE,
     DATA_TYPE_ERROR,
+    MAX_CACHED_KEY,
     REQUIRED_FIELD_MISSING,
     Hl7Error,
     Message,
     Segment,
+    Separators,
+    first_leaf,
     parse_ts,
 )
 from gateway.drivers.hl7_pcd.rows import Equipment, equipment
@@ -84,30 +91,77 @@ class Decoded:
     containment: list[str] = field(default_factory=list)  # OBX-4 of each item, in item order
 
 
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """What a message says of its sender besides MSH-7 (its time) and MSH-10 (its control id); see :func:`sender_of`."""
+
+    header: Header  # with an empty control id
+    bed: str  # PV1-3: the bed, or the room when a room holds one bed; "" when not given
+    equipment: Equipment | None  # MSH-3
+
+
+# Bounded like the caches of network text in rows.py; keyed on the MSH fields but 7 and 10, and PV1-3.
+_SENDERS: dict[tuple[str, ...], Sender] = {}
+
+
+def sender_of(seps: Separators, segments: list[list[str]]) -> Sender:
+    """The :class:`Sender` of a message split into fields (``segments[0]`` is MSH, as :func:`split_message` gives).
+
+    A sender repeats the same header (and PV1) in every message, so it is read once per distinct text
+    (the MSH fields other than 7 and 10, and the first PV1's field 3) and kept in a bounded cache.
+    """
+    msh = segments[0]
+    pv1 = next((fields for fields in segments if fields[0] == "PV1"), None)
+    # Fields 1 and 2 (the separators) are in the key; any two keys of equal length name the same fields.
+    key = (pv1[3] if pv1 is not None and len(pv1) > 3 else "", *msh[1:7], *msh[8:10], *msh[11:])
+    try:
+        return _SENDERS[key]
+    except KeyError:
+        pass
+    header = header_of(Segment(msh, seps))
+    found = Sender(msgspec.structs.replace(header, control_id=""), _bed(Segment(pv1, seps) if pv1 else None),
+                   equipment(Segment(msh, seps), 3))
+    if sum(map(len, key)) <= 4 * MAX_CACHED_KEY:
+        if len(_SENDERS) >= CACHE_SIZE:
+            _SENDERS.clear()
+        _SENDERS[key] = found
+    return found
+
+
+def _bed(pv1: Segment | None) -> str:
+    """PV1-3 is <unit>^<room>^<bed>^<facility>: the bed, or the room when a room holds one bed."""
+    return (pv1.get(3, 3).strip() or pv1.get(3, 2).strip()) if pv1 else ""
+
+
 class MessageContext:
     """Per-message state shared by the PCD-01 and PCD-04 mappings."""
 
-    def __init__(self, message: Message, header: Header, routing: Routing, received: int) -> None:
-        """Read what applies to the whole message: PV1 bed, MSH-7 time and clock skew, MSH-3 sender."""
-        self.message = message
+    def __init__(self, seps: Separators, segments: list[list[str]], sender: Sender, header: Header,
+                 routing: Routing, received: int) -> None:
+        """Take what applies to the whole message: PV1 bed, MSH-3 sender, and MSH-7 time with its clock skew."""
+        self.seps = seps
+        self.segments = segments
         self.routing = routing
         self.received = received
         self.result = Decoded(header)
-        pv1 = message.first("PV1")
-        # PV1-3 is <unit>^<room>^<bed>^<facility>: the bed, or the room when a room holds one bed.
-        self.pv1_bed = (pv1.get(3, 3).strip() or pv1.get(3, 2).strip()) if pv1 else ""
-        msh = message.header
-        self.message_time = parse_ts(msh.get(7))
+        self.pv1_bed = sender.bed
+        msh = segments[0]
+        self.message_time = parse_ts(first_leaf(msh[7], seps) if len(msh) > 7 else "")
         # Skew is judged on MSH-7 (the sender's clock now), not on OBX-14: an NIBP reading is legitimately old.
         skewed = self.message_time is not None and abs(self.message_time - received) > CLOCK_SKEW_MS
         self.skew = FLAG_CLOCK_SKEW if skewed else 0
-        self.sender = equipment(msh, 3)
+        self.sender = sender.equipment
         self._announced: set[str] = set()
         # Rows of one device repeat the same equipment id: resolve it once per message (routing and the
         # bed are fixed for the message, so the answer cannot change within it). Keyed by id(): the ids come
         # from a cache, so they are the same object, and hashing the dataclass runs Python code; each entry
         # holds its Equipment, so an id cannot be reused for another while the entry lives.
         self._routes: dict[int, tuple[Equipment | None, tuple[str, str | None]]] = {}
+
+    @functools.cached_property
+    def message(self) -> Message:
+        """The message as Segments, for mappings that read it the general way (PCD-04)."""
+        return Message(self.seps, [Segment(fields, self.seps) for fields in self.segments])
 
     def route(self, found: Equipment | None) -> tuple[str, str | None]:
         """Device id and bed of a row; a device seen for the first time in this message is queued for registration."""

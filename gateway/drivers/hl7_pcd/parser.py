@@ -79,11 +79,15 @@ class Separators:
     # All of the above in one string, for keys of caches: a str hashes once and in C, where hashing the
     # dataclass runs Python code on every look-up.
     key: str = dataclasses.field(init=False, repr=False, compare=False)
+    # True when no delimiter can occur in a number ('+', '-', '.' are allowed delimiters, digits are not): a
+    # field whose stripped text is a number then holds no delimiter or escape, and its text is its value.
+    plain_numbers: bool = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Compute ``key`` (repr of the tuple, so that no two different sets of delimiters share one)."""
         chars = (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.truncation)
         object.__setattr__(self, "key", repr(chars))
+        object.__setattr__(self, "plain_numbers", not any(c in "+-." for c in chars if c))
 
     @property
     def encoding(self) -> str:
@@ -129,12 +133,9 @@ class Segment:
     def get(self, n: int, component: int = 1, rep: int = 0, sub: int = 1) -> str:
         """One leaf of field ``n`` (1-based component and subcomponent, 0-based repetition), unescaped."""
         seps = self.seps
-        if component == 1 and rep == 0 and sub == 1:
-            # Most reads are of a plain value (OBX-2, -5, -11, -14): with no delimiter in it, it is the leaf.
+        if component == 1 and rep == 0 and sub == 1 and (n > 2 or self.id != "MSH"):
             fields = self.fields
-            value = fields[n] if 0 <= n < len(fields) else ""
-            if seps.component not in value and seps.repetition not in value and seps.subcomponent not in value:
-                return unescape(value, seps) if seps.escape in value else value
+            return first_leaf(fields[n] if 0 <= n < len(fields) else "", seps)
         reps = self._components(n)
         if rep >= len(reps):
             return ""
@@ -174,6 +175,18 @@ class Message:
         return next((s for s in self.segments if s.id == segment_id), None)
 
 
+def first_leaf(value: str, seps: Separators) -> str:
+    """The first subcomponent of the first component of the first repetition of a raw field, unescaped.
+
+    What ``Segment.get(n)`` reads (except MSH-1/MSH-2), from the field's text alone, so a row split into
+    field texts is read without a Segment. Most values (OBX-2, -5, -11, -14) hold no delimiter: then the
+    value is the text.
+    """
+    if seps.component in value or seps.repetition in value or seps.subcomponent in value:
+        value = value.split(seps.repetition, 1)[0].split(seps.component, 1)[0].split(seps.subcomponent, 1)[0]
+    return unescape(value, seps) if seps.escape in value else value
+
+
 def decode_text(data: bytes) -> str:
     """Bytes to text: UTF-8 when valid, otherwise Latin-1 (which never fails)."""
     try:
@@ -184,13 +197,22 @@ def decode_text(data: bytes) -> str:
 
 def parse(data: bytes | str) -> Message:
     """Parse one message; raise :class:`Hl7Error` naming the first thing that makes it unreadable."""
-    text = decode_text(data) if isinstance(data, bytes) else data
+    seps, fields = split_message(decode_text(data) if isinstance(data, bytes) else data)
+    return Message(seps, [Segment(f, seps) for f in fields])
+
+
+def split_message(text: str) -> tuple[Separators, list[list[str]]]:
+    """A message's separators and its segments split into raw fields (``fields[n]`` is field n, as in Segment).
+
+    Raise :class:`Hl7Error` naming the first thing that makes it unreadable. :func:`parse` wraps the
+    result in Segments; the PCD-01 mapping reads the field lists directly.
+    """
     text = text.lstrip(" \t\r\n\x00").rstrip("\r\n\x00")
     if not text.startswith("MSH") or len(text) < 8:
         raise Hl7Error(SEGMENT_SEQUENCE_ERROR, "message does not begin with an MSH segment", "MSH", 1, 0)
     seps = _separators(text)
     lines = _split_segments(text)
-    segments: list[Segment] = []
+    segments: list[list[str]] = []
     field = seps.field
     for number, line in enumerate(lines, start=1):
         if segments:
@@ -199,7 +221,7 @@ def parse(data: bytes | str) -> Message:
             fields = line.split(field)
             seg_id = fields[0]
             if seg_id in _COMMON_IDS and seg_id != "MSH":
-                segments.append(Segment(fields, seps))
+                segments.append(fields)
                 continue
         if not line or line.isspace():  # what `not line.strip()` says, without copying the line
             continue
@@ -216,8 +238,8 @@ def parse(data: bytes | str) -> Message:
                            "MSH", 2, 0)
         else:
             fields = line.split(field)
-        segments.append(Segment(fields, seps))
-    return Message(seps, segments)
+        segments.append(fields)
+    return seps, segments
 
 
 def _separators(text: str) -> Separators:

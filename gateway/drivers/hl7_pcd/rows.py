@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from typing import Final, TypeVar
 
 from devices import mdc
 from devices.contract import FLAG_DEMO, FLAG_INVALID, FLAG_UNVERIFIED
-from gateway.drivers.hl7_pcd.parser import CACHE_SIZE, MAX_CACHED_KEY, Segment
+from gateway.drivers.hl7_pcd.parser import CACHE_SIZE, MAX_CACHED_KEY, Segment, Separators
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +251,64 @@ def equipment_of(components: list[str]) -> Equipment | None:
 
 
 NUMBER: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,2})?")  # HL7 NM, plus an exponent some send
+
+
+# What OBX-2 makes of a row: a blank value type is a device row (the MDS/VMD/channel tree: its OBX-18 names
+# the equipment of the rows under it), NM a numeric reading, anything else (ST, CWE, NA ...) is skipped.
+DEVICE_ROW: Final = 0
+NUMERIC_ROW: Final = 1
+OTHER_ROW: Final = 2
+ROW_WIDTH: Final = 19  # OBX-0 (the id) to OBX-18; shorter rows are read as if padded with empty fields
+# The fields a row's meaning depends on besides OBX-5 (value) and OBX-14 (time), which change every message.
+ROW_KEY: Final = operator.itemgetter(2, 3, 4, 6, 8, 11, 18)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What an OBX row says apart from its set id, value (OBX-5) and time (OBX-14); see :func:`row_of`."""
+
+    kind: int  # DEVICE_ROW, NUMERIC_ROW or OTHER_ROW
+    own: Equipment | None  # OBX-18
+    containment: str  # OBX-4 as read; ``contained`` is it stripped, or None when blank
+    contained: str | None
+    reading: Reading | None  # identity, unit and flags of a numeric row
+    low: float  # plausible range of a known metric (mdc.is_plausible), else -inf .. inf
+    high: float
+
+
+# Bounded like the caches of by_field_text; keyed on ROW_KEY(fields) and the separators.
+_ROWS: dict[tuple[str, ...], Row] = {}
+
+
+def row_of(fields: list[str], seps: Separators) -> Row:
+    """The :class:`Row` of an OBX row split into fields (``fields[n]`` is OBX-n, at least ROW_WIDTH of them).
+
+    A monitor sends the same rows with new values every few seconds, so a row's meaning is read once
+    per distinct text of the fields it depends on (the key) and kept in a bounded cache.
+    """
+    key = (*ROW_KEY(fields), seps.key)
+    try:
+        return _ROWS[key]
+    except KeyError:
+        pass
+    found = _read_row(Segment(fields, seps))
+    if sum(map(len, key)) <= MAX_CACHED_KEY + len(seps.key):
+        if len(_ROWS) >= CACHE_SIZE:
+            _ROWS.clear()
+        _ROWS[key] = found
+    return found
+
+
+def _read_row(segment: Segment) -> Row:
+    """:func:`row_of`, uncached: the general readers applied to the row."""
+    own = equipment(segment, 18)
+    containment = segment.get(4)
+    contained = containment.strip() or None
+    value_type = segment.get(2).strip().upper()
+    if value_type != "NM":
+        kind = DEVICE_ROW if not value_type else OTHER_ROW
+        return Row(kind, own, containment, contained, None, -math.inf, math.inf)
+    found = reading(segment)
+    known = mdc.BY_REFID.get(found.ident.metric)
+    low, high = known.plausible if known is not None else (-math.inf, math.inf)
+    return Row(NUMERIC_ROW, own, containment, contained, found, low, high)
