@@ -57,8 +57,8 @@ class WasteSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     storage_max_h: Annotated[float, msgspec.Meta(gt=0)] = 48.0
     weight_tolerance: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.02
     retention_years: Annotated[int, msgspec.Meta(ge=3)] = 3  # never less: the regulation's minimum
-    escalate_after_min: Annotated[list[Annotated[float, msgspec.Meta(gt=0)]],
-                                  msgspec.Meta(min_length=2, max_length=2)] = [60.0, 240.0]
+    escalate_after_min: tuple[Annotated[float, msgspec.Meta(gt=0)], Annotated[float, msgspec.Meta(gt=0)]] = (
+        60.0, 240.0)  # minutes open before level 2 (department head) and level 3 (hospital)
     collect_within_h: Annotated[float, msgspec.Meta(gt=0)] = 24.0
     day_check_hour: Annotated[int, msgspec.Meta(ge=0, le=23)] = 20  # local hour after which "no handover" is due
     utc_offset_min: Annotated[int, msgspec.Meta(ge=-720, le=840)] = 480  # the hospital's local time (China)
