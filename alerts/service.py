@@ -26,6 +26,8 @@ from state.db import State
 
 log = logging.getLogger(__name__)
 
+DATA_SLICE = 100  # readings of a telemetry batch evaluated between two looks at the alarm lane
+
 
 
 class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -73,10 +75,14 @@ class AlertService:
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)
-        async with bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False) as client:
+        # Alarms have their own lane: a connection (and so a broker queue and a client queue) of their own, so a
+        # device alarm never waits behind queued telemetry; the data lane yields between slices of a batch.
+        async with bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False) as client, \
+                bus.client(self.address, f"wardlink-{self.instance}-alarm", clean_session=False) as alarm_client:
             self._client = client
-            for channel in ("alarm", "data", "status"):
+            for channel in ("data", "status"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
+            await alarm_client.subscribe(topics.gateway_filter(self.site.id, "alarm"), qos=1)
             for alert in self.engine.open.values():  # make sure the retained set matches our state
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
             log.info("alerts %s: rule set %s, %d open alerts", self.instance, self.settings.ruleset,
@@ -85,11 +91,12 @@ class AlertService:
                 group.create_task(bus.heartbeat(client, self._status_topic, lambda: self._status("online"),
                                                 self.settings.heartbeat_s))
                 group.create_task(self._receive(client))
+                group.create_task(self._receive_alarms(alarm_client, client))
                 group.create_task(self._clock(client))
                 group.create_task(self.dispatch.run(client))
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        for_us = (topics.gateway_filter(self.site.id, "data"), topics.gateway_filter(self.site.id, "alarm"))
+        for_us = (topics.gateway_filter(self.site.id, "data"),)
         status = topics.gateway_filter(self.site.id, "status")
         status_decoder = msgspec.json.Decoder(GatewayStatus)
         async for message in client.messages:
@@ -109,6 +116,22 @@ class AlertService:
                 batch = decode_batch(payload)
             except ContractError:
                 self.counters["undecodable"] += 1  # ingest quarantines it; nothing to alarm on
+                continue
+            for start in range(0, len(batch.items), DATA_SLICE):
+                for alert in self.engine.process(batch.items[start:start + DATA_SLICE], now_ms()):
+                    await self._publish(client, alert)
+                await asyncio.sleep(0)  # let the alarm lane in between slices of a large telemetry batch
+
+    async def _receive_alarms(self, alarm_client: aiomqtt.Client, client: aiomqtt.Client) -> None:
+        """The alarm lane: device alarms, processed as they arrive (published on the main connection)."""
+        for_us = topics.gateway_filter(self.site.id, "alarm")
+        async for message in alarm_client.messages:
+            if not isinstance(message.payload, bytes) or not message.topic.matches(for_us):
+                continue
+            try:
+                batch = decode_batch(message.payload)
+            except ContractError:
+                self.counters["undecodable"] += 1
                 continue
             for alert in self.engine.process(batch.items, now_ms()):
                 await self._publish(client, alert)
