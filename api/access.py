@@ -7,8 +7,8 @@ ids of other units cannot be probed. Reads of patient-linked data are appended t
 who, role, unit, object, action, result, time and request id (:meth:`Access.audited`).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the Depends(...) of local names in
+# parameter annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 import time
 from collections import OrderedDict

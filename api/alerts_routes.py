@@ -14,8 +14,8 @@ set -> rule -> settings, from ``alerts.ruleset.catalogue()``) is handed in by th
 the API never imports the alert engine.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the Depends(...) of local names in
+# parameter annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 import math
 from collections.abc import Callable, Mapping

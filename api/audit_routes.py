@@ -1,7 +1,7 @@
 """The audit trail for the auditor: read, verify, export (``/api/v1/audit``)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the Depends(...) of local names in
+# parameter annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 import csv
 import io

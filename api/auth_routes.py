@@ -1,7 +1,7 @@
 """Sign-in, who am I, and WebSocket tickets (``/api/v1/auth``)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the Depends(...) of local names in
+# parameter annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 from typing import Annotated
 

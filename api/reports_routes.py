@@ -5,8 +5,8 @@ ward is their feedback), ``auditor`` (every unit; the committee's reviewer). Rep
 counts, timings and the staff ids of limit changes, never patient names. Every report read is audited.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the Depends(...) of local names in
+# parameter annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal

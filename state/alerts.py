@@ -263,7 +263,8 @@ class Alerts:
             ends: dict[str, int] = {}
             for chunk in range(0, len(rows), 500):  # bounded IN lists
                 ids = [row.id for row, _ in rows[chunk:chunk + 500]]
-                ends.update(session.execute(ended.where(AlarmLogRow.alert_id.in_(ids))).tuples().all())
+                found = session.execute(ended.where(AlarmLogRow.alert_id.in_(ids)))
+                ends.update((alert_id, at) for alert_id, at in found)
         return [Episode(row.id, row.type, row.source, row.alarm_kind, row.priority, row.state, row.onset, at,
                         row.delay_ms, row.bed, row.unit, ends.get(row.id), row.acknowledged_at, row.resolved_at)
                 for row, at in rows]
