@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-simulation", action="store_true", help="do not start the simulated hospital")
 
     serve = sub.add_parser("serve", help="run one service against an external broker (a deployment's unit)")
-    serve.add_argument("service", choices=("gateway", "ingest", "alerts", "api"))
+    serve.add_argument("service", choices=("gateway", "ingest", "alerts", "facilities", "api"))
     serve.add_argument("--gateway", help="which gateway of the site (serve gateway)")
     serve.add_argument("--api-port", type=int, help="API port (serve api)")
     serve.add_argument("--instance", default="ingest-1",

@@ -19,6 +19,7 @@ import msgspec
 from alerts.service import AlertSettings
 from devices.bus import BrokerAddress, TlsFiles
 from devices.site import Site, SiteError
+from facilities.service import FacilitiesSettings
 from gateway.service import GatewaySettings
 from ingest.service import IngestSettings
 from simulators.scenario import ScenarioError, load_scenario
@@ -96,6 +97,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gateway: GatewaySettings = GatewaySettings()
     ingest: IngestSettings = IngestSettings()
     alerts: AlertSettings = AlertSettings()
+    facilities: FacilitiesSettings = FacilitiesSettings()
     simulation: SimulationSettings = SimulationSettings()
 
     @property

@@ -23,6 +23,7 @@ from api.view import LiveView
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
 from devices.site import DeviceSpec, Site
+from facilities.service import FacilitiesService
 from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.scenario import Running, load_scenario, start
@@ -58,6 +59,7 @@ class System:
     alerts: AlertService
     view: LiveView
     scenario: Running | None = None
+    facilities: FacilitiesService | None = None
 
 
 def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
@@ -131,14 +133,16 @@ async def run_system(config: Config, stop: asyncio.Event,
         gateways = [Gateway(site, g.id, data / f"outbox-{g.id}.db", address, config.gateway) for g in site.gateways]
         ingest = Ingest(site, store, address, settings=config.ingest, spool_path=data / "spool-ingest-1.db")
         alerts = AlertService(site, relational, address, config.alerts)
+        facilities = FacilitiesService(site, relational, address, config.facilities)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
         app = create_app(site, store, view, relational)
         server = ApiServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
                                         log_level="warning", lifespan="off", ws_max_size=64 * 1024))
         api_url = f"http://{config.api.host}:{config.api.port}"
-        system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario)
+        system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario, facilities)
         services: list[asyncio.Task[Any]] = [asyncio.create_task(ingest.run(), name="ingest"),
                      asyncio.create_task(alerts.run(), name="alerts"),
+                     asyncio.create_task(facilities.run(), name="facilities"),
                      asyncio.create_task(view.run(), name="api view")]
         gateway_tasks = [asyncio.create_task(g.run(), name=f"gateway {g.id}") for g in gateways]
         api = asyncio.create_task(server.serve(), name="api")

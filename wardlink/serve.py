@@ -1,4 +1,4 @@
-"""One service per process, as a hospital deploys Wardlink: `wardlink serve gateway|ingest|alerts|api`,
+"""One service per process, as a hospital deploys Wardlink: `wardlink serve gateway|ingest|alerts|facilities|api`,
 and `wardlink simulate` to play a scenario's devices for them.
 
 Every service here needs an external broker (``--broker`` or ``broker.url``): the embedded one lives
@@ -23,6 +23,7 @@ from alerts.service import AlertService
 from api.app import create_app
 from api.view import LiveView
 from devices.bus import BrokerAddress
+from facilities.service import FacilitiesService
 from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.scenario import load_scenario, start
@@ -31,7 +32,7 @@ from wardlink.config import Config, ConfigError
 from wardlink.runner import ApiServer, listeners, open_relational, open_store
 
 log = logging.getLogger(__name__)
-SERVICES = ("gateway", "ingest", "alerts", "api")
+SERVICES = ("gateway", "ingest", "alerts", "facilities", "api")
 
 
 def _broker(config: Config) -> BrokerAddress:
@@ -83,6 +84,12 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                 relational = await asyncio.to_thread(open_relational, config, site)
                 try:
                     await _run_until(stop, AlertService(site, relational, address, config.alerts).run())
+                finally:
+                    relational.close()
+            elif service == "facilities":
+                relational = await asyncio.to_thread(open_relational, config, site)
+                try:
+                    await _run_until(stop, FacilitiesService(site, relational, address, config.facilities).run())
                 finally:
                     relational.close()
             elif service == "api":
