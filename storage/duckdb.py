@@ -1,21 +1,31 @@
 """The embedded store: one DuckDB file, chosen over SQLite by measurement (see docs/storage.md).
 
 Layout: observations are appended in arrival order, so DuckDB's per-row-group min/max of ``ts``
-prunes every time-range scan, and columns compress (about 20 bytes a row with the key index). The
-primary key ``(device, stream, seq)`` with ``INSERT OR IGNORE`` makes writes idempotent. A small
-``latest`` table, one row per (device, metric, bed), is kept in the same transaction as the insert so
-``latest()`` never scans the observations.
+prunes every time-range scan, and columns compress. The table has no primary key: writes are made
+idempotent in Python by a :class:`~storage.ranges.KeyIndex` (the stored seqs of every stream as runs),
+which drops every key already stored before the insert. The newest observation per (device, metric,
+bed) is kept in memory (:class:`~storage.latest_cache.LatestCache`), so ``latest()`` never scans.
+
+Both are derived state with a snapshot: every observation row carries ``wb``, the number of the write
+batch that stored it; the ``seq_ranges`` and ``latest`` tables hold the index and the cache as of batch
+``snapshot_wb`` (in ``meta``), rewritten by ``maintain()`` (in the same transaction as its deletes),
+by ``close()`` and every ``snapshot_rows`` stored rows or ``snapshot_s`` seconds. Opening loads the
+snapshot and adds the observations with ``wb > snapshot_wb``, so a crash loses no key and no latest
+value: the rows themselves are the log. Rows without ``wb`` (a file of schema 1, or rows bulk-loaded
+past the store) are adopted at open: indexed, folded into latest, then numbered 0.
 
 Threads: one writer connection behind a lock, and a pool of reader cursors (DuckDB connections to the
 same database), one per thread that is reading at that moment. Readers see the last committed state
 (MVCC) and are not blocked by the writer. DuckDB locks the file for one process: a second process
-cannot open it, not even read-only, while the service runs.
+cannot open it, not even read-only, while the service runs (which is also what makes the in-memory
+index the only writer's view).
 
 Durability: DuckDB syncs its WAL at every commit, so a stored batch survives a crash of the process
 or the machine; the WAL is checkpointed into the file automatically and at ``close()``.
 
 Retention: :meth:`DuckDbStore.maintain` rolls raw observations past raw retention into the
-``rollup_1m`` table and deletes them, in one transaction (rules in :mod:`storage.base`).
+``rollup_1m`` table and deletes them, in one transaction (rules in :mod:`storage.base`). The key index
+keeps their keys, so a replay of a rolled-up reading stays a duplicate.
 """
 
 from __future__ import annotations
@@ -24,14 +34,16 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
 import numpy as np
-from msgspec.structs import astuple
 
 from devices.contract import Item, Observation, check_item
 
@@ -61,20 +73,20 @@ from .base import (
     merge_buckets,
     raw_cutoff,
 )
+from .latest_cache import LatestCache
+from .ranges import KeyIndex, Piece
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 1: primary keys on observations and latest, latest upserted in every write
 
-# Observation columns in the contract's field order, so a row is ``astuple(obs)``.
+# Observation columns in the contract's field order.
 OBS_COLUMNS: Final = Observation.__struct_fields__
 _OBS_TEXT: Final = frozenset({"device", "stream", "metric", "unit", "bed", "containment"})
 _OBS_NULLABLE_INT: Final = frozenset({"device_ts"})
 _OBS_FLOAT: Final = frozenset({"value"})
 
-SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS observations (
+_OBSERVATIONS: Final = """CREATE TABLE IF NOT EXISTS {name} (
         device VARCHAR NOT NULL,
         stream VARCHAR NOT NULL,
         seq BIGINT NOT NULL,
@@ -87,12 +99,10 @@ SCHEMA: Final = (
         device_ts BIGINT,
         flags INTEGER NOT NULL,
         containment VARCHAR,
-        PRIMARY KEY (device, stream, seq))""",
-    # Files written before the contract carried containment get the column (NULL for old rows).
-    "ALTER TABLE observations ADD COLUMN IF NOT EXISTS containment VARCHAR",
-    # The newest stored observation per (device, metric, bed); bed_key is '' for no bed and 'b:' + bed
-    # otherwise, because a key column cannot be NULL.
-    """CREATE TABLE IF NOT EXISTS latest (
+        wb BIGINT)"""
+# The newest observation per (device, metric, bed) as of batch snapshot_wb; bed_key is '' for no bed and
+# 'b:' + bed otherwise (schema 1 had it as a key column, which cannot be NULL).
+_LATEST: Final = """CREATE TABLE IF NOT EXISTS {name} (
         device VARCHAR NOT NULL,
         metric VARCHAR NOT NULL,
         bed_key VARCHAR NOT NULL,
@@ -103,8 +113,17 @@ SCHEMA: Final = (
         code INTEGER NOT NULL,
         value DOUBLE NOT NULL,
         unit VARCHAR NOT NULL,
-        flags INTEGER NOT NULL,
-        PRIMARY KEY (device, metric, bed_key))""",
+        flags INTEGER NOT NULL)"""
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
+    _OBSERVATIONS.format(name="observations"),
+    _LATEST.format(name="latest"),
+    # The stored seqs of each stream as of batch snapshot_wb, one row per run [lo, hi].
+    """CREATE TABLE IF NOT EXISTS seq_ranges (
+        device VARCHAR NOT NULL,
+        stream VARCHAR NOT NULL,
+        lo BIGINT NOT NULL,
+        hi BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS events (
         device VARCHAR NOT NULL,
         stream VARCHAR NOT NULL,
@@ -135,12 +154,24 @@ SCHEMA: Final = (
         raw BLOB NOT NULL)""",
 )
 
+# Schema 1 -> 2, one way, in the opening transaction: observations and latest are copied into tables
+# without primary keys (DuckDB cannot drop one), observations with wb NULL so that opening adopts them.
+_MIGRATE_FROM_1: Final = (
+    "ALTER TABLE observations ADD COLUMN IF NOT EXISTS containment VARCHAR",  # files older than that column
+    _OBSERVATIONS.format(name="observations_v2"),
+    f"INSERT INTO observations_v2 ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} FROM observations",
+    "DROP TABLE observations",
+    "ALTER TABLE observations_v2 RENAME TO observations",
+    _LATEST.format(name="latest_v2"),
+    "INSERT INTO latest_v2 SELECT device, metric, bed_key, bed, stream, seq, ts, code, value, unit, flags FROM latest",
+    "DROP TABLE latest",
+    "ALTER TABLE latest_v2 RENAME TO latest",
+)
+
 _INSERT_OBS: Final = (
-    f"INSERT OR IGNORE INTO observations ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} "
+    f"INSERT INTO observations ({', '.join(OBS_COLUMNS)}, wb) SELECT {', '.join(OBS_COLUMNS)}, $wb "
     "FROM incoming_obs"
 )
-# The slow path, for a batch holding a key already stored: only the rows really inserted update latest.
-_INSERT_OBS_RETURNING: Final = _INSERT_OBS + " RETURNING device, stream, seq, ts, metric, code, value, unit, bed, flags"
 _LATEST_COLUMNS: Final = (
     "device",
     "metric",
@@ -154,41 +185,21 @@ _LATEST_COLUMNS: Final = (
     "unit",
     "flags",
 )
-_LATEST_DTYPES: Final[dict[str, type]] = {
-    "seq": np.int64,
-    "ts": np.int64,
-    "code": np.int64,
-    "value": np.float64,
-    "flags": np.int64,
-}
-# Keep the newer row by (ts, device, stream, seq); device is part of the key, so (ts, stream, seq) decides.
-_LATEST_CONFLICT: Final = (
-    "ON CONFLICT (device, metric, bed_key) DO UPDATE SET stream = excluded.stream, seq = excluded.seq, "
-    "ts = excluded.ts, code = excluded.code, value = excluded.value, unit = excluded.unit, "
-    "flags = excluded.flags "
-    "WHERE excluded.ts > latest.ts OR (excluded.ts = latest.ts AND (excluded.stream > latest.stream "
-    "OR (excluded.stream = latest.stream AND excluded.seq > latest.seq)))"
-)
-UPSERT_LATEST: Final = (
-    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
-    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM incoming_latest {_LATEST_CONFLICT}"
-)
-# The fast path: every incoming row was new, so the newest of each (device, metric, bed) comes from them, in SQL.
-_LATEST_FROM_INCOMING: Final = (
-    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
+_NEWEST: Final = (
     f"SELECT {', '.join(_LATEST_COLUMNS)} FROM (SELECT *, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END "
-    "AS bed_key FROM incoming_obs) "
-    "QUALIFY row_number() OVER "
-    f"(PARTITION BY device, metric, bed_key ORDER BY ts DESC, stream DESC, seq DESC) = 1 {_LATEST_CONFLICT}"
-)
-# Recompute the latest table from the observations (after a bulk load; retention keeps it valid anyway).
-REBUILD_LATEST: Final = (
-    "DELETE FROM latest; "
-    f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) "
-    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM (SELECT *, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END "
-    "AS bed_key FROM observations) "
+    "AS bed_key FROM observations{where}) "
     "QUALIFY row_number() OVER "
     "(PARTITION BY device, metric, bed_key ORDER BY ts DESC, stream DESC, seq DESC) = 1"
+)
+# Recompute the latest table from the observations (after a bulk load past the store).
+REBUILD_LATEST: Final = (
+    f"DELETE FROM latest; INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) " + _NEWEST.format(where="")
+)
+# Runs of consecutive seqs per stream ("gaps and islands"): seq - row_number() is constant along a run.
+_ISLANDS: Final = (
+    "SELECT device, stream, min(seq), max(seq) FROM (SELECT device, stream, seq, "
+    "seq - row_number() OVER (PARTITION BY device, stream ORDER BY seq) AS island FROM observations{where}) "
+    "GROUP BY device, stream, island"
 )
 _INSERT_EVT: Final = (
     "INSERT OR IGNORE INTO events (device, stream, seq, kind, ts, bed, body) "
@@ -222,26 +233,28 @@ def bed_key(bed: str | None) -> str:
     return "" if bed is None else f"b:{bed}"
 
 
-def obs_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
-    """Observation rows (``astuple`` order) as numpy columns that DuckDB scans without copying rows."""
+_INT_COLUMNS: Final = frozenset(OBS_COLUMNS) - _OBS_TEXT - _OBS_NULLABLE_INT - _OBS_FLOAT
+_GETTERS: Final = tuple((name, attrgetter(name)) for name in OBS_COLUMNS)
+
+
+def obs_columns(items: Sequence[Observation]) -> dict[str, np.ndarray]:
+    """Observations as numpy columns that DuckDB scans without copying rows.
+
+    A value numpy cannot hold (an int past 64 bits ...) is a non-retryable :class:`StoreError`.
+    """
     columns: dict[str, np.ndarray] = {}
-    for name, values in zip(OBS_COLUMNS, zip(*rows, strict=True), strict=True):
-        if name in _OBS_TEXT or name in _OBS_NULLABLE_INT:
-            columns[name] = np.array(values, dtype=object)
-        elif name in _OBS_FLOAT:
-            columns[name] = np.array(values, dtype=np.float64)
-        else:
-            columns[name] = np.array(values, dtype=np.int64)
-    return columns
-
-
-def _columns(build: Callable[[list[tuple[object, ...]]], dict[str, np.ndarray]],
-             rows: list[tuple[object, ...]]) -> dict[str, np.ndarray]:
-    """Build numpy columns; a value numpy cannot hold (an int past 64 bits ...) is a non-retryable StoreError."""
     try:
-        return build(rows)
+        for name, getter in _GETTERS:
+            values = list(map(getter, items))
+            if name in _INT_COLUMNS:
+                columns[name] = np.array(values, dtype=np.int64)
+            elif name in _OBS_FLOAT:
+                columns[name] = np.array(values, dtype=np.float64)
+            else:
+                columns[name] = np.array(values, dtype=object)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise StoreError(f"a batch of {len(rows)} rows cannot be stored: {exc}", retryable=False) from exc
+        raise StoreError(f"a batch of {len(items)} observations cannot be stored: {exc}", retryable=False) from exc
+    return columns
 
 
 _EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
@@ -249,33 +262,31 @@ _EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
 
 def _event_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
     """Event rows ``(device, stream, seq, kind, ts, bed, body)`` as numpy columns."""
-    return {
-        name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
-        for name, values in zip(_EVT_COLUMNS, zip(*rows, strict=True), strict=True)
-    }
+    try:
+        return {
+            name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
+            for name, values in zip(_EVT_COLUMNS, zip(*rows, strict=True), strict=True)
+        }
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StoreError(f"a batch of {len(rows)} events cannot be stored: {exc}", retryable=False) from exc
 
 
-class _KeyAlreadyStored(Exception):
-    """Internal: the fast path met a key already stored; the transaction is rolled back and redone slowly."""
+def _latest_columns(newest: Sequence[Observation]) -> dict[str, np.ndarray]:
+    """The latest table's columns for the newest observation of each series."""
+    columns = {name: np.array([getattr(o, name) for o in newest], dtype=object)
+               for name in ("device", "metric", "bed", "stream", "unit")}
+    columns["bed_key"] = np.array([bed_key(o.bed) for o in newest], dtype=object)
+    for name in ("seq", "ts", "code", "flags"):
+        columns[name] = np.array([getattr(o, name) for o in newest], dtype=np.int64)
+    columns["value"] = np.array([o.value for o in newest], dtype=np.float64)
+    return columns
 
 
-def _newest(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
-    """Of newly stored rows (in ``_INSERT_OBS`` RETURNING order), the newest per (device, metric, bed)."""
-    best: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-    for row in rows:
-        device, stream, seq, ts, metric, _code, _value, _unit, bed, _flags = row
-        key = (device, metric, bed_key(bed))
-        current = best.get(key)
-        if current is None or (ts, stream, seq) > (current[3], current[1], current[2]):
-            best[key] = row
-    latest_rows = [
-        (device, metric, key, bed, stream, seq, ts, code, value, unit, flags)
-        for (device, metric, key), (_, stream, seq, ts, _, code, value, unit, bed, flags) in best.items()
-    ]
-    return {
-        name: np.array(values, dtype=_LATEST_DTYPES.get(name, object))
-        for name, values in zip(_LATEST_COLUMNS, zip(*latest_rows, strict=True), strict=True)
-    }
+def _observation(row: tuple[Any, ...]) -> Observation:
+    """An observation standing for a row of the latest table (``_LATEST_COLUMNS`` order)."""
+    device, metric, _, bed, stream, seq, ts, code, value, unit, flags = row
+    return Observation(device=device, stream=stream, seq=seq, ts=ts, metric=metric, value=value, unit=unit,
+                       code=code, bed=bed, flags=flags)
 
 
 def _store_error(exc: duckdb.Error, what: str, path: Path) -> StoreError:
@@ -296,17 +307,31 @@ def _store_error(exc: duckdb.Error, what: str, path: Path) -> StoreError:
 class DuckDbStore:
     """A :class:`~storage.base.TimeSeriesStore` in one DuckDB file (one writer, pooled reader cursors)."""
 
-    def __init__(self, path: str | os.PathLike[str], retention: Retention | None = None) -> None:
-        """Open (creating the directory, file and tables if needed) the store at ``path``."""
+    def __init__(self, path: str | os.PathLike[str], retention: Retention | None = None, *,
+                 snapshot_rows: int = 2_000_000, snapshot_s: float = 60.0) -> None:
+        """Open (creating the directory, file and tables if needed, upgrading schema 1) the store at ``path``.
+
+        ``snapshot_rows`` and ``snapshot_s`` bound how many stored rows, or how long, the key index and
+        the latest cache may run ahead of their tables (what the next open re-reads from the rows).
+        """
         if str(path) in ("", ":memory:"):
             raise ValueError("DuckDbStore needs a file path; use MemoryStore for an in-memory store")
         self.path = Path(path)
         self.retention = retention or Retention()
+        self.snapshot_rows = snapshot_rows
+        self.snapshot_s = snapshot_s
         self._closed = False
         self._write_lock = threading.Lock()
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         self._cursor_lock = threading.Lock()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._keys = KeyIndex()
+        self._latest = LatestCache()
+        self._next_wb = 1  # the number of the next write batch (set by _load)
+        self._unsnapshotted = 0  # rows stored since the last snapshot
+        self._snapshot_at = time.monotonic()
+        self._stale = False  # a commit failed: reload the index and the cache before the next write
+        self._on_commit: list[Callable[[], None]] = []  # run after the open transaction commits
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -318,6 +343,7 @@ class DuckDbStore:
             raise _store_error(exc, "open", self.path) from exc
         try:
             self._setup()
+            self._load()
             self._factory = (
                 self._conn.cursor()
             )  # reader cursors are made from this one, never from the writer
@@ -327,25 +353,107 @@ class DuckDbStore:
         log.info("opened store %s", self.path)
 
     def _setup(self) -> None:
-        """Check the schema version and create what is missing."""
+        """Check the schema version, upgrade schema 1 and create what is missing."""
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            for statement in SCHEMA:
-                conn.execute(statement)
+            conn.execute(SCHEMA[0])
             rows = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall()
-            if not rows:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-            elif rows[0][0] != SCHEMA_VERSION:
+            if rows and rows[0][0] == 1:
+                for statement in _MIGRATE_FROM_1:
+                    conn.execute(statement)
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [SCHEMA_VERSION])
+                log.warning("store %s: upgraded from schema 1 to %d (no primary keys; the key index and latest "
+                            "are rebuilt from the rows)", self.path, SCHEMA_VERSION)
+            elif rows and rows[0][0] != SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
                 raise StoreCorrupt(
                     f"{self.path}: unknown schema version {rows[0][0]} (expected {SCHEMA_VERSION})"
                 )
+            for statement in SCHEMA:
+                conn.execute(statement)
+            if not rows:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('snapshot_wb', 0)")
             conn.execute("COMMIT")
         except duckdb.Error as exc:
             with suppress(duckdb.Error):
                 conn.execute("ROLLBACK")
             raise _store_error(exc, "open", self.path) from exc
+
+    def _load(self) -> None:
+        """Rebuild the key index and the latest cache: the snapshot plus the rows written after it.
+
+        Rows without a batch number (schema 1, or a bulk load past the store) are adopted: indexed,
+        folded into latest and numbered 0, with a new snapshot, in one transaction.
+        """
+        conn = self._conn
+        keys, latest = KeyIndex(), LatestCache()
+        try:
+            conn.execute("BEGIN")
+            [(snapshot_wb,)] = conn.execute("SELECT value FROM meta WHERE name = 'snapshot_wb'").fetchall()
+            for device, stream, lo, hi in conn.execute("SELECT device, stream, lo, hi FROM seq_ranges").fetchall():
+                keys.add(device, stream, lo, hi)
+            latest.update(map(_observation, conn.execute(
+                f"SELECT {', '.join(_LATEST_COLUMNS)} FROM latest ORDER BY device").fetchall()))
+            tail = " WHERE wb > ?"
+            for device, stream, lo, hi in conn.execute(_ISLANDS.format(where=tail), [snapshot_wb]).fetchall():
+                keys.add(device, stream, lo, hi)
+            latest.update(map(_observation, conn.execute(_NEWEST.format(where=tail), [snapshot_wb]).fetchall()))
+            [(top,)] = conn.execute("SELECT max(wb) FROM observations WHERE wb > ?", [snapshot_wb]).fetchall()
+            self._next_wb = (top if top is not None else snapshot_wb) + 1
+            [(unnumbered,)] = conn.execute("SELECT count(*) FROM observations WHERE wb IS NULL").fetchall()
+            if unnumbered:
+                adopt = " WHERE wb IS NULL"
+                for device, stream, lo, hi in conn.execute(_ISLANDS.format(where=adopt)).fetchall():
+                    keys.add(device, stream, lo, hi)
+                latest.update(map(_observation, conn.execute(_NEWEST.format(where=adopt)).fetchall()))
+                conn.execute("UPDATE observations SET wb = 0 WHERE wb IS NULL").fetchall()
+                self._write_snapshot(conn, keys, latest, self._next_wb - 1)
+                log.info("store %s: adopted %d rows without a batch number", self.path, unnumbered)
+            conn.execute("COMMIT")
+        except duckdb.Error as exc:
+            with suppress(duckdb.Error):
+                conn.execute("ROLLBACK")
+            raise _store_error(exc, "open", self.path) from exc
+        self._keys, self._latest = keys, latest
+        self._unsnapshotted = 0
+        self._snapshot_at = time.monotonic()
+        self._stale = False
+
+    @staticmethod
+    def _write_snapshot(conn: duckdb.DuckDBPyConnection, keys: KeyIndex, latest: LatestCache, wb: int) -> None:
+        """Rewrite ``seq_ranges`` and ``latest`` as of batch ``wb``, in the caller's transaction."""
+        conn.execute("DELETE FROM seq_ranges").fetchall()
+        rows = list(keys.rows())
+        if rows:
+            devices, streams, los, his = zip(*rows, strict=True)
+            conn.register("snapshot_ranges", {"device": np.array(devices, dtype=object),
+                                              "stream": np.array(streams, dtype=object),
+                                              "lo": np.array(los, dtype=np.int64), "hi": np.array(his, dtype=np.int64)})
+            try:
+                conn.execute("INSERT INTO seq_ranges SELECT device, stream, lo, hi FROM snapshot_ranges").fetchall()
+            finally:
+                conn.unregister("snapshot_ranges")
+        conn.execute("DELETE FROM latest").fetchall()
+        newest = latest.snapshot()
+        if newest:
+            conn.register("snapshot_latest", _latest_columns(newest))
+            try:
+                conn.execute(f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) SELECT {', '.join(_LATEST_COLUMNS)} "
+                             "FROM snapshot_latest").fetchall()
+            finally:
+                conn.unregister("snapshot_latest")
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'snapshot_wb'", [wb]).fetchall()
+
+    def _snapshot(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Write the snapshot in the caller's transaction (writer lock held); call :meth:`_snapshotted` after commit."""
+        self._write_snapshot(conn, self._keys, self._latest, self._next_wb - 1)
+
+    def _snapshotted(self) -> None:
+        """The snapshot is committed: the next one is due after ``snapshot_rows`` or ``snapshot_s``."""
+        self._unsnapshotted = 0
+        self._snapshot_at = time.monotonic()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -380,36 +488,72 @@ class DuckDbStore:
 
     @contextmanager
     def _writing(self, what: str) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Hold the writer for one transaction: commit on success, roll back on any failure."""
+        """Hold the writer for one transaction: commit on success, roll back on any failure.
+
+        A failed ``COMMIT`` leaves it unknown whether the batch is in the file, so the key index and
+        the latest cache are reloaded from the file before the next write.
+        """
         with self._write_lock:
             self._check_open()
             conn = self._conn
             try:
+                if self._stale:
+                    self._load()
                 conn.execute("BEGIN")
                 try:
                     yield conn
+                except BaseException:
+                    with suppress(duckdb.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
                     conn.execute("COMMIT")
                 except BaseException:
+                    self._stale = True
                     with suppress(duckdb.Error):
                         conn.execute("ROLLBACK")
                     raise
             except duckdb.Error as exc:
                 raise _store_error(exc, what, self.path) from exc
+            finally:
+                committed, self._on_commit = self._on_commit, []
+            if not self._stale:
+                for action in committed:
+                    action()
+                if self._unsnapshotted >= self.snapshot_rows or (
+                        self._unsnapshotted and time.monotonic() - self._snapshot_at >= self.snapshot_s):
+                    self._periodic_snapshot()
+
+    def _periodic_snapshot(self) -> None:
+        """Write the snapshot in a transaction of its own (writer lock held); a failure is logged, not raised."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                self._snapshot(conn)
+                conn.execute("COMMIT")
+                self._snapshotted()
+            except BaseException:
+                with suppress(duckdb.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except duckdb.Error as exc:
+            log.warning("store %s: snapshot of the key index and latest failed (kept in memory, retried): %s",
+                        self.path, exc)
+            self._snapshot_at = time.monotonic()  # not at every write while the file misbehaves
 
     def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
         """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice.
 
         ``checked=True``: the caller has run ``check_item`` on every item, so it is not run again.
         """
-        obs: dict[Key, tuple[object, ...]] = {}
+        obs: list[Observation] = []
         evt: dict[Key, tuple[object, ...]] = {}
         for item in items:
             if not checked:
                 check_item(item)
             if isinstance(item, Observation):
-                key = (item.device, item.stream, item.seq)
-                if key not in obs:  # the first of a key within the batch wins, as across batches
-                    obs[key] = astuple(item)
+                obs.append(item)
                 continue
             key = key_of(item)
             if key not in evt:
@@ -417,72 +561,46 @@ class DuckDbStore:
         if not items:
             self._check_open()
             return WriteResult(stored=0, duplicates=0)
-        obs_cols = _columns(obs_columns, list(obs.values())) if obs else None
-        evt_cols = _columns(_event_columns, list(evt.values())) if evt else None
-        try:
-            with self._writing("write") as conn:
-                stored = self._insert(conn, obs_cols, len(obs), evt_cols, fast=True)
-        except _KeyAlreadyStored:
-            # Rolled back: a replay (rare: a gateway resending after a lost commit) takes the slow path.
-            with self._writing("write") as conn:
-                stored = self._insert(conn, obs_cols, len(obs), evt_cols, fast=False)
+        obs_cols = obs_columns(obs) if obs else None  # built before the writer lock is taken
+        evt_cols = _event_columns(list(evt.values())) if evt else None
+        with self._writing("write") as conn:
+            stored = 0
+            pieces: list[Piece] = []
+            if obs_cols is not None:
+                keep, pieces = self._keys.filter(obs_cols["device"], obs_cols["stream"], obs_cols["seq"])
+                if keep is not None:  # a replay, or a key twice in the batch: store the first of each new key
+                    obs_cols = {name: column[keep] for name, column in obs_cols.items()}
+                    obs = [o for o, new in zip(obs, keep.tolist(), strict=True) if new]
+                stored = len(obs)
+                if obs:
+                    conn.register("incoming_obs", obs_cols)
+                    try:
+                        conn.execute(_INSERT_OBS, {"wb": self._next_wb}).fetchall()
+                    finally:
+                        conn.unregister("incoming_obs")
+                    self._on_commit.append(partial(self._committed, pieces, obs))
+            if evt_cols is not None:
+                conn.register("incoming_evt", evt_cols)
+                try:
+                    stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
+                finally:
+                    conn.unregister("incoming_evt")
         return WriteResult(stored=stored, duplicates=len(items) - stored)
 
-    @staticmethod
-    def _insert(conn: duckdb.DuckDBPyConnection, obs: dict[str, np.ndarray] | None, n_obs: int,
-                evt: dict[str, np.ndarray] | None, *, fast: bool) -> int:
-        """Insert a batch's columns in the open transaction; return the rows stored.
-
-        Fast: count the rows inserted and, when all were new, update ``latest`` from the incoming rows
-        in SQL; otherwise raise :class:`_KeyAlreadyStored` (the caller rolls back and retries slow).
-        Slow: ``RETURNING`` the rows really inserted and update ``latest`` from those alone.
-        """
-        stored = 0
-        if obs is not None:
-            conn.register("incoming_obs", obs)
-            try:
-                if fast:
-                    stored = int(conn.execute(_INSERT_OBS).fetchall()[0][0])
-                    if stored != n_obs:
-                        raise _KeyAlreadyStored
-                    conn.execute(_LATEST_FROM_INCOMING).fetchall()
-                else:
-                    fresh = conn.execute(_INSERT_OBS_RETURNING).fetchall()
-                    stored = len(fresh)
-                    if fresh:
-                        conn.register("incoming_latest", _newest(fresh))
-                        try:
-                            conn.execute(UPSERT_LATEST).fetchall()
-                        finally:
-                            conn.unregister("incoming_latest")
-            finally:
-                conn.unregister("incoming_obs")
-        if evt is not None:
-            conn.register("incoming_evt", evt)
-            try:
-                stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
-            finally:
-                conn.unregister("incoming_evt")
-        return stored
+    def _committed(self, pieces: list[Piece], obs: list[Observation]) -> None:
+        """After a batch's commit (writer lock held): record its keys, its newest values and its number."""
+        self._keys.apply(pieces)
+        self._latest.update(obs)
+        self._next_wb += 1
+        self._unsnapshotted += len(obs)
 
     def latest(
         self, *, bed: str | None = None, device: str | None = None, since_ms: int | None = None
     ) -> list[Latest]:
-        """The newest observation per metric for a bed or device (at or after ``since_ms``)."""
+        """The newest observation per metric for a bed or device (at or after ``since_ms``), from memory."""
         check_target(bed, device)
-        where, params = _where(bed, device)
-        if since_ms is not None:
-            where += " AND ts >= ?"
-            params.append(since_ms)
-        sql = (
-            f"SELECT metric, code, value, unit, ts, device, flags, bed FROM latest WHERE {where} "
-            "QUALIFY row_number() OVER "
-            "(PARTITION BY metric ORDER BY ts DESC, device DESC, stream DESC, seq DESC) = 1 "
-            "ORDER BY metric"
-        )
-        with self._reading("latest") as cursor:
-            rows = cursor.execute(sql, params).fetchall()
-        return [Latest(*row) for row in rows]
+        self._check_open()
+        return self._latest.latest(bed=bed, device=device, since_ms=since_ms)
 
     def history(
         self,
@@ -542,6 +660,9 @@ class DuckDbStore:
             deleted += int(conn.execute("DELETE FROM events WHERE ts < ? AND kind <> 'dev'",
                                         [old_events]).fetchall()[0][0])
             deleted += int(conn.execute("DELETE FROM quarantine WHERE ts < ?", [old_events]).fetchall()[0][0])
+            # The index keeps the deleted rows' keys: the snapshot must hold them before the rows go.
+            self._snapshot(conn)
+            self._on_commit.append(self._snapshotted)
         if deleted:
             log.info("store %s: rolled up %d raw observations; %d rows past retention deleted", self.path, rolled,
                      deleted)
@@ -607,6 +728,8 @@ class DuckDbStore:
         with self._write_lock, self._cursor_lock:
             if self._closed:
                 return
+            if not self._stale and self._unsnapshotted:
+                self._periodic_snapshot()  # so the next open reads no rows back
             self._closed = True
             for cursor in [*self._cursors, self._factory]:
                 with suppress(duckdb.Error):
