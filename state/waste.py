@@ -182,7 +182,7 @@ class Waste:
                  .where(WasteHandoverRow.at >= since, WasteHandoverRow.at < until)
                  .order_by(WasteHandoverRow.at, WasteHandoverRow.bag_id, WasteHandoverRow.step))
         with self._sessions.read("reading the handover register") as session:
-            rows = session.execute(query).tuples().all()
+            rows = [(handover, bag) for handover, bag in session.execute(query).all()]
             bags = {bag.id for _, bag in rows}
             handlers: dict[tuple[str, int], tuple[str, float]] = {}
             if bags:

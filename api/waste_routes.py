@@ -1,0 +1,147 @@
+"""Medical-waste records: a bag's custody chain, weights per department and category, the handover register.
+
+Facilities see the whole site; nurses and charge nurses only their units' bags (another unit's bag
+answers 404 exactly like a missing one); the auditor reads the register. Nothing here writes: custody
+records are append-only and come only from the scan points.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the Depends(...) of local names in
+# the route signatures, which string annotations would hide.
+
+import asyncio
+import csv
+import io
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import Response
+
+from api.access import Access, not_found
+from api.security import Principal
+from devices.clock import now_ms
+from devices.site import Site
+from facilities.waste import WasteSettings, retained_until
+from state.db import State
+from state.waste import RegisterLine
+
+REGISTER_FIELDS = ("time", "department", "category", "bag", "weight_kg", "from", "to", "handed_over_by",
+                   "received_by", "manifest", "weight_check", "sealed_at", "sealed_weight_kg", "scanner")
+"""The handover register's columns: source, category, weight, time, destination and both signatures."""
+MAX_DAYS = 400
+
+
+def _local(ms: int, zone: timezone) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone)
+
+
+def waste_router(site: Site, state: State, access: Access, settings: WasteSettings | None = None) -> APIRouter:
+    """Waste routes: chain lookup, weight reports and the register (JSON and CSV)."""
+    router = APIRouter(prefix="/api/v1/waste", tags=["waste"])
+    limits = settings or WasteSettings()
+    zone = timezone(timedelta(minutes=limits.utc_offset_min))
+    readers = Depends(access.allow("facilities", "charge_nurse", "nurse", "auditor"))
+    register_readers = Depends(access.allow("facilities", "auditor"))
+
+    def window(start: date | None, end: date | None) -> tuple[int, int, date, date]:
+        """``[start, end]`` local days as ms; the last 31 days by default."""
+        today = _local(now_ms(), zone).date()
+        end = end or today
+        start = start or end - timedelta(days=30)
+        if start > end or (end - start).days > MAX_DAYS:
+            raise HTTPException(422, f"start..end: at most {MAX_DAYS} days, start not after end")
+        since = int(datetime(start.year, start.month, start.day, tzinfo=zone).timestamp() * 1000)
+        until = int((datetime(end.year, end.month, end.day, tzinfo=zone) + timedelta(days=1)).timestamp() * 1000)
+        return since, until, start, end
+
+    def check(line: RegisterLine) -> str:
+        """``flagged`` when a receipt weighs beyond the tolerance of what was handed over."""
+        if line.previous_weight_g <= 0:
+            return ""
+        difference = abs(line.weight_g - line.previous_weight_g) / line.previous_weight_g
+        return "flagged" if difference > limits.weight_tolerance else "ok"
+
+    def register_rows(lines: list[RegisterLine]) -> list[dict[str, Any]]:
+        return [{"time": _local(line.at, zone).isoformat(timespec="seconds"), "department": line.unit or "",
+                 "category": line.category, "bag": line.bag, "weight_kg": round(line.weight_g / 1000, 3),
+                 "from": line.from_point, "to": line.to_point, "handed_over_by": line.given_by,
+                 "received_by": line.received_by, "manifest": line.manifest or "", "weight_check": check(line),
+                 "sealed_at": _local(line.sealed_at, zone).isoformat(timespec="seconds"),
+                 "sealed_weight_kg": round(line.sealed_weight_g / 1000, 3), "scanner": line.device or ""}
+                for line in lines]
+
+    @router.get("/bags/{bag}")
+    async def bag_chain(principal: Annotated[Principal, readers], bag: str) -> dict[str, Any]:
+        """A bag's custody chain: sealed (who, when, weight), then every handover with both signatures."""
+        sealed = await asyncio.to_thread(state.waste.bag, bag)
+        if sealed is None:
+            raise not_found(f"bag {bag!r}")
+        access.check_unit(principal, sealed.unit, f"bag {bag!r}")
+        chain = await asyncio.to_thread(state.waste.chain, bag)
+        steps, giver, before = [], sealed.sealed_by, sealed.weight_g
+        for step in chain:
+            difference = (step.weight_g - before) / before if before > 0 else 0.0
+            steps.append({"step": step.step, "from": step.from_point, "to": step.to_point, "handed_over_by": giver,
+                          "received_by": step.handler, "at": step.at, "weight_g": step.weight_g,
+                          "difference_pct": round(difference * 100, 2), "manifest": step.manifest,
+                          "scanner": step.device,
+                          "weight_check": "flagged" if abs(difference) > limits.weight_tolerance else "ok"})
+            giver, before = step.handler, step.weight_g
+        return {"bag": sealed.id, "category": sealed.category, "department": sealed.unit,
+                "sealed": {"by": sealed.sealed_by, "at": sealed.sealed_at, "weight_g": sealed.weight_g,
+                           "scanner": sealed.device},
+                "steps": steps, "at": chain[-1].to_point if chain else "ward", "complete": len(chain) == 3,
+                "retained_until": retained_until(sealed.sealed_at, limits)}
+
+    @router.get("/reports/weights")
+    async def weights(principal: Annotated[Principal, readers], period: Literal["day", "month"] = "day",
+                      start: date | None = None, end: date | None = None, unit: str | None = None
+                      ) -> dict[str, Any]:
+        """Bags and kilograms sealed per period (local days or months), department and category."""
+        since, until, first, last = window(start, end)
+        units = access.units(principal)
+        if unit is not None:
+            access.check_unit(principal, unit, f"unit {unit!r}")
+            units = {unit}
+        scope = None if principal.site_wide and unit is None else units
+        bags = await asyncio.to_thread(state.waste.sealed, since, until, units=scope)
+        totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        for sealed in bags:
+            moment = _local(sealed.sealed_at, zone)
+            key = (moment.strftime("%Y-%m-%d" if period == "day" else "%Y-%m"), sealed.unit or "", sealed.category)
+            totals[key][0] += 1
+            totals[key][1] += sealed.weight_g
+        rows = [{"period": p, "department": u, "category": c, "bags": int(n), "weight_kg": round(g / 1000, 3)}
+                for (p, u, c), (n, g) in sorted(totals.items())]
+        return {"period": period, "start": first.isoformat(), "end": last.isoformat(), "rows": rows,
+                "total_kg": round(sum(b.weight_g for b in bags) / 1000, 3)}
+
+    @router.get("/register")
+    async def register(principal: Annotated[Principal, register_readers], start: date | None = None,
+                       end: date | None = None) -> list[dict[str, Any]]:
+        """Every handover between ``start`` and ``end`` (local days, inclusive), in time order."""
+        since, until, *_ = window(start, end)
+        lines = await asyncio.to_thread(state.waste.register, since, until)
+        await access.audited(principal, object="waste.register", action="waste.register.read", unit=None,
+                             detail={"since": since, "until": until, "count": len(lines)})
+        return register_rows(lines)
+
+    @router.get("/register.csv")
+    async def register_csv(principal: Annotated[Principal, register_readers], start: date | None = None,
+                           end: date | None = None) -> Response:
+        """The handover register as CSV (UTF-8 with BOM so spreadsheet tools read the Chinese names)."""
+        since, until, first, last = window(start, end)
+        lines = await asyncio.to_thread(state.waste.register, since, until)
+        await access.audited(principal, object="waste.register", action="waste.register.export", unit=None,
+                             detail={"since": since, "until": until, "count": len(lines)})
+        out = io.StringIO()
+        out.write("\ufeff")
+        writer = csv.DictWriter(out, fieldnames=REGISTER_FIELDS)
+        writer.writeheader()
+        writer.writerows(register_rows(lines))
+        name = f"waste-register-{site.id}-{first.isoformat()}-{last.isoformat()}.csv"
+        return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    return router
