@@ -18,6 +18,7 @@ DEFAULT_RULESET = "adult"
 OVERRIDABLE: Final = frozenset({"limit", "per_min", "window_s", "priority", "delay_s", "hysteresis", "enabled",
                                 "medium_at", "high_at"})
 """Rule fields a unit or bed may override (the alert engine and the API both refuse any other)."""
+SETTINGS_LOCK: Final = 0x5741524453455454  # PostgreSQL advisory lock: two first writers of a row must not both insert
 
 
 class LimitOverride(msgspec.Struct, frozen=True):
@@ -52,6 +53,7 @@ class AlarmSettings:
     def set_ruleset(self, unit: str, ruleset: str, by: str, at: int) -> tuple[str, str]:
         """Choose a unit's rule set; return ``(old, new)``."""
         with self._sessions.write(f"setting the rule set of {unit}") as session:
+            self._sessions.lock(session, SETTINGS_LOCK)
             row = session.get(AlarmProfileRow, unit, with_for_update=True)
             old = DEFAULT_RULESET if row is None else row.ruleset
             if row is None:
@@ -73,6 +75,7 @@ class AlarmSettings:
                      at: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Set (merge into) or, with empty ``settings``, remove an override; return ``(old, new)`` settings."""
         with self._sessions.write(f"setting alarm limits of {rule} at {bed or unit}") as session:
+            self._sessions.lock(session, SETTINGS_LOCK)
             row = session.get(AlarmLimitRow, (unit, bed or "", rule), with_for_update=True)
             old = None if row is None else dict(row.settings)
             if not settings:
