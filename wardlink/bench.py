@@ -96,6 +96,16 @@ BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, 
                                                           "ingest": ingest}
 
 
+def location(quick: bool = False) -> dict[str, float]:
+    """Tag reads/s resolved to rooms by the location engine on one core, beside a plain dict update per read."""
+    from wardlink.bench_location import run
+
+    return run(quick=quick)
+
+
+BENCHES["location"] = location
+
+
 def table(name: str, figures: dict[str, float]) -> str:
     """A readable two-column table of figures."""
     if name == "store":
