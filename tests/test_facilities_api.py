@@ -1,288 +1,159 @@
-"""Navigation and waste routes on their own FastAPI app over SQLite, called through httpx with real tokens."""
+"""Facilities API through httpx on its own FastAPI app: roles, unit scope (404 like missing), answers."""
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from api.access import Access
-from api.navigation_routes import navigation_router
+from api.facilities_routes import facilities_router
 from api.security import Authenticator, LocalTokens
-from api.waste_routes import waste_router
 from devices.clock import now_ms
-from devices.contract import WasteEvent
-from facilities.sitemap import SiteMap, load_site_map
-from facilities.waste import WasteTracker
+from devices.contract import Observation, TagRead
+from devices.site import Site, site_from_dict
+from facilities.service import FacilitiesService, FacilitiesSettings
 from state.assets import AssetLocation
 from state.db import State, open_state
-from wardlink.config import load
+from storage.memory import MemoryStore
 
-HOUR = 3_600_000
-SITE = load(env={}).site
-MAP = load_site_map()
-STAFF = [("n-ann", "Ann", "nurse", "ICU", "primary", "ICU-03"), ("c-wil", "Wil", "charge_nurse", "W3", "charge", None),
-         ("n-wes", "Wes", "nurse", "W3", "primary", "W3-01"), ("f-fay", "Fay", "facilities", None, None, None),
-         ("b-bio", "Bio", "biomed", None, None, None), ("a-aud", "Aud", "auditor", None, None, None),
-         ("x-adm", "Adm", "admin", None, None, None)]
-
-
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    state: State
-    tokens: LocalTokens
-
-    async def get(self, path: str, staff: str | None, **params: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens.issue(staff)}"} if staff else {}
-        return await self.client.get(path, headers=headers, params=params)
+SITE = {
+    "id": "test", "name": "test hospital",
+    "units": [{"id": "W3", "name": "3 West", "beds": ["W3-01"]}, {"id": "ICU", "name": "ICU", "beds": ["ICU-01"]}],
+    "gateways": [{"id": "gw-w3", "unit": "W3"}],
+    "rooms": [{"id": "W3-R01", "unit": "W3", "zone": "W3", "floor": "3"},
+              {"id": "W3-R02", "unit": "W3", "zone": "W3", "floor": "3"},
+              {"id": "W3-R03", "unit": "W3", "zone": "W3", "floor": "3"},
+              {"id": "ICU-R01", "unit": "ICU", "zone": "ICU", "floor": "2"}],
+    "devices": [{"id": "rdr-1", "kind": "rfid_mqtt", "gateway": "gw-w3", "room": "W3-R01"},
+                {"id": "pump-w3-01", "kind": "modbus_pump", "gateway": "gw-w3", "bed": "W3-01"}],
+}
+TOKENS = LocalTokens(b"k" * 32)
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[State]:
-    relational = open_state(f"sqlite:///{tmp_path / 'state.db'}")
-    relational.registry.seed_from_site(SITE, now_ms())
-    yield relational
-    relational.close()
+def site() -> Site:
+    return site_from_dict(SITE)
 
 
 @pytest.fixture
-async def api(state: State) -> AsyncIterator[Api]:
+def state(tmp_path: Path, site: Site) -> Iterator[State]:
+    opened = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     now = now_ms()
-    for staff_id, name, role, unit, duty, bed in STAFF:
-        state.assignments.add_staff(staff_id, name, role)
-        if unit is not None and duty is not None:
-            state.assignments.assign(staff_id, unit, duty, now - HOUR, now + HOUR, bed=bed)
-    tokens = LocalTokens(b"k" * 32)
-    access = Access(SITE, state, Authenticator(state, tokens))
+    opened.registry.seed_from_site(site, now)
+    for staff, name, role in (("fm-1", "Fay Facilities", "facilities"), ("bio-1", "Bo Biomed", "biomed"),
+                              ("rn-w3", "Nia Nurse", "nurse"), ("cn-icu", "Cy Charge", "charge_nurse"),
+                              ("aud-1", "Al Auditor", "auditor")):
+        opened.assignments.add_staff(staff, name, role)
+    opened.assignments.assign("rn-w3", "W3", "primary", now - 3_600_000, now + 3_600_000, bed="W3-01")
+    opened.assignments.assign("cn-icu", "ICU", "charge", now - 3_600_000, now + 3_600_000)
+    t = now - 600_000
+    opened.assets.upsert("pump-7", now=t, tag="T7", type="infusion_pump", unit="W3", device="pump-w3-01")
+    opened.assets.upsert("pump-8", now=t, tag="T8", type="infusion_pump", unit="W3")
+    opened.assets.upsert("pump-9", now=t, tag="T9", type="infusion_pump", unit="ICU")
+    opened.assets.upsert("wc-1", now=t, tag="T1", type="wheelchair", unit="W3", status="dirty")
+    opened.assets.save_locations([AssetLocation("pump-8", "W3-R03", "W3", "3", 0.9, t, t + 1000, "rdr-3"),
+                                  AssetLocation("pump-9", "W3-R02", "W3", "3", 0.9, t, t + 1000, "rdr-2"),
+                                  AssetLocation("wc-1", "W3-R02", "W3", "3", 0.9, t, t + 1000, "rdr-2")])
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+async def client(site: Site, state: State) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.include_router(navigation_router(MAP, state, access))
-    app.include_router(waste_router(SITE, state, access))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wardlink") as client:
-        yield Api(client, state, tokens)
+    app.include_router(facilities_router(site, state, MemoryStore(), Access(site, state, Authenticator(state, TOKENS))))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        yield http
 
 
-def kinds(route: dict[str, Any], site_map: SiteMap = MAP) -> set[str]:
-    """Which kinds of edge a route's path takes (from the map itself, not from the route's own words)."""
-    lifts = {f"{lift.id}@" for lift in site_map.lifts}
-    stairs = {s: stairs.id for stairs in site_map.stairs for s in stairs.stops}
-    path = route["path"]
-    found = set()
-    for a, b in itertools.pairwise(path):
-        if any(a.startswith(p) or b.startswith(p) for p in lifts):
-            found.add("lift")
-        if a in stairs and b in stairs and stairs[a] == stairs[b]:
-            found.add("stairs")
-    return found
+def auth(staff: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS.issue(staff)}"}
 
 
-def restricted_nodes(route: dict[str, Any]) -> list[str]:
-    restricted = {r.id for r in MAP.rooms if r.restricted} | {j.id for j in MAP.junctions if j.restricted}
-    restricted |= {f"{lift.id}@{MAP.junction_index[s].floor}" for lift in MAP.lifts if lift.restricted
-                   for s in lift.stops}
-    return [n for n in route["path"] if n in restricted]
+async def test_where_is_it_now_and_at_a_time_from_the_service(site: Site, state: State,
+                                                            client: httpx.AsyncClient) -> None:
+    service = FacilitiesService(site, state, settings=FacilitiesSettings(site_map=""))
+    start = now_ms() - 120_000
+    service.handle([TagRead(device="rdr-1", stream="tags", seq=i, ts=start + i * 1000, tag="T7", rssi=-50.0)
+                    for i in range(10)], start)
+    service.handle([Observation(device="pump-w3-01", stream="p", seq=1, ts=start + 5000,
+                                metric="WARDLINK_PUMP_STATE", value=1.0, unit="1")], start)
+    service.flush()
+    now = (await client.get("/api/v1/facilities/assets/pump-7/location", headers=auth("fm-1"))).json()
+    assert (now["room"], now["zone"], now["floor"], now["source"], now["since"], now["last_seen"], now["status"]) == (
+        "W3-R01", "W3", "3", "rdr-1", start, start + 9000, "in_use")
+    assert now["dwell_ms"] >= 120_000 - 1000
+    assert now["confidence"] > 0.5
+    before = (await client.get("/api/v1/facilities/assets/pump-7/location", params={"at": start - 1},
+                               headers=auth("fm-1"))).json()
+    assert before["room"] is None
+    then = (await client.get("/api/v1/facilities/assets/pump-7/location", params={"at": start + 3000},
+                             headers=auth("rn-w3"))).json()
+    assert (then["room"], then["since"], then["at"]) == ("W3-R01", start, start + 3000)
+    never = (await client.get("/api/v1/facilities/assets/pump-8/location", headers=auth("fm-1"))).json()
+    assert never["room"] == "W3-R03"
 
 
-# -- navigation -------------------------------------------------------------------------------------
-
-async def test_staff_route_from_a_bed_to_the_waste_store_across_buildings(api: Api) -> None:
-    response = await api.get("/api/v1/navigation/route", "f-fay", **{"from": "W3-05", "to": "B1-WASTE-STORE"})
-    assert response.status_code == 200, response.text
-    route = response.json()
-    assert route["from"] == {"kind": "bed", "id": "W3-05"}
-    assert route["path"][0] == "A3-W3-R03"
-    assert route["path"][-1] == "B1-WASTE-STORE"
-    assert route["buildings"] == ["A", "B"]
-    assert route["floors"][0] == "A3"
-    assert route["floors"][-1] == "B1"
-    assert route["floors_crossed"] == 2
-    assert route["length_m"] == pytest.approx(sum(s["distance_m"] for s in route["steps"]), abs=0.5)
-    assert route["time_s"] > route["length_m"] / 1.5
-    instructions = [s["instruction"] for s in route["steps"]]
-    assert instructions[0] == "Start at 3 West room 3"
-    assert instructions[-1] == "Arrive at Central medical-waste storage (temporary)"
-    assert any("turn left" in i or "turn right" in i for i in instructions)
+async def test_unit_scope_answers_404_like_missing(client: httpx.AsyncClient) -> None:
+    other = await client.get("/api/v1/facilities/assets/pump-9/location", headers=auth("rn-w3"))  # an ICU pump
+    missing = await client.get("/api/v1/facilities/assets/pump-404/location", headers=auth("rn-w3"))
+    assert (other.status_code, missing.status_code) == (404, 404)
+    assert other.json()["detail"].replace("pump-9", "X") == missing.json()["detail"].replace("pump-404", "X")
+    assert (await client.get("/api/v1/facilities/assets/pump-9/location", headers=auth("cn-icu"))).status_code == 200
+    assert (await client.get("/api/v1/facilities/assets/pump-9/location", headers=auth("aud-1"))).status_code == 403
+    assert (await client.get("/api/v1/facilities/assets/pump-9/location")).status_code == 401
+    listed = (await client.get("/api/v1/facilities/assets", params={"room": "W3-R02"}, headers=auth("rn-w3"))).json()
+    assert [a["id"] for a in listed] == ["wc-1"]  # pump-9 is in a W3 room but belongs to the ICU
+    everyone = (await client.get("/api/v1/facilities/assets", params={"zone": "W3"}, headers=auth("fm-1"))).json()
+    assert [a["id"] for a in everyone] == ["pump-8", "pump-9", "wc-1"]
+    assert (await client.get("/api/v1/facilities/assets", params={"unit": "ICU"},
+                             headers=auth("rn-w3"))).status_code == 404
 
 
-async def test_wheelchair_never_takes_stairs_and_takes_the_ramp_at_the_entrance(api: Api) -> None:
-    entrance = {"from": "A1-MAIN-EXIT", "to": "A1-RECEPTION"}
-    staff = (await api.get("/api/v1/navigation/route", "n-wes", **entrance)).json()
-    assert "A1-ENT-steps" not in staff["path"]
-    assert staff["path"][:3] == ["A1-MAIN-EXIT", "A1-ENT", "A1-J05"], "staff take the three steps"
-    chair = (await api.get("/api/v1/navigation/route", "n-wes", **{"from": "A1-MAIN-EXIT", "to": "A1-RECEPTION",
-                                                                     "profile": "wheelchair"})).json()
-    assert chair["path"][:3] == ["A1-MAIN-EXIT", "A1-ENT", "A1-J04"], "the wheelchair takes the ramp"
-    assert any(s["kind"] == "ramp" for s in chair["steps"])
-    for origin, destination in (("A1-PORTERS", "A4-THEATRE-1"), ("ICU-01", "B2-BIOMED"), ("W3-08", "A1-EXIT-EAST")):
-        staff_route = (await api.get("/api/v1/navigation/route", "b-bio",
-                                     **{"from": origin, "to": destination})).json()
-        wheelchair = (await api.get("/api/v1/navigation/route", "b-bio",
-                                    **{"from": origin, "to": destination, "profile": "wheelchair"})).json()
-        assert "stairs" not in kinds(wheelchair), (origin, destination)
-        assert all(s["kind"] != "stairs" for s in wheelchair["steps"])
-        assert wheelchair["time_s"] >= staff_route["time_s"]
-    assert "stairs" in kinds(staff_route) or "lift" in kinds(staff_route)
+async def test_nearest_available_of_a_type(client: httpx.AsyncClient) -> None:
+    near = (await client.get("/api/v1/facilities/assets/nearest", params={"type": "infusion_pump", "from": "W3-R01"},
+                             headers=auth("fm-1"))).json()
+    assert [(a["id"], a["room"], a["distance_m"]) for a in near] == [("pump-9", "W3-R02", 8.0),
+                                                                   ("pump-8", "W3-R03", 16.0)]
+    mine = (await client.get("/api/v1/facilities/assets/nearest", params={"type": "infusion_pump", "from": "W3-R01"},
+                             headers=auth("rn-w3"))).json()
+    assert [a["id"] for a in mine] == ["pump-8"]  # never located pump-7 and the ICU's pump-9 are left out
+    chairs = (await client.get("/api/v1/facilities/assets/nearest", params={"type": "wheelchair", "from": "W3-R01"},
+                               headers=auth("fm-1"))).json()
+    assert chairs == []  # the only wheelchair is dirty
+    assert (await client.get("/api/v1/facilities/assets/nearest", params={"type": "wheelchair", "from": "nowhere"},
+                             headers=auth("fm-1"))).status_code == 404
 
 
-async def test_bed_transport_uses_a_bed_lift_and_waits_for_it(api: Api) -> None:
-    route = (await api.get("/api/v1/navigation/route", "n-ann", **{"from": "ICU-03", "to": "A1-IMAGING",
-                                                                     "profile": "bed_transport"})).json()
-    assert "lift" in kinds(route)
-    assert "stairs" not in kinds(route)
-    lifts = [s for s in route["steps"] if s["kind"] == "lift"]
-    assert len(lifts) == 1
-    bed_lifts = {lift.id for lift in MAP.lifts if lift.bed}
-    used = {n.split("@")[0] for n in route["path"] if "@" in n}
-    assert used <= bed_lifts, "never the visitor lift L2, which takes no bed"
-    assert lifts[0]["instruction"].startswith("Take lift L")
-    assert "to floor 1" in lifts[0]["instruction"]
-    waits = {lift.id: lift.wait_s for lift in MAP.lifts}
-    assert lifts[0]["time_s"] >= waits[used.pop()], "a lift costs its waiting time"
-    staff = (await api.get("/api/v1/navigation/route", "n-ann", **{"from": "ICU-03", "to": "A1-IMAGING"})).json()
-    assert staff["time_s"] < route["time_s"]
-
-
-async def test_visitors_never_enter_restricted_areas(api: Api) -> None:
-    for origin, destination in (("A1-MAIN-EXIT", "ICU-05"), ("A1-MAIN-EXIT", "W3-08"), ("A4-WAITING", "A2-WC"),
-                                ("A3-DAYROOM", "A1-CAFE")):
-        route = (await api.get("/api/v1/navigation/route", "n-wes",
-                               **{"from": origin, "to": destination, "profile": "visitor"})).json()
-        assert restricted_nodes(route) == [], (origin, destination)
-    staff = (await api.get("/api/v1/navigation/route", "f-fay", **{"from": "A1-PORTERS", "to": "A4-WAITING"})).json()
-    assert restricted_nodes(staff) != [], "staff may go where visitors may not"
-    refused = await api.get("/api/v1/navigation/route", "f-fay", **{"from": "A1-MAIN-EXIT", "to": "B1-WASTE-STORE",
-                                                                     "profile": "visitor"})
-    assert refused.status_code == 422
-    assert "closed to visitors" in refused.json()["detail"]
-
-
-async def test_routes_to_an_asset_where_it_is_now(api: Api, state: State) -> None:
-    now = now_ms()
-    state.assets.upsert("pump-017", now=now, tag="E28011606000000000000017", type="infusion_pump")
-    state.assets.save_locations([AssetLocation(asset="pump-017", room="A3-W3-STORE", zone=None, floor="A3",
-                                               confidence=0.9, since=now - 60_000, last_seen=now, source="rdr-w3-1")])
-    response = await api.get("/api/v1/navigation/route", "n-ann", **{"from": "ICU-02", "to": "pump-017"})
-    assert response.status_code == 200, response.text
-    route = response.json()
-    assert route["to"]["kind"] == "asset"
-    assert route["to"]["room"] == "A3-W3-STORE"
-    assert route["path"][-1] == "A3-W3-STORE"
-    missing = await api.get("/api/v1/navigation/route", "n-ann", **{"from": "ICU-02", "to": "pump-999"})
-    assert missing.status_code == 404
-
-
-async def test_navigation_roles_and_bad_input(api: Api) -> None:
-    query = {"from": "ICU-01", "to": "W3-01"}
-    assert (await api.get("/api/v1/navigation/route", None, **query)).status_code == 401
-    assert (await api.get("/api/v1/navigation/route", "a-aud", **query)).status_code == 403
-    assert (await api.get("/api/v1/navigation/route", "x-adm", **query)).status_code == 403
-    for staff in ("n-ann", "c-wil", "f-fay", "b-bio"):
-        assert (await api.get("/api/v1/navigation/route", staff, **query)).status_code == 200, staff
-    assert (await api.get("/api/v1/navigation/route", "f-fay", **{**query, "profile": "skater"})).status_code == 422
-    assert (await api.get("/api/v1/navigation/route", "f-fay", **{**query, "to": "NOWHERE"})).status_code == 404
-
-
-def test_wayfinder_distances_rank_rooms_by_walking_distance() -> None:
-    from facilities.wayfinding import Wayfinder
-
-    distances = Wayfinder(MAP).distances_from("A3-W3-R01", "staff")
-    assert distances["A3-W3-R01"] == 0.0
-    assert distances["A3-W3-R02"] < distances["A3-W3-STORE"] < distances["A2-ICU-STORE"] < distances["B2-STORE"]
-    chair = Wayfinder(MAP).distances_from("A3-W3-R01", "wheelchair")
-    assert "A4-PLANT" not in chair, "the plant room's door has a step"
-    assert set(distances) - set(chair) == {"A1-PLANT", "A4-PLANT", "B1-PLANT"} & set(distances)
-
-
-# -- waste reports and the register ---------------------------------------------------------------
-
-def journey(state: State, bag: str, unit: str, t0: int, *, category: str = "infectious", weight: float = 1000.0,
-            stored: float | None = None, steps: int = 4) -> None:
-    tracker = WasteTracker(SITE, state)
-    points = ("ward", "collector", "storage", "disposer")[:steps]
-    for i, point in enumerate(points):
-        grams = stored if point == "storage" and stored is not None else weight
-        tracker.handle(WasteEvent(device=f"wst-{point}", stream="waste", seq=0, ts=t0 + i * HOUR, bag=bag,
-                                  category=category, weight_g=grams, point=point,  # type: ignore[arg-type]
-                                  handler={"ward": f"N-{unit}", "collector": "C-0007", "storage": "S-0003",
-                                           "disposer": "DISP-LIC-4401"}[point], unit=unit,
-                                  manifest="ZY-2026-0001" if point == "disposer" else None), t0 + i * HOUR)
-
-
-async def test_bag_chain_lookup_is_scoped_to_the_nurse_unit(api: Api, state: State) -> None:
-    t0 = now_ms() - 10 * HOUR
-    journey(state, "MW-W3-1", "W3", t0, stored=1030.0)
-    journey(state, "MW-ICU-1", "ICU", t0, category="sharps", steps=2)
-    response = await api.get("/api/v1/waste/bags/MW-W3-1", "n-wes")
-    assert response.status_code == 200, response.text
-    chain = response.json()
-    assert chain["sealed"]["by"] == "N-W3"
-    assert chain["department"] == "W3"
-    assert chain["complete"]
-    assert [(s["from"], s["to"], s["handed_over_by"], s["received_by"]) for s in chain["steps"]] == [
-        ("ward", "collector", "N-W3", "C-0007"), ("collector", "storage", "C-0007", "S-0003"),
-        ("storage", "disposer", "S-0003", "DISP-LIC-4401")]
-    assert [s["weight_check"] for s in chain["steps"]] == ["ok", "flagged", "flagged"], "1030 g in, 1000 g out"
-    assert chain["steps"][2]["manifest"] == "ZY-2026-0001"
-    assert chain["retained_until"] >= t0 + 3 * 365 * 24 * HOUR
-    other = await api.get("/api/v1/waste/bags/MW-ICU-1", "n-wes")
-    missing = await api.get("/api/v1/waste/bags/MW-NONE", "n-wes")
-    assert other.status_code == missing.status_code == 404
-    assert other.json()["detail"].replace("MW-ICU-1", "X") == missing.json()["detail"].replace("MW-NONE", "X")
-    assert (await api.get("/api/v1/waste/bags/MW-ICU-1", "n-ann")).json()["at"] == "collector"
-    assert (await api.get("/api/v1/waste/bags/MW-ICU-1", "f-fay")).status_code == 200
-    assert (await api.get("/api/v1/waste/bags/MW-ICU-1", "b-bio")).status_code == 403
-
-
-async def test_weights_per_department_category_day_and_month(api: Api, state: State) -> None:
-    t0 = now_ms() - 30 * HOUR
-    journey(state, "W3-A", "W3", t0, weight=1500.0)
-    journey(state, "W3-B", "W3", t0 + 60_000, weight=500.0)
-    journey(state, "W3-C", "W3", t0, category="sharps", weight=300.0, steps=1)
-    journey(state, "ICU-A", "ICU", t0, weight=2000.0, steps=2)
-    site = (await api.get("/api/v1/waste/reports/weights", "f-fay", period="month")).json()
-    by_key = {(r["department"], r["category"]): r for r in site["rows"]}
-    assert by_key[("W3", "infectious")]["bags"] == 2
-    assert by_key[("W3", "infectious")]["weight_kg"] == 2.0
-    assert by_key[("W3", "sharps")]["weight_kg"] == 0.3
-    assert by_key[("ICU", "infectious")]["weight_kg"] == 2.0
-    assert site["total_kg"] == 4.3
-    daily = (await api.get("/api/v1/waste/reports/weights", "f-fay", period="day")).json()
-    assert sum(r["weight_kg"] for r in daily["rows"]) == pytest.approx(4.3)
-    assert all(len(r["period"]) == 10 for r in daily["rows"])
-    nurse = (await api.get("/api/v1/waste/reports/weights", "c-wil", period="month")).json()
-    assert {r["department"] for r in nurse["rows"]} == {"W3"}, "a charge nurse sees their own unit only"
-    assert (await api.get("/api/v1/waste/reports/weights", "c-wil", unit="ICU")).status_code == 404
-    assert (await api.get("/api/v1/waste/reports/weights", "b-bio")).status_code == 403
-
-
-async def test_handover_register_csv_for_the_regulator(api: Api, state: State) -> None:
-    t0 = now_ms() - 10 * HOUR
-    journey(state, "MW-W3-1", "W3", t0, stored=1030.0)
-    journey(state, "MW-W3-2", "W3", t0 + 60_000, category="pathological", steps=3)
-    response = await api.get("/api/v1/waste/register.csv", "a-aud")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/csv")
-    rows = list(csv.DictReader(io.StringIO(response.text.lstrip("\ufeff"))))
-    assert len(rows) == 5
-    assert [r["bag"] for r in rows] == ["MW-W3-1", "MW-W3-2", "MW-W3-1", "MW-W3-2", "MW-W3-1"]
-    first = rows[0]
-    assert first["department"] == "W3"
-    assert first["category"] == "infectious"
-    assert first["weight_kg"] == "1.0"
-    assert (first["from"], first["to"], first["handed_over_by"], first["received_by"]) == (
-        "ward", "collector", "N-W3", "C-0007")
-    assert first["time"].endswith("+08:00")
-    assert [r["weight_check"] for r in rows if r["to"] == "storage"] == ["flagged", "ok"]
-    assert [r["manifest"] for r in rows if r["to"] == "disposer"] == ["ZY-2026-0001"]
-    assert (await api.get("/api/v1/waste/register.csv", "f-fay")).status_code == 200
-    assert (await api.get("/api/v1/waste/register", "n-wes")).status_code == 403
-    exports = state.audit.records(after=0, limit=100, actor="a-aud")
-    assert [r.action for r in exports] == ["waste.register.export"]
+async def test_par_levels_status_and_utilisation(client: httpx.AsyncClient, state: State) -> None:
+    put = await client.put("/api/v1/facilities/par/W3/wheelchair", json={"minimum": 2}, headers=auth("fm-1"))
+    assert put.status_code == 200
+    assert (await client.put("/api/v1/facilities/par/W3/wheelchair", json={"minimum": 1},
+                             headers=auth("rn-w3"))).status_code == 403
+    short = (await client.get("/api/v1/facilities/par", headers=auth("rn-w3"))).json()
+    assert short == [{"unit": "W3", "type": "wheelchair", "minimum": 2, "available": 0, "missing": 2}]
+    assert (await client.get("/api/v1/facilities/par", headers=auth("cn-icu"))).json() == []  # not their unit
+    cleaned = await client.put("/api/v1/facilities/assets/wc-1/status", json={"status": "clean"}, headers=auth("bio-1"))
+    assert cleaned.json()["status"] == "clean"
+    short = (await client.get("/api/v1/facilities/par", params={"unit": "W3"}, headers=auth("fm-1"))).json()
+    assert [s["available"] for s in short] == [1]
+    actions = {r.action for r in state.audit.records()}
+    assert {"par.set", "asset.status"} <= actions
+    start = now_ms() - 1_000
+    await client.put("/api/v1/facilities/assets/pump-8/status", json={"status": "in_use"}, headers=auth("fm-1"))
+    end = now_ms() + 1_000
+    rows = (await client.get("/api/v1/facilities/utilisation", params={"start": start, "end": end,
+                                                                        "type": "infusion_pump"},
+                             headers=auth("fm-1"))).json()
+    w3 = next(r for r in rows if r["unit"] == "W3")
+    assert w3["assets"] == 2
+    assert 0 < w3["utilisation"] <= 0.5  # one of two pumps in use for part of the period
+    assert (await client.get("/api/v1/facilities/utilisation", params={"start": start, "end": end},
+                             headers=auth("rn-w3"))).status_code == 403
+    icu = (await client.get("/api/v1/facilities/utilisation", params={"start": start, "end": end},
+                            headers=auth("cn-icu"))).json()
+    assert {r["unit"] for r in icu} == {"ICU"}
