@@ -92,8 +92,15 @@ def ingest(quick: bool = False) -> dict[str, float]:
     return run(quick=quick)
 
 
+def alerts(quick: bool = False) -> dict[str, float]:
+    """Reading on the bus to the nurse's WebSocket frame, p50/p99/max, idle and under 50,000 observations/s."""
+    from wardlink.bench_alerts import run
+
+    return run(quick=quick)
+
+
 BENCHES: dict[str, Callable[[bool], dict[str, float]]] = {"contract": contract, "store": store, "gateway": gateway,
-                                                          "ingest": ingest}
+                                                          "ingest": ingest, "alerts": alerts}
 
 
 def location(quick: bool = False) -> dict[str, float]:
@@ -120,6 +127,10 @@ def table(name: str, figures: dict[str, float]) -> str:
         from wardlink.bench_ingest import table as ingest_table
 
         return ingest_table(figures)
+    if name == "alerts":
+        from wardlink.bench_alerts import table as alerts_table
+
+        return alerts_table(figures)
     width = max(len(k) for k in figures)
     lines = [f"wardlink bench {name}", "-" * (width + 16)]
     lines += [f"{k:<{width}}  {v:>14,.2f}" for k, v in figures.items()]
