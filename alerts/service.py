@@ -62,6 +62,8 @@ class AlertService:
         self.counters: dict[str, int] = defaultdict(int)
         self._status_topic = topics.service_topic(site.id, "alerts", instance)
         self._client: aiomqtt.Client | None = None
+        self._alarm_lane_idle = asyncio.Event()  # cleared while the alarm lane handles a batch: telemetry waits
+        self._alarm_lane_idle.set()
         self.dispatch = Dispatcher(site.id, state, self.settings.delivery, self._raise_technical)
 
     async def run(self) -> None:
@@ -80,6 +82,8 @@ class AlertService:
         async with bus.client(self.address, f"wardlink-{self.instance}", will=will, clean_session=False) as client, \
                 bus.client(self.address, f"wardlink-{self.instance}-alarm", clean_session=False) as alarm_client:
             self._client = client
+            for connection in (client, alarm_client):
+                bus.no_delay(connection)
             for channel in ("data", "status"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
             await alarm_client.subscribe(topics.gateway_filter(self.site.id, "alarm"), qos=1)
@@ -118,6 +122,7 @@ class AlertService:
                 self.counters["undecodable"] += 1  # ingest quarantines it; nothing to alarm on
                 continue
             for start in range(0, len(batch.items), DATA_SLICE):
+                await self._alarm_lane_idle.wait()  # an alarm being handled has the CPU (and the GIL) to itself
                 for alert in self.engine.process(batch.items[start:start + DATA_SLICE], now_ms()):
                     await self._publish(client, alert)
                 await asyncio.sleep(0)  # let the alarm lane in between slices of a large telemetry batch
@@ -133,8 +138,12 @@ class AlertService:
             except ContractError:
                 self.counters["undecodable"] += 1
                 continue
-            for alert in self.engine.process(batch.items, now_ms()):
-                await self._publish(client, alert)
+            self._alarm_lane_idle.clear()
+            try:
+                for alert in self.engine.process(batch.items, now_ms()):
+                    await self._publish(client, alert)
+            finally:
+                self._alarm_lane_idle.set()
 
     async def _clock(self, client: aiomqtt.Client) -> None:
         """Timers (silences running out, silent devices and gateways), staff actions, and changed limits."""

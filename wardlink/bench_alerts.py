@@ -177,6 +177,7 @@ class _Probe:
         alert_decoder = msgspec.json.Decoder(Alert)
         async with websockets.connect(self.url, max_size=2**22) as ws, \
                 bus.client(self.address, f"bench-alerts-probe-{os.getpid()}") as client:
+            bus.no_delay(client)  # as a gateway's uplink: a reading leaves at once
             await client.subscribe(topics.alert_filter(SITE_ID), qos=1)
 
             async def read_ws() -> None:
