@@ -409,8 +409,9 @@ class DuckDbStore:
                     keys.add(device, stream, lo, hi)
                 latest.update(map(_observation, conn.execute(_NEWEST.format(where=adopt)).fetchall()))
                 conn.execute("UPDATE observations SET wb = 0 WHERE wb IS NULL").fetchall()
-                self._write_snapshot(conn, keys, latest, self._next_wb - 1)
                 log.info("store %s: adopted %d rows without a batch number", self.path, unnumbered)
+            if unnumbered or top is not None:  # so that the next open reads no rows back
+                self._write_snapshot(conn, keys, latest, self._next_wb - 1)
             conn.execute("COMMIT")
         except duckdb.Error as exc:
             with suppress(duckdb.Error):
