@@ -495,7 +495,7 @@ _OBX_TEXT = st.sampled_from([
     "123^^MDC", "264864^MDC_DIM_BEAT_PER_MIN^MDC", "262688^MDC_DIM_PERCENT^MDC", "kPa^kPa^UCUM", "bpm", "R", "F", "P",
     "X", "DEMO", "A~DEMO", "1.2.1.150456", "1.1\\F\\1", "20261128030547.027+0000", "2026112803", "20261399",
     "20261128030547.027", "2026\\T\\1128", "0030E6FFFE000001^EUI-64", "0030E6FFFE000002", "PUMP-7^ISO",
-    "urn:uuid:6f1c2c1e-1111-4222-8333-944444444444^^^URN", "\\X41\\", "a&b", "~", "300",
+    "urn:uuid:6f1c2c1e-1111-4222-8333-944444444444^^^URN", "\\X41\\", "a&b", "~", "300", "٣.٥", "²", "1.2.3",
 ])
 # Encoding characters: both forms, and delimiters that can occur in numbers and times ('.', '-', '+').
 _ENCODINGS = st.sampled_from(["^~\\&", "^~\\&#", "^~\\.", "+-\\&", "^~\\&."])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import operator
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -50,6 +51,8 @@ MAX_CACHED_KEY: Final = 256
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 # Ids PCD messages are made of, all matching _SEGMENT_ID: a set look-up instead of a regex per segment.
 _COMMON_IDS: Final = frozenset({"MSH", "PID", "PD1", "PV1", "PV2", "ORC", "OBR", "OBX", "NTE", "TQ1", "PRT", "EVN"})
+_BODY_IDS: Final = _COMMON_IDS - {"MSH"}  # what may follow the MSH: a second one is an error
+_FIRST: Final = operator.itemgetter(0)
 _DTM = re.compile(r"(\d+)(?:\.(\d{1,4}))?([+-]\d{4})?")
 
 
@@ -212,34 +215,41 @@ def split_message(text: str) -> tuple[Separators, list[list[str]]]:
         raise Hl7Error(SEGMENT_SEQUENCE_ERROR, "message does not begin with an MSH segment", "MSH", 1, 0)
     seps = _separators(text)
     lines = _split_segments(text)
-    segments: list[list[str]] = []
     field = seps.field
+    body = [line.split(field) for line in lines[1:]]
+    # Every line after the MSH starts with a usual id (it is three characters, so the line has the field
+    # separator right after it or ends there): all are valid segments and none needs another look.
+    if _BODY_IDS.issuperset(map(_FIRST, body)) and _segment_start(lines[0], 1, seps):
+        return seps, [_header_fields(lines[0], seps), *body]
+    segments: list[list[str]] = []
     for number, line in enumerate(lines, start=1):
-        if segments:
-            # Split first: a first field that is a usual id is a valid segment start (it is three characters,
-            # so the line has the field separator right after it or ends there), and it needs no other check.
-            fields = line.split(field)
-            seg_id = fields[0]
-            if seg_id in _COMMON_IDS and seg_id != "MSH":
-                segments.append(fields)
-                continue
         if not line or line.isspace():  # what `not line.strip()` says, without copying the line
             continue
-        seg_id = line[:3]
-        if ((seg_id not in _COMMON_IDS and not _SEGMENT_ID.fullmatch(seg_id))
-                or (len(line) > 3 and line[3] != field)):
-            raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number} is not a segment ({line[:12]!r})")
+        _segment_start(line, number, seps)
         if not segments:
-            header_end = 4 + len(seps.encoding)
-            rest = line[header_end + 1:].split(seps.field) if len(line) > header_end else []
-            fields = ["MSH", seps.field, seps.encoding, *rest]
-        elif seg_id == "MSH":
+            segments.append(_header_fields(line, seps))
+        elif line.startswith("MSH"):
             raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number}: a second MSH (one message per MLLP block)",
                            "MSH", 2, 0)
         else:
-            fields = line.split(field)
-        segments.append(fields)
+            segments.append(line.split(field))
     return seps, segments
+
+
+def _segment_start(line: str, number: int, seps: Separators) -> bool:
+    """True when line ``number`` starts as a segment does (an id, then the field separator or its end); else raise."""
+    seg_id = line[:3]
+    if ((seg_id not in _COMMON_IDS and not _SEGMENT_ID.fullmatch(seg_id))
+            or (len(line) > 3 and line[3] != seps.field)):
+        raise Hl7Error(SEGMENT_SEQUENCE_ERROR, f"line {number} is not a segment ({line[:12]!r})")
+    return True
+
+
+def _header_fields(line: str, seps: Separators) -> list[str]:
+    """The MSH line's fields: MSH-1 and MSH-2 are the separators themselves, never split."""
+    header_end = 4 + len(seps.encoding)
+    rest = line[header_end + 1:].split(seps.field) if len(line) > header_end else []
+    return ["MSH", seps.field, seps.encoding, *rest]
 
 
 def _separators(text: str) -> Separators:

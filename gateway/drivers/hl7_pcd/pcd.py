@@ -88,15 +88,14 @@ def _observations(ctx: MessageContext) -> None:
     result = ctx.result
     items, containments, warnings = result.items, result.containment, result.warnings
     seps = ctx.seps
-    plain_numbers, seps_key = seps.plain_numbers, seps.key
+    plain_numbers = seps.plain_numbers
     route, skew, received, message_time = ctx.route, ctx.skew, ctx.received, ctx.message_time
-    number_match = NUMBER.fullmatch
-    rows = _ROWS
+    number_match, isfinite, rows, row_key = NUMBER.fullmatch, math.isfinite, _ROWS, ROW_KEY
     obr_time: int | None = None
     current: Equipment | None = None  # the equipment of the last device row of this OBR group
     number = 0
     last_target: Equipment | None = None
-    last_route: tuple[str, str | None] = ("", None)
+    device, bed = "", None
     last_stamp: str | None = None
     stamp_ts: int | None = None
     bad_stamp = ""
@@ -110,7 +109,9 @@ def _observations(ctx: MessageContext) -> None:
         number += 1
         if len(fields) < ROW_WIDTH:
             fields = fields + _PADDING[len(fields):]
-        row = rows.get((*ROW_KEY(fields), seps_key)) or row_of(fields, seps)
+        row = rows.get(row_key(fields))  # rows.row_of(fields, seps), its cache consulted here first
+        if row is None or row.seps is not seps:
+            row = row_of(fields, seps)
         if row.kind != NUMERIC_ROW:
             if row.kind == DEVICE_ROW:
                 current = row.own or current
@@ -118,8 +119,9 @@ def _observations(ctx: MessageContext) -> None:
                 result.skipped += 1
             continue
         # OBX-5 as Segment.get reads it: a number's text is its value when no delimiter can be in a number.
+        # Digits with at most one dot are what NUMBER matches most often; the test is cheaper than the regex.
         text = fields[5].strip()
-        numeric = plain_numbers and number_match(text) is not None
+        numeric = plain_numbers and (text.replace(".", "", 1).isdecimal() or number_match(text) is not None)
         if not numeric:
             text = first_leaf(fields[5], seps).strip()
             if not text:
@@ -127,20 +129,17 @@ def _observations(ctx: MessageContext) -> None:
                 continue
         target = row.own or current
         if target is not last_target or target is None:
-            last_route = route(target)
+            device, bed = route(target)
             last_target = target
-        device, bed = last_route
         value = float(text) if numeric or number_match(text) else math.nan
-        if not math.isfinite(value):
+        if not isfinite(value):
             warnings.append(Hl7Error(DATA_TYPE_ERROR, f"OBX-5 {text[:30]!r} is not a number", "OBX", number, 5))
             continue
-        reading = row.reading
-        assert reading is not None  # a numeric row has one
-        ident = reading.ident
-        if not ident.metric:
+        metric = row.metric
+        if not metric:
             warnings.append(Hl7Error(REQUIRED_FIELD_MISSING, "OBX-3 names no observation", "OBX", number, 3))
             continue
-        flags = skew | reading.flags
+        flags = skew | row.flags
         if not row.low <= value <= row.high:
             flags |= FLAG_IMPLAUSIBLE
         # Device time: OBX-14, else OBR-7, else MSH-7; a bad OBX-14 is warned about.
@@ -158,8 +157,8 @@ def _observations(ctx: MessageContext) -> None:
                                          "OBX", number, 14))
             device_ts = obr_time if obr_time is not None else message_time
         items.append(Observation(
-            device=device, stream="numerics", seq=0, ts=received, metric=ident.metric, value=value, unit=reading.unit,
-            code=ident.code, bed=bed, device_ts=device_ts, flags=flags, containment=row.contained,
+            device=device, stream="numerics", seq=0, ts=received, metric=metric, value=value, unit=row.unit,
+            code=row.code, bed=bed, device_ts=device_ts, flags=flags, containment=row.contained,
         ))
         containments.append(row.containment)
 

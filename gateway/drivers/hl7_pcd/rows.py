@@ -265,18 +265,25 @@ ROW_KEY: Final = operator.itemgetter(2, 3, 4, 6, 8, 11, 18)
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """What an OBX row says apart from its set id, value (OBX-5) and time (OBX-14); see :func:`row_of`."""
+    """What an OBX row says apart from its set id, value (OBX-5) and time (OBX-14); see :func:`row_of`.
+
+    Flat, so that the per-row loop reads each part with one attribute look-up.
+    """
 
     kind: int  # DEVICE_ROW, NUMERIC_ROW or OTHER_ROW
+    seps: Separators  # the delimiters it was read with (the cache key leaves them out)
     own: Equipment | None  # OBX-18
     containment: str  # OBX-4 as read; ``contained`` is it stripped, or None when blank
     contained: str | None
-    reading: Reading | None  # identity, unit and flags of a numeric row
+    metric: str  # of a numeric row (see Identity); "" when OBX-3 names none, or for other rows
+    code: int
+    unit: str
+    flags: int  # from OBX-11 (status) and OBX-8 (DEMO)
     low: float  # plausible range of a known metric (mdc.is_plausible), else -inf .. inf
     high: float
 
 
-# Bounded like the caches of by_field_text; keyed on ROW_KEY(fields) and the separators.
+# Bounded like the caches of by_field_text; keyed on ROW_KEY(fields), and each entry holds its separators.
 _ROWS: dict[tuple[str, ...], Row] = {}
 
 
@@ -284,15 +291,16 @@ def row_of(fields: list[str], seps: Separators) -> Row:
     """The :class:`Row` of an OBX row split into fields (``fields[n]`` is OBX-n, at least ROW_WIDTH of them).
 
     A monitor sends the same rows with new values every few seconds, so a row's meaning is read once
-    per distinct text of the fields it depends on (the key) and kept in a bounded cache.
+    per distinct text of the fields it depends on (the key) and kept in a bounded cache. The separators
+    are not in the key (so a look-up hashes no more than the row's texts): an entry read with other
+    separators is read again.
     """
-    key = (*ROW_KEY(fields), seps.key)
-    try:
-        return _ROWS[key]
-    except KeyError:
-        pass
+    key = ROW_KEY(fields)
+    found = _ROWS.get(key)
+    if found is not None and found.seps is seps:
+        return found
     found = _read_row(Segment(fields, seps))
-    if sum(map(len, key)) <= MAX_CACHED_KEY + len(seps.key):
+    if sum(map(len, key)) <= MAX_CACHED_KEY:
         if len(_ROWS) >= CACHE_SIZE:
             _ROWS.clear()
         _ROWS[key] = found
@@ -307,8 +315,9 @@ def _read_row(segment: Segment) -> Row:
     value_type = segment.get(2).strip().upper()
     if value_type != "NM":
         kind = DEVICE_ROW if not value_type else OTHER_ROW
-        return Row(kind, own, containment, contained, None, -math.inf, math.inf)
+        return Row(kind, segment.seps, own, containment, contained, "", 0, "", 0, -math.inf, math.inf)
     found = reading(segment)
     known = mdc.BY_REFID.get(found.ident.metric)
     low, high = known.plausible if known is not None else (-math.inf, math.inf)
-    return Row(NUMERIC_ROW, own, containment, contained, found, low, high)
+    return Row(NUMERIC_ROW, segment.seps, own, containment, contained, found.ident.metric, found.ident.code,
+               found.unit, found.flags, low, high)
