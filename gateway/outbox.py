@@ -94,7 +94,7 @@ class Outbox:
         self.path = path
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self._encoder = msgspec.json.Encoder()
+        self._encode = msgspec.json.Encoder().encode
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -119,27 +119,26 @@ class Outbox:
         if not items:
             return [], AcceptResult(0, 0)
         stamped: list[Item] = []
-        runs: dict[tuple[str, str], list[bytes]] = {}
-        lanes: dict[tuple[str, str], int] = {}
-        touched: dict[tuple[str, str], int] = {}
-        encode = self._encoder.encode
+        runs: dict[tuple[str, str], list[Item]] = {}  # the stamped items of each stream, in order
+        replace = msgspec.structs.replace
         with self._lock:
             for item in items:
                 key = (item.device, item.stream)
-                seq = touched.get(key) or self._next.get(key, 1)
-                touched[key] = seq + 1
-                item = msgspec.structs.replace(item, seq=seq)
+                run = runs.get(key)
+                if run is None:
+                    run = runs[key] = []
+                    seq = self._next.get(key, 1)
+                else:
+                    seq = run[-1].seq + 1
+                item = replace(item, seq=seq)
+                run.append(item)
                 stamped.append(item)
-                runs.setdefault(key, []).append(encode(item))
-                lane = _LANE[type(item)]
-                if lanes.setdefault(key, lane) > lane:
-                    lanes[key] = lane  # a run holding an alarm travels (and is kept) as an alarm
             rows = []
-            for key, payloads in runs.items():
-                last = touched[key] - 1
-                lane = lanes[key]
-                rows.append((lane, lane, key[0], key[1], last - len(payloads) + 1, last, len(payloads),
-                             b",".join(payloads)))
+            for key, run in runs.items():
+                # A run holding an alarm travels (and is kept) as an alarm.
+                lane = min(map(_LANE.__getitem__, map(type, run)))
+                # One encoding per run: a JSON array without its brackets is the items' objects joined by commas.
+                rows.append((lane, lane, key[0], key[1], run[0].seq, run[-1].seq, len(run), self._encode(run)[1:-1]))
             shed = 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -153,7 +152,7 @@ class Outbox:
             except sqlite3.Error as exc:
                 self._rollback()
                 raise OutboxError(f"outbox {self.path}: could not store {len(stamped)} items: {exc}") from exc
-            self._next.update(touched)
+            self._next.update((key, run[-1].seq + 1) for key, run in runs.items())
             self._rows += len(stamped) - shed
         return stamped, AcceptResult(len(stamped), shed)
 
