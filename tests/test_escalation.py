@@ -17,7 +17,8 @@ from devices.site import DeviceSpec, GatewaySpec, Site, Unit
 from state import State, open_state
 from state.escalations import Escalations, Fired
 from state.models import AlarmLogRow
-from tests.test_state import _truncate, pg, pg_shared  # noqa: F401  (pg fixtures)
+from tests import test_state
+from tests.test_state import pg, pg_shared  # noqa: F401  (fixtures the state fixture needs)
 
 SITE = Site(id="demo", name="test hospital",
             units=[Unit("ICU", "Intensive care", [f"ICU-{n:02d}" for n in range(1, 9)]),
@@ -32,24 +33,14 @@ SCHEDULE = RoutingSettings(
     confirm_s=1.0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[State]:
-    """An empty migrated state on SQLite (a file) or PostgreSQL (the session's database, emptied)."""
-    if request.param == "sqlite":
-        opened = open_state(f"sqlite:///{tmp_path / 'state.db'}")
-        yield opened
-        opened.close()
-        return
-    shared: State = request.getfixturevalue("pg_shared")
-    _truncate(shared)
-    yield shared
+state = test_state.state  # the parametrised fixture: SQLite (a file) and PostgreSQL (emptied)
 
 
 def staffed(state: State, *, buddy: bool = True, start: int = T0) -> None:
     """The test site with a primary nurse (and buddy) for ICU-01 and a charge nurse for ICU, for an hour from start."""
     state.registry.seed_from_site(SITE, start)
     a = state.assignments
-    for staff, name, role in (("n-ana", "Ana", "nurse"), ("n-ben", "Ben", "nurse"), ("n-cho", "Cho", "charge nurse"),
+    for staff, name, role in (("n-ana", "Ana", "nurse"), ("n-ben", "Ben", "nurse"), ("n-cho", "Cho", "charge_nurse"),
                               ("n-dev", "Dev", "nurse")):
         a.add_staff(staff, name, role)
     a.assign("n-ana", "ICU", "primary", start, start + HOUR, bed="ICU-01")
@@ -79,8 +70,7 @@ def log_events(state: State, alert_id: str) -> list[str]:
     return [e for e in events if e in ("notified", "escalated", "acknowledged")]
 
 
-def test_escalates_primary_buddy_charge_team_on_schedule(db: State) -> None:
-    state = db
+def test_escalates_primary_buddy_charge_team_on_schedule(state: State) -> None:
     staffed(state)
     esc = escalator(state)
     fired = esc.start(alert(state), T0)
@@ -105,8 +95,7 @@ def test_escalates_primary_buddy_charge_team_on_schedule(db: State) -> None:
     assert log_events(state, "al-1") == ["notified", "escalated", "escalated", "escalated"]
 
 
-def test_each_priority_has_its_own_schedule_and_vacant_steps_are_skipped(db: State) -> None:
-    state = db
+def test_each_priority_has_its_own_schedule_and_vacant_steps_are_skipped(state: State) -> None:
     staffed(state, buddy=False)
     esc = escalator(state)
     esc.start(alert(state, "al-m", priority="medium"), T0)
@@ -122,14 +111,12 @@ def test_each_priority_has_its_own_schedule_and_vacant_steps_are_skipped(db: Sta
     assert (step.step.target, step.step.reason) == ("charge", "vacant")  # nobody is the buddy: straight to charge
 
 
-def test_an_alert_nobody_is_assigned_to_has_no_receiver(db: State) -> None:
-    state = db
+def test_an_alert_nobody_is_assigned_to_has_no_receiver(state: State) -> None:
     state.registry.seed_from_site(SITE, T0)
     assert escalator(state).start(alert(state, bed="ICU-05"), T0) == NO_RECEIVER
 
 
-def test_no_step_fires_after_a_committed_acknowledgement(db: State) -> None:
-    state = db
+def test_no_step_fires_after_a_committed_acknowledgement(state: State) -> None:
     staffed(state)
     esc = escalator(state)
     esc.start(alert(state), T0)
@@ -159,8 +146,7 @@ class PausingEscalations(Escalations):
         return row
 
 
-def test_an_acknowledgement_racing_a_step_waits_for_it(db: State) -> None:
-    state = db
+def test_an_acknowledgement_racing_a_step_waits_for_it(state: State) -> None:
     """The ack arrives while the step's transaction holds the alert: it commits after the step, never before."""
     staffed(state)
     escalations = PausingEscalations(state)
@@ -186,8 +172,7 @@ def test_an_acknowledgement_racing_a_step_waits_for_it(db: State) -> None:
     assert log_events(state, "al-1") == ["notified", "escalated", "acknowledged"]
 
 
-def test_acknowledgement_race_at_the_timeout_never_gives_both(db: State) -> None:
-    state = db
+def test_acknowledgement_race_at_the_timeout_never_gives_both(state: State) -> None:
     """Many races at the deadline: either the step commits first and the ack after it, or the ack stops it."""
     staffed(state)
     esc = escalator(state)
@@ -246,8 +231,7 @@ def test_a_restart_keeps_the_deadline(tmp_path: Path, request: pytest.FixtureReq
         second.close()
 
 
-def test_delivery_statuses_only_move_forward(db: State) -> None:
-    state = db
+def test_delivery_statuses_only_move_forward(state: State) -> None:
     staffed(state)
     esc = escalator(state)
     fired = esc.start(alert(state), T0)
@@ -269,8 +253,7 @@ def test_delivery_statuses_only_move_forward(db: State) -> None:
     assert esc.escalations.due(T0 + HOUR) == []
 
 
-def test_a_decline_moves_to_the_next_step_at_once(db: State) -> None:
-    state = db
+def test_a_decline_moves_to_the_next_step_at_once(state: State) -> None:
     staffed(state)
     esc = escalator(state)
     fired = esc.start(alert(state), T0)
@@ -282,8 +265,7 @@ def test_a_decline_moves_to_the_next_step_at_once(db: State) -> None:
     assert (step.step.target, step.step.reason) == ("buddy", "declined")
 
 
-def test_an_unconfirmed_delivery_is_given_up_once(db: State) -> None:
-    state = db
+def test_an_unconfirmed_delivery_is_given_up_once(state: State) -> None:
     staffed(state)
     esc = escalator(state)
     fired = esc.start(alert(state), T0)
