@@ -50,11 +50,18 @@ class RaiseTechnical(Protocol):
         """Raise (or repeat) the technical alarm ``type_`` of ``source``."""
 
 
+class ClearTechnical(Protocol):
+    """How the dispatcher ends a technical alarm it raised (the service resolves it through the engine)."""
+
+    def __call__(self, source: str, type_: str) -> Awaitable[None]:
+        """The condition ``type_`` of ``source`` is over."""
+
+
 class Dispatcher:
     """Escalation and channels of the alert service."""
 
     def __init__(self, site_id: str, state: State, settings: DeliverySettings,
-                 raise_technical: RaiseTechnical) -> None:
+                 raise_technical: RaiseTechnical, clear_technical: ClearTechnical | None = None) -> None:
         """Wire the escalator to the state and the channels to their settings."""
         self.settings = settings
         self.escalations = Escalations(state.sessions)
@@ -63,6 +70,8 @@ class Dispatcher:
         self.webhooks = [WebhookChannel(w, self.escalations) for w in settings.webhooks]
         self.pcd04 = Pcd04Out(settings.pcd04, raise_technical) if settings.pcd04.host else None
         self._raise_technical = raise_technical
+        self._clear_technical = clear_technical
+        self._because: dict[tuple[str, str], set[str]] = {}  # a delivery alarm -> the alerts it is about
         self._started: set[str] = set()  # alerts whose escalation this process has started or seen
         self._first_step: dict[tuple[str, str], int] = {}  # a delivery alarm starts at the next step of its chain
         self._client: aiomqtt.Client | None = None
@@ -97,6 +106,16 @@ class Dispatcher:
             await asyncio.to_thread(self.escalations.stop, alert.id, alert.state, now_ms())
             if alert.state == "resolved":
                 self._started.discard(alert.id)
+            await self._settled(alert.id)
+
+    async def _settled(self, alert_id: str) -> None:
+        """An alert was taken care of: end the delivery alarms raised only because of it."""
+        for key, about in list(self._because.items()):
+            about.discard(alert_id)
+            if not about:
+                del self._because[key]
+                if self._clear_technical is not None:
+                    await self._clear_technical(*key)
 
     async def tick(self, now: int) -> None:
         """Fire due steps and give up on unconfirmed deliveries (each at most once, across instances too)."""
@@ -107,6 +126,7 @@ class Dispatcher:
             await asyncio.to_thread(self.escalations.hasten, delivery.alert_id, now)
             if escalation is not None:
                 self._first_step[(delivery.staff, UNCONFIRMED)] = delivery.step + 1
+                self._because.setdefault((delivery.staff, UNCONFIRMED), set()).add(delivery.alert_id)
                 await self._raise_technical(
                     delivery.staff, UNCONFIRMED, "high",
                     f"alert {delivery.alert_id} to {delivery.staff} ({delivery.channel}) not confirmed within "
@@ -121,6 +141,7 @@ class Dispatcher:
             return  # a delivery alarm nobody can take: published on the bus (and PCD-04), not raised again
         where = alert.unit or alert.bed or alert.source
         log.error("alert %s (%s %s): nobody is assigned to receive it", alert.id, where, alert.type)
+        self._because.setdefault((where, NO_RECEIVER_TYPE), set()).add(alert.id)
         await self._raise_technical(where, NO_RECEIVER_TYPE, "high", f"no receiver for {alert.type} of {where}",
                                     bed=None, unit=alert.unit)
 

@@ -64,7 +64,8 @@ class AlertService:
         self._client: aiomqtt.Client | None = None
         self._alarm_lane_idle = asyncio.Event()  # cleared while the alarm lane handles a batch: telemetry waits
         self._alarm_lane_idle.set()
-        self.dispatch = Dispatcher(site.id, state, self.settings.delivery, self._raise_technical)
+        self.dispatch = Dispatcher(site.id, state, self.settings.delivery, self._raise_technical,
+                                   self._clear_technical)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -198,3 +199,10 @@ class AlertService:
             return
         alert = self.engine.raise_technical(source, type_, priority, message, now_ms(), bed=bed, unit=unit)
         await self._publish(self._client, alert)
+
+    async def _clear_technical(self, source: str, type_: str) -> None:
+        """End a technical alarm of the alarm system itself (the alert it was about was taken care of)."""
+        if self._client is None:
+            return
+        for alert in self.engine.clear_technical(source, type_, now_ms()):
+            await self._publish(self._client, alert)
