@@ -60,6 +60,8 @@ class Routing:
     serial_number: str = ""
     devices: Mapping[str, str] = field(default_factory=dict)  # equipment_key(id) -> device id
     discover: bool = True
+    # Answers of resolve(), as every message of a sender asks the same (the settings are fixed); bounded.
+    _resolved: dict[Equipment, tuple[str, bool]] = field(default_factory=dict, compare=False, repr=False)
 
     def resolve(self, found: Equipment | None) -> tuple[str, bool]:
         """Device id for an equipment id, and whether it is a discovered one (see the module docstring)."""
@@ -67,6 +69,15 @@ class Routing:
             if self.discover:
                 raise Hl7Error(REQUIRED_FIELD_MISSING, "no equipment identifier in OBX-18 or MSH-3", "MSH", 1, 3)
             return self.device_id, False
+        answer = self._resolved.get(found)
+        if answer is None:
+            if len(self._resolved) >= CACHE_SIZE:
+                self._resolved.clear()
+            answer = self._resolved[found] = self._resolve(found)
+        return answer
+
+    def _resolve(self, found: Equipment) -> tuple[str, bool]:
+        """:meth:`resolve` of an equipment id, unremembered."""
         key = equipment_key(found.value)
         if key in self.devices:
             return self.devices[key], False

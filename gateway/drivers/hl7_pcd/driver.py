@@ -41,7 +41,7 @@ MAX_SERIAL_BACKLOG: Final = 65536  # ACK bytes waiting for a serial line nobody 
 LOG_EVERY_S: Final = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per message, and a frozen one costs three setattr calls
 class _Step:
     """A decoded message on its way to the outbox."""
 
@@ -134,8 +134,9 @@ class Hl7PcdDriver:
         if decoded.warnings:
             self._throttled("rows", "device %s: message %s: %d rows left out (first: %s)", self.spec.id,
                             _control(decoded), len(decoded.warnings), decoded.warnings[0])
-        log.debug("device %s: message %s: %d items, %d skipped, containment %s", self.spec.id, _control(decoded),
-                  len(decoded.items), decoded.skipped, decoded.containment)
+        if log.isEnabledFor(logging.DEBUG):  # the arguments cost more than the check
+            log.debug("device %s: message %s: %d items, %d skipped, containment %s", self.spec.id, _control(decoded),
+                      len(decoded.items), decoded.skipped, decoded.containment)
         return answer(decoded, step.control_id, step.received)
 
     def _register(self, infos: list[DeviceInfo]) -> None:
