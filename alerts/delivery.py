@@ -90,6 +90,13 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll)
 
+    async def resume(self, client: aiomqtt.Client, alerts: list[Alert]) -> None:
+        """After a (re)start: route the open alerts that never were (the start is idempotent per alert)."""
+        self._client = client
+        for alert in alerts:
+            if alert.state == "active" and alert.id not in self._started:
+                await self.on_alert(alert)
+
     async def on_alert(self, alert: Alert) -> None:
         """An alert transition published by the service: start, or stop, its escalation."""
         if self.pcd04 is not None:

@@ -92,6 +92,7 @@ class AlertService:
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
             log.info("alerts %s: rule set %s, %d open alerts", self.instance, self.settings.ruleset,
                      len(self.engine.open))
+            await self.dispatch.resume(client, list(self.engine.open.values()))  # saved, never routed (a crash)
             async with asyncio.TaskGroup() as group:
                 group.create_task(bus.heartbeat(client, self._status_topic, lambda: self._status("online"),
                                                 self.settings.heartbeat_s))

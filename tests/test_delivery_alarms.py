@@ -83,3 +83,38 @@ async def test_an_unconfirmed_delivery_alarm_goes_to_the_next_step_and_ends_with
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         state.close()
+
+
+async def test_an_alert_saved_but_never_routed_is_routed_after_a_restart(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A crash between saving an alert and routing it: the next start routes it (once)."""
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    staffed(state, start=now_ms() - 60_000)
+    now = now_ms()
+    state.alerts.save(Alert(id="al-crashed", type="spo2_low", source="ICU-01", alarm_kind="physiological",
+                            priority="high", state="active", onset=now, updated=now, message="SpO2 85 % below 90",
+                            bed="ICU-01", unit="ICU", metric="MDC_PULS_OXIM_SAT_O2", value=85.0))
+    service = AlertService(SITE, state, mosquitto.address, AlertSettings(rules=[RULE]))
+    notes: list[Notification] = []
+    decoder = msgspec.json.Decoder(Notification)
+    task: asyncio.Task[None] | None = None
+    try:
+        async with bus.client(mosquitto.address, "test-resume") as client:
+            await client.subscribe(topics.notify_filter(SITE.id), qos=1)
+
+            async def watch() -> None:
+                async for message in client.messages:
+                    if isinstance(message.payload, bytes) and message.payload:
+                        notes.append(decoder.decode(message.payload))
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.5)
+            task = asyncio.create_task(service.run())
+            await until(lambda: bool(notes), 20, "the crashed alert's notification")
+            await asyncio.sleep(1.0)
+            watcher.cancel()
+        assert [(n.alert.id, n.staff, n.step) for n in notes] == [("al-crashed", "n-ana", 0)]
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        state.close()
