@@ -24,9 +24,9 @@ from alerts.channels.websocket import WebSocketChannel
 from alerts.escalation import NO_RECEIVER, Escalator
 from alerts.routing import Router, RoutingSettings
 from devices.clock import now_ms
-from devices.contract import Alert, Priority
+from devices.contract import Alert, Presence, Priority
 from state.db import State
-from state.escalations import Escalations, Fired
+from state.escalations import Delivery, Escalations, Fired
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class Dispatcher:
         self._first_step: dict[tuple[str, str], int] = {}  # a delivery alarm starts at the next step of its chain
         self._client: aiomqtt.Client | None = None
         self._wake = asyncio.Event()
+        self._live: dict[str, set[str]] = {}  # API instance -> staff with a live stream there
+        self._presence = msgspec.json.Decoder(Presence)
 
     async def run(self, client: aiomqtt.Client) -> None:
         """Check deadlines and confirmations until cancelled (one bus session)."""
@@ -124,24 +126,47 @@ class Dispatcher:
                 if self._clear_technical is not None:
                     await self._clear_technical(*key)
 
+    def presence(self, topic: str, payload: bytes) -> None:
+        """An API instance's live streams (an empty retained payload: the instance is gone)."""
+        if not payload:
+            self._live.pop(topic, None)
+            return
+        try:
+            live = self._presence.decode(payload)
+        except msgspec.DecodeError:
+            log.warning("ignoring an unreadable presence message on %s", topic)
+            return
+        self._live[topic] = set(live.staff)
+
+    def live(self, staff: str) -> bool | None:
+        """Whether ``staff`` has a live stream on some API instance; None when no API has said (unknown)."""
+        if not self._live:
+            return None
+        return any(staff in streams for streams in self._live.values())
+
     async def tick(self, now: int) -> None:
         """Fire due steps and give up on unconfirmed deliveries (each at most once, across instances too)."""
         for delivery in await asyncio.to_thread(self.escalations.unconfirmed, now):
-            if not await asyncio.to_thread(self.escalations.give_up, delivery.id, now, "not confirmed in time"):
-                continue
-            escalation = await asyncio.to_thread(self.escalations.get, delivery.alert_id)
-            await asyncio.to_thread(self.escalations.hasten, delivery.alert_id, now)
-            if escalation is not None:
-                self._first_step[(delivery.staff, UNCONFIRMED)] = delivery.step + 1
-                self._because.setdefault((delivery.staff, UNCONFIRMED), set()).add(delivery.alert_id)
-                await self._raise_technical(
-                    delivery.staff, UNCONFIRMED, "high",
-                    f"alert {delivery.alert_id} to {delivery.staff} ({delivery.channel}) not confirmed within "
-                    f"{self.settings.routing.confirm_s:g} s", bed=escalation.bed, unit=escalation.unit)
+            await self._failed(delivery, now, f"not confirmed within {self.settings.routing.confirm_s:g} s")
         for escalation in await asyncio.to_thread(self.escalations.due, now):
             fired = await asyncio.to_thread(self.escalator.advance, escalation, now)
             if isinstance(fired, Fired):
                 await self._send(fired)
+
+    async def _failed(self, delivery: Delivery, now: int, why: str) -> None:
+        """A delivery nobody will confirm: the technical alarm to the next step, and the alert moves on now."""
+        if not await asyncio.to_thread(self.escalations.give_up, delivery.id, now, why):
+            return  # already given up (by another instance, or confirmed meanwhile)
+        escalation = await asyncio.to_thread(self.escalations.get, delivery.alert_id)
+        await asyncio.to_thread(self.escalations.hasten, delivery.alert_id, now)
+        self._wake.set()
+        if escalation is not None:
+            self._first_step[(delivery.staff, UNCONFIRMED)] = delivery.step + 1
+            self._because.setdefault((delivery.staff, UNCONFIRMED), set()).add(delivery.alert_id)
+            await self._raise_technical(
+                delivery.staff, UNCONFIRMED, "high",
+                f"alert {delivery.alert_id} to {delivery.staff} ({delivery.channel}): {why}",
+                bed=escalation.bed, unit=escalation.unit)
 
     async def _no_receiver(self, alert: Alert) -> None:
         if alert.type in (NO_RECEIVER_TYPE, UNCONFIRMED):
@@ -157,6 +182,9 @@ class Dispatcher:
         alert = msgspec.convert(fired.alert, Alert)
         if self._client is not None:
             await self.websocket.send(self._client, fired, alert)
+        for delivery in fired.deliveries:  # nobody to show it to: no need to wait for the confirmation bound
+            if delivery.channel == self.websocket.name and self.live(delivery.staff) is False:
+                await self._failed(delivery, delivery.sent_at, "no live stream")
         for webhook in self.webhooks:
             webhook.send(fired, alert)
         if self.pcd04 is not None and fired.step.step > 0:

@@ -88,6 +88,7 @@ class AlertService:
             for channel in ("data", "status"):
                 await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
             await alarm_client.subscribe(topics.gateway_filter(self.site.id, "alarm"), qos=1)
+            await alarm_client.subscribe(topics.presence_filter(self.site.id), qos=1)  # who has a live stream
             for alert in self.engine.open.values():  # make sure the retained set matches our state
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
             log.info("alerts %s: rule set %s, %d open alerts", self.instance, self.settings.ruleset,
@@ -132,7 +133,11 @@ class AlertService:
     async def _receive_alarms(self, alarm_client: aiomqtt.Client, client: aiomqtt.Client) -> None:
         """The alarm lane: device alarms, processed as they arrive (published on the main connection)."""
         for_us = topics.gateway_filter(self.site.id, "alarm")
+        presence = topics.presence_filter(self.site.id)
         async for message in alarm_client.messages:
+            if isinstance(message.payload, bytes) and message.topic.matches(presence):
+                self.dispatch.presence(str(message.topic), message.payload)
+                continue
             if not isinstance(message.payload, bytes) or not message.topic.matches(for_us):
                 continue
             try:

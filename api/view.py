@@ -8,15 +8,18 @@ rather than allowed to grow memory or delay the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import aiomqtt
 import msgspec
 
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Alert, GatewayStatus, Notification, ServiceStatus
+from devices.contract import Alert, GatewayStatus, Notification, Presence, ServiceStatus, encode
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ class LiveView:
         self._gateway = msgspec.json.Decoder(GatewayStatus)
         self._service = msgspec.json.Decoder(ServiceStatus)
         self._notification = msgspec.json.Decoder(Notification)
+        self.instance = f"api-{uuid.uuid4().hex[:12]}"
+        self._presence_topic = topics.presence_topic(site_id, self.instance)
+        self._client: aiomqtt.Client | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Follow the bus until cancelled."""
@@ -69,7 +76,11 @@ class LiveView:
 
     async def _session(self) -> None:
         try:
-            async with bus.client(self.address, f"wardlink-api-{now_ms()}") as client:
+            will = aiomqtt.Will(self._presence_topic, encode(Presence(self.instance, [], now_ms())), qos=1,
+                                retain=True)
+            async with bus.client(self.address, f"wardlink-{self.instance}", will=will) as client:
+                self._client = client
+                await self._publish_presence()
                 await client.subscribe(topics.alert_filter(self.site_id), qos=1)
                 await client.subscribe(topics.gateway_filter(self.site_id, "status"), qos=1)
                 await client.subscribe(topics.service_filter(self.site_id), qos=1)
@@ -80,6 +91,7 @@ class LiveView:
                         self.apply(str(message.topic), message.payload)
         finally:
             self.connected = False
+            self._client = None
 
     def apply(self, topic: str, payload: bytes) -> None:
         """Update the view from one bus message (bad messages are logged and ignored)."""
@@ -139,7 +151,10 @@ class LiveView:
     def subscribe_staff(self, staff: str) -> StaffSubscriber:
         """Register a member of staff's live stream."""
         stream = StaffSubscriber(staff)
+        first = staff not in self.staff_streams
         self.staff_streams.setdefault(staff, set()).add(stream)
+        if first:
+            self._presence_changed()
         return stream
 
     def unsubscribe_staff(self, stream: StaffSubscriber) -> None:
@@ -149,6 +164,21 @@ class LiveView:
             streams.discard(stream)
             if not streams:
                 del self.staff_streams[stream.staff]
+                self._presence_changed()
+
+    def _presence_changed(self) -> None:
+        """Tell the alert service who can be reached here now (it fails deliveries to nobody at once)."""
+        task = asyncio.get_running_loop().create_task(self._publish_presence())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_presence(self) -> None:
+        client = self._client
+        if client is None:
+            return  # published on (re)connect
+        payload = encode(Presence(self.instance, sorted(self.staff_streams), now_ms()))
+        with contextlib.suppress(aiomqtt.MqttError):  # the connection broke: the session restarts and republishes
+            await client.publish(self._presence_topic, payload, qos=1, retain=True)
 
     def subscribe(self) -> Subscriber:
         """Register a live client."""

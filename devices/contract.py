@@ -19,6 +19,7 @@ Message tree::
     ServiceStatus     heartbeat of a backend service (ingest, alerts)
     Alert             an alarm raised by the alert engine, in its current state
     Notification      an alert sent to one member of staff (alerts -> api), tracked per recipient
+    Presence          who has a live alert stream on an API instance (api -> alerts)
 """
 
 from __future__ import annotations
@@ -253,6 +254,15 @@ class Notification(msgspec.Struct, omit_defaults=True):
     reason: str  # onset, timeout, declined, unconfirmed, vacant, no_receiver
     sent: int
     confirm_by: int | None = None
+    v: int = SCHEMA_VERSION
+
+
+class Presence(msgspec.Struct, omit_defaults=True):
+    """api -> alerts: the members of staff with a live stream on one API instance (retained; the will empties it)."""
+
+    instance: str
+    staff: list[str]
+    ts: int
     v: int = SCHEMA_VERSION
 
 

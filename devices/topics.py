@@ -9,6 +9,7 @@ Layout (``v1`` is the contract version, ``site`` one hospital or campus)::
     wardlink/v1/{site}/svc/{service}/{instance}/status   ServiceStatus, retained
     wardlink/v1/{site}/alert/{alert_id}       Alert, retained while not resolved
     wardlink/v1/{site}/notify/{staff}         Notification: an alert routed to one member of staff
+    wardlink/v1/{site}/presence/{instance}    Presence: staff with a live stream on an API instance, retained
 """
 
 from __future__ import annotations
@@ -75,13 +76,23 @@ def notify_filter(site: str) -> str:
     return f"{ROOT}/{check_name(site, 'site')}/notify/+"
 
 
+def presence_topic(site: str, instance: str) -> str:
+    """Topic of one API instance's live streams."""
+    return f"{ROOT}/{check_name(site, 'site')}/presence/{check_name(instance, 'instance')}"
+
+
+def presence_filter(site: str) -> str:
+    """Subscription filter for every API instance's live streams."""
+    return f"{ROOT}/{check_name(site, 'site')}/presence/+"
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     """A parsed Wardlink topic."""
 
     site: str
-    area: Literal["gw", "svc", "alert", "notify"]
-    name: str  # gateway, service, alert id or staff id
+    area: Literal["gw", "svc", "alert", "notify", "presence"]
+    name: str  # gateway, service, alert id, staff id or API instance
     channel: str  # gateway channel, service instance, or "" for alerts
 
 
@@ -99,4 +110,6 @@ def parse(topic: str) -> Topic:
         return Topic(site, "alert", parts[4], "")
     if area == "notify" and len(parts) == 5:
         return Topic(site, "notify", parts[4], "")
+    if area == "presence" and len(parts) == 5:
+        return Topic(site, "presence", parts[4], "")
     raise TopicError(f"unknown wardlink topic: {topic!r}")

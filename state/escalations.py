@@ -232,11 +232,10 @@ class Escalations:
             return [_delivery(r) for r in session.scalars(query)]
 
     def give_up(self, delivery_id: int, at: int, detail: str) -> bool:
-        """Mark an unconfirmed delivery failed, exactly once: True if this call did it."""
+        """Mark a delivery nobody confirmed (or nobody can receive) failed, exactly once: True if this call did it."""
         with self._sessions.write(f"giving up delivery {delivery_id}") as session:
             done = session.execute(
-                update(DeliveryRow).where(DeliveryRow.id == delivery_id, DeliveryRow.status == "sent",
-                                          DeliveryRow.confirm_by.is_not(None))
+                update(DeliveryRow).where(DeliveryRow.id == delivery_id, DeliveryRow.status == "sent")
                 .values(status="failed", confirm_by=None, detail=detail[:200])
                 .returning(DeliveryRow.id).execution_options(synchronize_session=False)).first()
             return done is not None

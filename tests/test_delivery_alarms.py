@@ -13,9 +13,10 @@ from alerts.delivery import UNCONFIRMED, DeliverySettings
 from alerts.routing import RoutingSettings, StepSpec
 from alerts.rules import LimitRule
 from alerts.service import AlertService, AlertSettings
+from api.view import LiveView
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Alert, Batch, Notification, Observation, encode
+from devices.contract import Alert, Batch, Notification, Observation, Presence, encode
 from state import open_state
 from tests.conftest import Mosquitto
 from tests.test_escalation import SITE, staffed
@@ -118,3 +119,75 @@ async def test_an_alert_saved_but_never_routed_is_routed_after_a_restart(mosquit
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         state.close()
+
+
+async def test_nobody_live_fails_the_delivery_at_once(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """An API says who has a live stream: a primary without one is passed over now, not after the bound."""
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    staffed(state, start=now_ms() - 60_000)
+    routing = RoutingSettings(schedules={"high": [StepSpec("primary", 60), StepSpec("buddy", 60)]}, confirm_s=60,
+                              poll_s=0.1)
+    service = AlertService(SITE, state, mosquitto.address,
+                           AlertSettings(rules=[RULE], delivery=DeliverySettings(routing=routing)))
+    notes: list[Notification] = []
+    decoder = msgspec.json.Decoder(Notification)
+    task = asyncio.create_task(service.run())
+    try:
+        async with bus.client(mosquitto.address, "test-presence") as client:
+            await client.subscribe(topics.notify_filter(SITE.id), qos=1)
+            await client.publish(topics.presence_topic(SITE.id, "api-test"),
+                                 encode(Presence("api-test", ["n-ben"], now_ms())), qos=1, retain=True)
+
+            async def watch() -> None:
+                async for message in client.messages:
+                    if isinstance(message.payload, bytes) and message.payload:
+                        notes.append(decoder.decode(message.payload))
+
+            watcher = asyncio.create_task(watch())
+            await until(lambda: service.dispatch.live("n-ben") is True, 20, "the presence reaching the service")
+            assert service.dispatch.live("n-ana") is False
+            reading = Observation(device="mon-icu-01", stream="numerics", seq=1, ts=now_ms(),
+                                  metric="MDC_PULS_OXIM_SAT_O2", value=85, unit="%", bed="ICU-01")
+            started = time.monotonic()
+            await client.publish(topics.gateway_topic(SITE.id, "gw-icu", "data"),
+                                 encode(Batch(gateway="gw-icu", sent=now_ms(), items=[reading])), qos=1)
+            await until(lambda: any(n.alert.type == "spo2_low" and n.staff == "n-ben" for n in notes), SLACK_S,
+                        "the buddy's notification")
+            assert time.monotonic() - started < 60  # long before the 60 s bound or the primary's timeout
+            moved = next(n for n in notes if n.alert.type == "spo2_low" and n.staff == "n-ben")
+            assert (moved.step, moved.reason) == (1, "unconfirmed")
+            await until(lambda: any(n.alert.type == UNCONFIRMED for n in notes), SLACK_S, "the delivery alarm")
+            failed = [d for d in service.dispatch.escalations.deliveries(staff="n-ana") if d.alert_id == moved.alert.id]
+            assert [(d.status, d.detail) for d in failed] == [("failed", "no live stream")]
+            watcher.cancel()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        state.close()
+
+
+async def test_the_api_view_says_who_is_live(mosquitto: Mosquitto) -> None:
+    view = LiveView(SITE.id, mosquitto.address)
+    task = asyncio.create_task(view.run())
+    seen: list[Presence] = []
+    decoder = msgspec.json.Decoder(Presence)
+    try:
+        async with bus.client(mosquitto.address, "test-presence-view") as client:
+            await client.subscribe(topics.presence_filter(SITE.id), qos=1)
+
+            async def watch() -> None:
+                async for message in client.messages:
+                    if isinstance(message.payload, bytes) and message.payload:
+                        seen.append(decoder.decode(message.payload))
+
+            watcher = asyncio.create_task(watch())
+            await until(lambda: view.connected, 20, "the view connecting")
+            stream = view.subscribe_staff("n-ana")
+            await until(lambda: bool(seen) and seen[-1].staff == ["n-ana"], SLACK_S, "n-ana live")
+            view.unsubscribe_staff(stream)
+            await until(lambda: seen[-1].staff == [], SLACK_S, "n-ana gone")
+            assert {p.instance for p in seen} == {view.instance}
+            watcher.cancel()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
