@@ -105,8 +105,9 @@ def acl_rules(site: str, identity: Identity) -> list[str]:
     if identity.role == "alerts":
         return [f"topic read {gw}/+/data", f"topic read {gw}/+/alarm", f"topic read {gw}/+/status",
                 f"topic readwrite {topics.alert_filter(site)}", f"topic write {topics.notify_filter(site)}",
-                own_status]
+                f"topic read {topics.presence_filter(site)}", own_status]
     return [f"topic read {topics.alert_filter(site)}", f"topic read {topics.notify_filter(site)}",
+            f"topic write {topics.presence_filter(site)}",  # who has a live alert stream here
             f"topic read {gw}/+/status", f"topic read {svc}/+/+/status"]
 
 
