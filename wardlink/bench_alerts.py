@@ -141,9 +141,10 @@ def _percentiles(prefix: str, values: list[float]) -> dict[str, float]:
 class _Probe:
     """The monitor and the nurse: publishes low and clearing readings, times the frames on her stream."""
 
-    def __init__(self, address: BrokerAddress, api_port: int) -> None:
+    def __init__(self, address: BrokerAddress, api_port: int, headers: dict[str, str]) -> None:
         self.address = address
-        self.url = f"ws://127.0.0.1:{api_port}/api/v1/staff/stream?staff={NURSE}"
+        self.api_port = api_port
+        self.headers = headers
         self.seq = 0
         self.alert_seen: dict[str, int] = {}  # alert id -> ns when its active state reached a bus subscriber
 
@@ -175,7 +176,7 @@ class _Probe:
         bus_latency: list[float] = []
         missed = 0
         alert_decoder = msgspec.json.Decoder(Alert)
-        async with websockets.connect(self.url, max_size=2**22) as ws, \
+        async with websockets.connect(await _stream_url(self.api_port, self.headers), max_size=2**22) as ws, \
                 bus.client(self.address, f"bench-alerts-probe-{os.getpid()}") as client:
             bus.no_delay(client)  # as a gateway's uplink: a reading leaves at once
             await client.subscribe(topics.alert_filter(SITE_ID), qos=1)
@@ -249,16 +250,39 @@ class _Probe:
                 await asyncio.wait_for(arrived.wait(), remaining)
 
 
-async def _ready(api_port: int, within_s: float = 60) -> None:
+def _headers(data: Path) -> dict[str, str]:
+    """The nurse's sign-in, when the API authenticates (a token of the data directory's own key), else none."""
+    try:
+        from api.security import LocalTokens
+    except ImportError:
+        return {}
+    return {"Authorization": f"Bearer {LocalTokens.from_data_dir(data).issue(NURSE)}"}
+
+
+async def _stream_url(api_port: int, headers: dict[str, str]) -> str:
+    """The nurse's stream: with a single-use ticket when the API authenticates, else by staff id."""
+    import httpx
+
+    base = f"127.0.0.1:{api_port}/api/v1/staff/stream"
+    if not headers:
+        return f"ws://{base}?staff={NURSE}"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", headers=headers) as client:
+        response = await client.post("/api/v1/auth/ws-ticket")
+        response.raise_for_status()
+        return f"ws://{base}?ticket={response.json()['ticket']}"
+
+
+async def _ready(api_port: int, headers: dict[str, str], within_s: float = 60) -> None:
     """Wait until the API answers and has heard the alert service's heartbeat."""
     import httpx
 
     deadline = time.monotonic() + within_s
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", headers=headers) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 health = (await client.get("/api/v1/health")).json()
-                if any(name.startswith("alerts/") and s["state"] == "online" for name, s in health["services"].items()):
+                services = health.get("services", {}) if isinstance(health, dict) else {}
+                if any(name.startswith("alerts/") and s["state"] == "online" for name, s in services.items()):
                     return
             await asyncio.sleep(0.2)
     raise RuntimeError("bench alerts: API or alert service did not come up (see their logs in the work directory)")
@@ -275,10 +299,11 @@ def run(quick: bool = False) -> dict[str, float]:
         config = workdir / "bench.json"
         config.write_text(json.dumps(bench_config(data, api_port)), encoding="utf-8")
         _seed(data)
+        headers = _headers(data)  # before the API starts: it reads the same key
         with broker(workdir) as address, _service("alerts", config, address, workdir), \
                 _service("api", config, address, workdir):
-            asyncio.run(_ready(api_port))
-            probe = _Probe(address, api_port)
+            asyncio.run(_ready(api_port, headers))
+            probe = _Probe(address, api_port, headers)
             idle = {lane: asyncio.run(probe.run(max(20, samples // 4), lane)) for lane in ("data", "alarm")}
             with _flood(address, LOAD_OBS_PER_S) as flood:
                 time.sleep(3.0)  # the load is running before the first sample
