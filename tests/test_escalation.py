@@ -299,3 +299,18 @@ def test_two_instances_fire_a_step_once(two_states: tuple[State, State]) -> None
     (due_two,) = escalator(two).escalations.due(T0 + 2000)
     fired = [escalator(one).advance(due_one, T0 + 2000), escalator(two).advance(due_two, T0 + 2000)]
     assert sum(isinstance(f, Fired) for f in fired) == 1
+
+
+def test_schedules_are_configuration_checked_at_start() -> None:
+    from wardlink.config import ConfigError, load
+
+    steps = [{"target": "primary", "timeout_s": 5}, {"target": "charge", "timeout_s": 7}]
+    config = load(env={}, overrides={"alerts": {"delivery": {"routing": {"schedules": {"high": steps},
+                                                                         "confirm_s": 3}}}})
+    routing = config.alerts.delivery.routing
+    assert [(s.target, s.timeout_s) for s in routing.schedule("high")] == [("primary", 5), ("charge", 7)]
+    assert routing.schedule("low") == routing.schedule("medium")  # a priority without a schedule uses medium's
+    for bad in ({"high": []}, {"high": [{"target": "primary", "timeout_s": -1}]},
+                {"high": [{"target": "nobody", "timeout_s": 1}]}):
+        with pytest.raises(ConfigError):
+            load(env={}, overrides={"alerts": {"delivery": {"routing": {"schedules": bad}}}})
