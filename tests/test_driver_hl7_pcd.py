@@ -30,9 +30,10 @@ from devices.contract import (
 )
 from devices.site import DeviceSpec
 from devices.topics import check_name
-from gateway.drivers.hl7_pcd import parser, rows
+from gateway.drivers.hl7_pcd import context, parser, rows
 from gateway.drivers.hl7_pcd.ack import ack_fields, read_header, salvage_header
 from gateway.drivers.hl7_pcd.config import ConfigError, load_settings
+from gateway.drivers.hl7_pcd.context import sender_of
 from gateway.drivers.hl7_pcd.driver import Hl7PcdDriver
 from gateway.drivers.hl7_pcd.mllp import MllpFramer, wrap
 from gateway.drivers.hl7_pcd.parser import (
@@ -43,6 +44,7 @@ from gateway.drivers.hl7_pcd.parser import (
     escape,
     parse,
     parse_ts,
+    split_message,
     unescape,
 )
 from gateway.drivers.hl7_pcd.pcd import Decoded, Routing, answer, decode
@@ -293,10 +295,13 @@ def test_cached_row_readings_equal_reading_the_row(seps: Separators, fields: lis
 def test_caches_of_network_text_stay_bounded() -> None:
     seps = Separators()
     for n in range(CACHE_SIZE + 10):
-        segment = Segment(["OBX", "1", "NM", f"{n}^VENDOR_{n}^MDC", "", "1", f"u{n}"], seps)
-        rows.reading(segment)
-        rows.equipment(segment, 3)
-    assert 0 < len(rows._READINGS) <= CACHE_SIZE
+        fields = ["OBX", "1", "NM", f"{n}^VENDOR_{n}^MDC", "", "1", f"u{n}", *[""] * 12]
+        rows.row_of(fields, seps)
+        rows.equipment(Segment(fields, seps), 3)
+        sender = [f"MSH|^~\\&|APP{n}", "PV1||I|ICU^^B1"]
+        sender_of(*split_message("\r".join(sender)))
+    assert 0 < len(rows._ROWS) <= CACHE_SIZE
+    assert 0 < len(context._SENDERS) <= CACHE_SIZE
     assert 0 < len(rows.equipment.cache) <= CACHE_SIZE  # type: ignore[attr-defined]
     long_text = "9" * 10_000
     rows.identity(Segment(["OBX", "1", "NM", long_text], seps))
@@ -487,7 +492,7 @@ async def test_serial_line_over_a_pty() -> None:
         "MDC_EVT_LEAD_OFF", "technical", "medium", "Leads off [active, enabled]")
 
 
-# Equivalence of the fast paths of the PCD-01 mapping, segment splitting and ACK time with the general ones.
+# The PCD-01 mapping against a plain reading of the profile; segment splitting and ACK time against references.
 
 _OBX_TEXT = st.sampled_from([
     "", "NM", " nm ", "ST", "CWE", "NA", "NM^x", "67.4", " 96.9 ", "-1e5", "+3", "1e999", "abc", "1\\S\\2", ".5", "1#2",

@@ -120,31 +120,14 @@ class Reading:
     flags: int
 
 
-# Bounded like the caches of by_field_text; keyed on OBX-3, -6, -8, -11 and the separators.
-_READINGS: dict[tuple[str, str, str, str, str], Reading] = {}
-
-
 def reading(segment: Segment) -> Reading:
-    """:func:`identity`, :func:`unit`, :func:`status_flags` of OBX-11 and :func:`is_demo` of an OBX row, at once."""
-    # One look-up instead of four per row: a monitor sends the same row texts every few seconds.
-    fields = segment.fields
-    if len(fields) > 11:  # what segment.raw() gives, without four calls
-        key = (fields[3], fields[6], fields[8], fields[11], segment.seps.key)
-    else:
-        raw = segment.raw
-        key = (raw(3), raw(6), raw(8), raw(11), segment.seps.key)
-    try:
-        return _READINGS[key]
-    except KeyError:
-        pass
+    """:func:`identity`, :func:`unit`, :func:`status_flags` of OBX-11 and :func:`is_demo` of an OBX row, at once.
+
+    Not remembered here: :func:`row_of` keeps the whole row's meaning, and the field readers keep theirs.
+    """
     ident = identity(segment)
-    found = Reading(ident, unit(segment, ident.known),
-                    status_flags(segment.get(11)) | (FLAG_DEMO if is_demo(segment) else 0))
-    if sum(len(text) for text in key[:4]) <= MAX_CACHED_KEY:
-        if len(_READINGS) >= CACHE_SIZE:
-            _READINGS.clear()
-        _READINGS[key] = found
-    return found
+    return Reading(ident, unit(segment, ident.known),
+                   status_flags(segment.get(11)) | (FLAG_DEMO if is_demo(segment) else 0))
 
 
 def identity(segment: Segment, field: int = 3) -> Identity:
