@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.security import ROLES, Authenticator, AuthError, Principal
 from devices.clock import now_ms
+from devices.contract import Alert
 from devices.site import Site
 from state.db import State
 
@@ -107,6 +108,10 @@ class Access:
         if unit is None or not principal.sees_unit(unit):
             raise not_found(f"bed {bed!r}")
         return unit
+
+    def unit_of_alert(self, alert: Alert) -> str | None:
+        """An alert's unit: its own, else (a gateway's or a device's technical alarm) its source gateway's."""
+        return alert.unit or self.gateway_units.get(alert.source)
 
     def check_unit(self, principal: Principal, unit: str | None, what: str) -> None:
         """404 unless an object of ``unit`` is in the caller's scope."""

@@ -113,7 +113,7 @@ def alerts_router(site: Site, state: State, access: Access, catalogue: Catalogue
     async def visible_alert(principal: Principal, alert_id: str) -> tuple[Alert, str | None]:
         """The alert and its unit (a gateway's alert: the gateway's unit), or 404 (missing or out of scope)."""
         alert: Alert | None = await call(state.alerts.get, alert_id)
-        unit = None if alert is None else alert.unit or access.gateway_units.get(alert.source)
+        unit = None if alert is None else access.unit_of_alert(alert)
         if alert is None:
             raise not_found(f"alert {alert_id!r}")
         access.check_unit(principal, unit, f"alert {alert_id!r}")

@@ -1,25 +1,43 @@
-"""The HTTP and WebSocket API (FastAPI): beds, vitals, history, alerts, devices and health."""
+"""The HTTP and WebSocket API (FastAPI): beds, vitals, history, alerts, devices, health, and every router.
 
-from __future__ import annotations
+Every route declares who may call it (``Depends(access.allow(...))``, see :mod:`api.access`); only
+sign-in, the liveness probe and ``/metrics`` (for the hospital's monitoring network) are open.
+"""
 
+# No `from __future__ import annotations`: FastAPI reads the Depends(...) of local names in parameter
+# annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 import contextlib
 import logging
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, RedirectResponse
 
 from api import metrics, schemas
+from api.access import Access, not_found
+from api.alerts_routes import Catalogue, alerts_router
+from api.audit_routes import audit_router
+from api.auth_routes import auth_router
+from api.facilities_routes import facilities_router
+from api.limits import Limits, LimitSettings
+from api.navigation_routes import navigation_router
+from api.reports_routes import reports_router
 from api.routing_routes import routing_router
+from api.security import Authenticator, Principal
 from api.view import LiveView
+from api.waste_routes import waste_router
 from devices import mdc
 from devices.clock import now_ms
-from devices.contract import DeviceInfo
+from devices.contract import Alert, DeviceInfo
 from devices.site import Site
+from facilities.sitemap import SiteMap
+from facilities.waste import WasteSettings
+from state.alarm_settings import DEFAULT_RULESET
 from state.db import State
 from storage.base import HistoryPoint, Latest, StoreError, TimeSeriesStore
 
@@ -60,15 +78,50 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State | None = None) -> FastAPI:
-    """Build the application around a site, a store and the live bus view (and the relational state, if given)."""
-    app = FastAPI(title="Wardlink API", version="0.1.0",
-                  description="Device telemetry, vitals and alarms for a hospital's connected devices.")
-    beds = {bed: unit.id for unit in site.units for bed in unit.beds}
+FACILITIES_ALERTS = ("asset.", "par.", "tag.", "waste.")
+"""Alert types facilities staff handle (asset location, par levels, tags, medical waste)."""
 
-    def known_bed(bed: str) -> None:
-        if bed not in beds:
-            raise HTTPException(404, f"bed {bed!r} not found")
+
+@dataclass(frozen=True)
+class ApiParts:
+    """Everything the API serves from (built by the composition root, :mod:`wardlink.runner`)."""
+
+    site: Site
+    store: TimeSeriesStore
+    view: LiveView
+    state: State
+    auth: Authenticator
+    catalogue: Catalogue  # alerts.ruleset.catalogue(), handed in: the API never imports the alert engine
+    default_ruleset: str = DEFAULT_RULESET
+    site_map: SiteMap | None = None
+    waste: WasteSettings | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
+
+
+def sees_alert(access: Access, principal: Principal, alert: Alert) -> bool:
+    """Whether a live alert is the caller's: their units' alerts (clinical), facilities' kinds, or technical ones."""
+    if principal.role in ("nurse", "charge_nurse"):
+        return principal.sees_unit(access.unit_of_alert(alert))
+    if principal.role == "facilities":
+        return alert.type.startswith(FACILITIES_ALERTS)
+    if principal.role == "biomed":
+        return alert.category == "technical"
+    return False
+
+
+def create_app(parts: ApiParts) -> FastAPI:
+    """Build the application: its own routes, every router, and the request limits around it all."""
+    site, store, view, state = parts.site, parts.store, parts.view, parts.state
+    app = FastAPI(title="Wardlink API", version="0.2.0",
+                  description="Device telemetry, vitals and alarms for a hospital's connected devices. "
+                              "Sign in with POST /api/v1/auth/token and send Authorization: Bearer <token>.")
+    access = Access(site, state, parts.auth)
+    app.state.access = access
+    clinical = Depends(access.allow("nurse", "charge_nurse"))
+    ward_roles = Depends(access.allow("nurse", "charge_nurse", "facilities", "biomed"))
+    alert_roles = Depends(access.allow("nurse", "charge_nurse", "facilities", "biomed"))
+    device_roles = Depends(access.allow("nurse", "charge_nurse", "biomed"))
+    operations = Depends(access.allow("biomed", "admin", "charge_nurse", "nurse", "facilities"))
 
     async def in_thread(fn: Any, /, **kwargs: Any) -> Any:
         try:
@@ -80,29 +133,35 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
+    @app.get("/api/v1/health/live")
+    async def live() -> dict[str, str]:
+        """Liveness for load balancers and orchestrators: the process answers (no detail, no sign-in)."""
+        return {"status": "ok"}
+
     @app.get("/api/v1/beds", response_model=list[schemas.Bed])
-    async def list_beds() -> list[schemas.Bed]:
-        """Beds with their unit and the devices bound to each."""
+    async def list_beds(principal: Annotated[Principal, ward_roles]) -> list[schemas.Bed]:
+        """Beds of the caller's units (site-wide roles: every bed) with the devices bound to each; no patient data."""
         return [schemas.Bed(id=bed, unit=unit.id, devices=[
             schemas.DeviceRef(id=d.id, kind=d.kind, model=d.model) for d in site.devices_at(bed)])
-            for unit in site.units for bed in unit.beds]
+            for unit in site.units if principal.sees_unit(unit.id) for bed in unit.beds]
 
     @app.get("/api/v1/beds/{bed}/vitals", response_model=list[schemas.Vital])
-    async def bed_vitals(bed: str) -> list[schemas.Vital]:
-        """Latest value, unit, MDC code and time per metric at a bed."""
-        known_bed(bed)
+    async def bed_vitals(bed: str, principal: Annotated[Principal, clinical]) -> list[schemas.Vital]:
+        """Latest value, unit, MDC code and time per metric at a bed (a read of patient data: audited)."""
+        unit = access.unit_of_bed(principal, bed)
         latest = await in_thread(store.latest, bed=bed)
+        await access.audited(principal, object=f"bed {bed} vitals", action="read", unit=unit)
         return [_vital(v) for v in latest]
 
     @app.get("/api/v1/beds/{bed}/vitals/{metric}", response_model=schemas.History)
     async def bed_history(
-        bed: str, metric: str,
+        bed: str, metric: str, principal: Annotated[Principal, clinical],
         start: Annotated[str | None, Query(description="epoch ms or ISO 8601; default one hour ago")] = None,
         end: Annotated[str | None, Query(description="epoch ms or ISO 8601; default now")] = None,
         step: Annotated[str | None, Query(description="bucket width (60s, 1m, 1h): mean/min/max per bucket")] = None,
     ) -> schemas.History:
-        """History of one metric at a bed, downsampled when ``step`` is given."""
-        known_bed(bed)
+        """History of one metric at a bed, downsampled when ``step`` is given (audited)."""
+        unit = access.unit_of_bed(principal, bed)
         refid = mdc.resolve(metric)
         end_ms = parse_time(end, now_ms() + 1)
         start_ms = parse_time(start, end_ms - 3_600_000)
@@ -111,6 +170,8 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
         step_ms = parse_step(step)
         points = await in_thread(store.history, bed=bed, metric=refid, start_ms=start_ms, end_ms=end_ms,
                                  step_ms=step_ms)
+        await access.audited(principal, object=f"bed {bed} {refid}", action="read", unit=unit,
+                             detail={"start": start_ms, "end": end_ms})
         known = mdc.BY_REFID.get(refid)
         return schemas.History(bed=bed, metric=refid, code=known.code if known else None,
                                unit=known.unit if known else None, start=iso(start_ms), end=iso(end_ms),
@@ -118,17 +179,22 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
 
     @app.get("/api/v1/alerts", response_model=list[schemas.AlertOut])
     async def list_alerts(
+        principal: Annotated[Principal, alert_roles],
         state: Annotated[str | None, Query(pattern="^(active|acknowledged|resolved|open)$")] = None,
         unit: str | None = None, bed: str | None = None,
     ) -> list[schemas.AlertOut]:
-        """Alerts, newest first; ``state=active`` for the open ones, ``resolved`` for recent history."""
+        """The caller's alerts, newest first; ``state=active`` for the open ones, ``resolved`` for recent history.
+
+        Nurses see their units' alerts, facilities staff asset and waste alerts, biomedical engineers
+        technical alerts."""
         pool = list(view.resolved.values()) if state == "resolved" else list(view.alerts.values())
         if state is None:
             pool += list(view.resolved.values())
+        pool = [a for a in pool if sees_alert(access, principal, a)]
         if state in ("active", "acknowledged"):
             pool = [a for a in pool if a.state == state]
         if unit:
-            pool = [a for a in pool if a.unit == unit]
+            pool = [a for a in pool if access.unit_of_alert(a) == unit]
         if bed:
             pool = [a for a in pool if a.bed == bed]
         pool.sort(key=lambda a: a.updated, reverse=True)
@@ -136,12 +202,18 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
 
     @app.websocket("/api/v1/alerts/stream")
     async def alert_stream(ws: WebSocket) -> None:
-        """Open alerts as a snapshot, then every alert transition as it happens."""
+        """The caller's alerts (as ``GET /api/v1/alerts``): a snapshot, then every transition as it happens.
+
+        Authenticate with a single-use ``?ticket=`` from ``POST /api/v1/auth/ws-ticket``."""
+        principal = await access.websocket_principal(ws)
+        if principal is None or principal.role not in ("nurse", "charge_nurse", "facilities", "biomed"):
+            await ws.close(code=1008, reason="sign in: a ticket from POST /api/v1/auth/ws-ticket")
+            return
         await ws.accept()
         subscriber = view.subscribe()
         try:
-            await ws.send_json({"type": "snapshot",
-                                "alerts": [msgspec.to_builtins(a) for a in view.alerts.values()]})
+            await ws.send_json({"type": "snapshot", "alerts": [
+                msgspec.to_builtins(a) for a in view.alerts.values() if sees_alert(access, principal, a)]})
             while True:
                 try:
                     alert = await asyncio.wait_for(subscriber.queue.get(), timeout=15)
@@ -150,7 +222,8 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
                         break
                     await ws.send_json({"type": "ping", "ts": now_ms()})
                     continue
-                await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(alert)})
+                if sees_alert(access, principal, alert):
+                    await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(alert)})
                 if subscriber.overflowed and subscriber.queue.empty():
                     break
         except WebSocketDisconnect:
@@ -188,20 +261,29 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
                 device.frames_ok, device.frames_bad = h.frames_ok, h.frames_bad
         return out
 
+    def device_unit(device: schemas.DeviceOut) -> str | None:
+        """A device's unit: its bed's, else its gateway's."""
+        return (access.bed_units.get(device.bed) if device.bed else None) or access.gateway_units.get(device.gateway)
+
     @app.get("/api/v1/devices", response_model=list[schemas.DeviceOut])
-    async def list_devices() -> list[schemas.DeviceOut]:
-        """Devices (declared and discovered) with identifiers, bed, gateway, firmware and link state."""
-        return list((await registry()).values())
+    async def list_devices(principal: Annotated[Principal, device_roles]) -> list[schemas.DeviceOut]:
+        """Devices (declared and discovered) with identifiers, bed, gateway, firmware and link state: every
+        device for biomedical engineers, their units' devices for nurses."""
+        return [d for d in (await registry()).values() if principal.sees_unit(device_unit(d))]
 
     @app.get("/api/v1/devices/{device}/vitals", response_model=list[schemas.Vital])
-    async def device_vitals(device: str) -> list[schemas.Vital]:
-        """Latest value per metric of one device."""
-        if device not in await registry():
-            raise HTTPException(404, f"device {device!r} not found")
-        return [_vital(v) for v in await in_thread(store.latest, device=device)]
+    async def device_vitals(device: str, principal: Annotated[Principal, device_roles]) -> list[schemas.Vital]:
+        """Latest value per metric of one device (audited)."""
+        found = (await registry()).get(device)
+        unit = device_unit(found) if found is not None else None
+        if found is None or not principal.sees_unit(unit):
+            raise not_found(f"device {device!r}")
+        latest = await in_thread(store.latest, device=device)
+        await access.audited(principal, object=f"device {device} vitals", action="read", unit=unit)
+        return [_vital(v) for v in latest]
 
     @app.get("/api/v1/health", response_model=schemas.Health)
-    async def health() -> schemas.Health:
+    async def health(principal: Annotated[Principal, operations]) -> schemas.Health:
         """Each component's state: broker, store, gateways, ingest and alerts."""
         now = now_ms()
         try:
@@ -222,19 +304,30 @@ def create_app(site: Site, store: TimeSeriesStore, view: LiveView, state: State 
             for name, s in view.services.items()}
         broker = schemas.Component(state="ok" if view.connected else "down",
                                    detail={"url": view.address.url, "embedded": view.embedded_broker})
-        parts = [broker.state == "ok", store_state.state == "ok",
-                 all(c.state == "online" for c in (*gateways.values(), *services.values()))]
-        return schemas.Health(status="ok" if all(parts) else "degraded", broker=broker, store=store_state,
+        parts_ok = [broker.state == "ok", store_state.state == "ok",
+                    all(c.state == "online" for c in (*gateways.values(), *services.values()))]
+        return schemas.Health(status="ok" if all(parts_ok) else "degraded", broker=broker, store=store_state,
                               gateways=gateways, services=services,
                               open_alerts=len(view.alerts), live_clients=len(view.subscribers))
 
     @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
     async def prometheus_metrics() -> PlainTextResponse:
-        """Prometheus text exposition of every worker's counters (label ``instance``) and the API's own view."""
+        """Prometheus text exposition of every worker's counters (label ``instance``) and the API's own view.
+
+        Open, for the monitoring network: it carries counters and states, no patient data."""
         return PlainTextResponse(metrics.render(view, now_ms()), media_type=metrics.CONTENT_TYPE)
 
-    if state is not None:
-        app.include_router(routing_router(site, state, view))
+    app.include_router(auth_router(access))
+    app.include_router(audit_router(access))
+    app.include_router(routing_router(site, state, view, access))
+    app.include_router(alerts_router(site, state, access, parts.catalogue, default_ruleset=parts.default_ruleset))
+    app.include_router(reports_router(site, access))
+    app.include_router(facilities_router(site, state, store, access, site_map=parts.site_map))
+    app.include_router(waste_router(site, state, access, parts.waste))
+    if parts.site_map is not None:
+        app.include_router(navigation_router(parts.site_map, state, access))
+    app.state.limit_counters = {"body_too_large": 0, "rate_limited": 0}
+    app.add_middleware(Limits, settings=parts.limits, counters=app.state.limit_counters)
     return app
 
 

@@ -45,11 +45,13 @@ class Limits:
     """The middleware; ``counters`` says how often each limit was hit."""
 
     def __init__(self, app: App, settings: LimitSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """Wrap ``app``."""
+                 clock: Callable[[], float] = time.monotonic, counters: dict[str, int] | None = None) -> None:
+        """Wrap ``app``; count into ``counters`` if given (so the application can report them)."""
         self.app, self.settings, self._clock = app, settings or LimitSettings(), clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
-        self.counters = {"body_too_large": 0, "rate_limited": 0}
+        self.counters = counters if counters is not None else {}
+        self.counters.setdefault("body_too_large", 0)
+        self.counters.setdefault("rate_limited", 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the limits, then hand the request on."""

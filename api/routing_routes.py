@@ -1,12 +1,13 @@
 """Routing API: staff, shift assignments (create, end, list per unit), routes, deliveries and the per-user stream.
 
-Authentication comes in a later issue: until then the member of staff is named by a ``staff`` query
-parameter (stream) or body field (delivery status), which is trusted. Do not expose this API beyond a
-trusted network before then.
+Roles: staff records are the ``admin``'s; a unit's assignments are read by its nurses and charge nurse
+and changed by its ``charge_nurse`` (and the ``admin``), every change audited; a bed's route and an
+alert's deliveries are read by the unit's nurses; deliveries and the personal stream are the caller's
+own (the member of staff is the authenticated principal, never a parameter).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the Depends(...) of local names in parameter
+# annotations, which only works when annotations are evaluated where the route is defined.
 import asyncio
 import contextlib
 import logging
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, HTTPException, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
 
+from api.access import Access, not_found
+from api.security import Principal
 from api.view import LiveView, StaffSubscriber
 from devices.clock import now_ms
 from devices.contract import Alert, Notification
@@ -62,7 +65,6 @@ class StatusIn(BaseModel):
     """A receiver's answer to a delivery."""
 
     status: Literal["delivered", "read", "accepted", "declined"]
-    staff: str  # the recipient (trusted until authentication arrives)
 
 
 def _delivery(delivery: Delivery) -> dict[str, object]:
@@ -70,13 +72,23 @@ def _delivery(delivery: Delivery) -> dict[str, object]:
     return body
 
 
-def routing_router(site: Site, state: State, view: LiveView) -> APIRouter:
+def routing_router(site: Site, state: State, view: LiveView, access: Access) -> APIRouter:
     """The routing endpoints over the relational state and the live view."""
     router = APIRouter(prefix="/api/v1", tags=["routing"])
     assignments = state.assignments
     escalations = Escalations(state.sessions)
     units = {unit.id for unit in site.units}
-    beds = {bed for unit in site.units for bed in unit.beds}
+    admin = Depends(access.allow("admin"))
+    unit_staff = Depends(access.allow("nurse", "charge_nurse", "admin"))
+    planners = Depends(access.allow("charge_nurse", "admin"))
+    clinical = Depends(access.allow("nurse", "charge_nurse"))
+
+    def in_scope(principal: Principal, unit: str | None, what: str) -> None:
+        """Admins plan every unit; clinical staff their own; anything else answers like a missing object."""
+        if principal.role != "admin":
+            access.check_unit(principal, unit, what)
+        elif unit not in units:
+            raise not_found(what)
 
     async def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -85,88 +97,110 @@ def routing_router(site: Site, state: State, view: LiveView) -> APIRouter:
             raise HTTPException(503, f"state unavailable: {exc}") from exc
 
     @router.post("/staff", status_code=201)
-    async def put_staff(staff: StaffIn) -> dict[str, object]:
-        """Create or update a member of staff."""
+    async def put_staff(staff: StaffIn, principal: Annotated[Principal, admin]) -> dict[str, object]:
+        """Create or update a member of staff (audited)."""
         saved = await call(assignments.add_staff, staff.id, staff.name, staff.role, active=staff.active)
+        await access.audited(principal, object=f"staff {staff.id}", action="staff.save", unit=None,
+                             detail={"role": staff.role, "active": staff.active})
         return msgspec.to_builtins(saved)  # type: ignore[no-any-return]
 
     @router.get("/units/{unit}/assignments")
-    async def list_assignments(unit: str, at: int | None = None) -> list[dict[str, object]]:
+    async def list_assignments(unit: str, principal: Annotated[Principal, unit_staff],
+                               at: int | None = None) -> list[dict[str, object]]:
         """Assignments of a unit in force at ``at`` (default now)."""
-        if unit not in units:
-            raise HTTPException(404, f"unit {unit!r} not found")
+        in_scope(principal, unit, f"unit {unit!r}")
         found: list[Assignment] = await call(assignments.current, unit, now_ms() if at is None else at)
         return [msgspec.to_builtins(a) for a in found]
 
     @router.post("/assignments", status_code=201)
-    async def create_assignment(body: AssignmentIn) -> dict[str, object]:
-        """Assign a member of staff for a shift."""
-        if body.unit not in units:
-            raise HTTPException(404, f"unit {body.unit!r} not found")
-        if body.bed is not None and body.bed not in beds:
-            raise HTTPException(404, f"bed {body.bed!r} not found")
+    async def create_assignment(body: AssignmentIn, principal: Annotated[Principal, planners]) -> dict[str, object]:
+        """Assign a member of staff for a shift (the unit's charge nurse or an admin; audited)."""
+        in_scope(principal, body.unit, f"unit {body.unit!r}")
+        if body.bed is not None and access.bed_units.get(body.bed) != body.unit:
+            raise not_found(f"bed {body.bed!r}")
         if await call(assignments.staff, body.staff) is None:
-            raise HTTPException(404, f"staff {body.staff!r} not found")
+            raise not_found(f"staff {body.staff!r}")
         try:
             made = await call(assignments.assign, body.staff, body.unit, body.role,
                               now_ms() if body.valid_from is None else body.valid_from, body.valid_to,
                               bed=body.bed, patient=body.patient)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
+        await access.audited(principal, object=f"assignment {made.id}", action="assignment.create", unit=body.unit,
+                             detail=msgspec.to_builtins(made))
         return msgspec.to_builtins(made)  # type: ignore[no-any-return]
 
     @router.post("/assignments/{assignment_id}/end")
-    async def end_assignment(assignment_id: int, body: EndIn | None = None) -> dict[str, object]:
-        """End an assignment (now, or at ``at``)."""
+    async def end_assignment(assignment_id: int, principal: Annotated[Principal, planners],
+                             body: EndIn | None = None) -> dict[str, object]:
+        """End an assignment (now, or at ``at``; audited)."""
+        existing: Assignment | None = await call(assignments.get, assignment_id)
+        if existing is None:
+            raise not_found(f"assignment {assignment_id}")
+        in_scope(principal, existing.unit, f"assignment {assignment_id}")
         at = now_ms() if body is None or body.at is None else body.at
         try:
             ended = await call(assignments.end, assignment_id, at)
         except KeyError:
-            raise HTTPException(404, f"assignment {assignment_id} not found") from None
+            raise not_found(f"assignment {assignment_id}") from None
+        await access.audited(principal, object=f"assignment {assignment_id}", action="assignment.end",
+                             unit=existing.unit, detail={"at": at})
         return msgspec.to_builtins(ended)  # type: ignore[no-any-return]
 
     @router.get("/beds/{bed}/route")
-    async def bed_route(bed: str, at: int | None = None) -> list[dict[str, object]]:
+    async def bed_route(bed: str, principal: Annotated[Principal, clinical],
+                        at: int | None = None) -> list[dict[str, object]]:
         """Who an alarm of this bed goes to now: primary, buddy, charge."""
-        if bed not in beds:
-            raise HTTPException(404, f"bed {bed!r} not found")
+        access.unit_of_bed(principal, bed)
         route: list[Recipient] = await call(assignments.route, bed, now_ms() if at is None else at)
         return [msgspec.to_builtins(r) for r in route]
 
     @router.get("/alerts/{alert_id}/delivery")
-    async def alert_delivery(alert_id: str) -> dict[str, object]:
+    async def alert_delivery(alert_id: str, principal: Annotated[Principal, clinical]) -> dict[str, object]:
         """An alert's escalation (state, step, next deadline), its fired steps and every delivery."""
+        alert: Alert | None = await call(state.alerts.get, alert_id)
+        if alert is None:
+            raise not_found(f"alert {alert_id!r}")
+        access.check_unit(principal, access.unit_of_alert(alert), f"alert {alert_id!r}")
         escalation = await call(escalations.get, alert_id)
         if escalation is None:
-            raise HTTPException(404, f"no delivery of alert {alert_id!r}")
+            raise not_found(f"delivery of alert {alert_id!r}")
         steps = await call(escalations.steps, alert_id)
         deliveries = await call(escalations.deliveries, alert_id=alert_id)
         return {"escalation": msgspec.to_builtins(escalation), "steps": msgspec.to_builtins(steps),
                 "deliveries": [_delivery(d) for d in deliveries]}
 
     @router.get("/deliveries")
-    async def list_deliveries(staff: str) -> list[dict[str, object]]:
-        """Deliveries to one member of staff, oldest first."""
-        return [_delivery(d) for d in await call(escalations.deliveries, staff=staff)]
+    async def list_deliveries(principal: Annotated[Principal, clinical]) -> list[dict[str, object]]:
+        """Deliveries to the caller, oldest first."""
+        return [_delivery(d) for d in await call(escalations.deliveries, staff=principal.subject)]
 
     @router.post("/deliveries/{delivery_id}/status")
-    async def delivery_status(delivery_id: int, body: StatusIn) -> dict[str, object]:
-        """A receiver's answer: delivered, read, accepted (stops the escalation) or declined (next step now)."""
+    async def delivery_status(delivery_id: int, body: StatusIn,
+                              principal: Annotated[Principal, clinical]) -> dict[str, object]:
+        """The caller's answer to a delivery to them: delivered, read, accepted (stops the escalation) or
+        declined (next step now)."""
         try:
-            updated = await call(escalations.mark, delivery_id, body.status, now_ms(), staff=body.staff)
+            updated = await call(escalations.mark, delivery_id, body.status, now_ms(), staff=principal.subject)
         except KeyError:
-            raise HTTPException(404, f"delivery {delivery_id} not found") from None
+            raise not_found(f"delivery {delivery_id}") from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from exc
         return _delivery(updated)
 
     @router.websocket("/staff/stream")
-    async def staff_stream(ws: WebSocket, staff: Annotated[str, Query(min_length=1, max_length=64)]) -> None:
-        """One member of staff's alerts: a snapshot of open deliveries, then each new one and its alert's updates.
+    async def staff_stream(ws: WebSocket) -> None:
+        """The caller's alerts: a snapshot of open deliveries, then each new one and its alert's updates.
 
-        Every notification written to the socket is recorded as delivered. The client answers with
+        Authenticate with a single-use ``?ticket=`` from ``POST /api/v1/auth/ws-ticket``. Every
+        notification written to the socket is recorded as delivered. The client answers with
         ``{"type": "status", "delivery": <id>, "status": "read" | "accepted" | "declined"}``.
         """
+        principal = await access.websocket_principal(ws)
+        if principal is None or principal.role not in ("nurse", "charge_nurse"):
+            await ws.close(code=1008, reason="sign in: a ticket from POST /api/v1/auth/ws-ticket")
+            return
+        staff = principal.subject
         await ws.accept()
         stream = view.subscribe_staff(staff)
         try:

@@ -31,6 +31,7 @@ from devices.clock import now_ms
 from devices.contract import Batch, Observation, encode
 from state import State, open_state
 from storage.memory import MemoryStore
+from tests.auth import bearer, parts
 from tests.conftest import Mosquitto, free_port
 from tests.test_escalation import SITE, staffed
 
@@ -74,9 +75,10 @@ class Harness:
         self.settings = alert_settings
         self.state = open_state(self.url)
         staffed(self.state, start=now_ms() - 60_000)
+        self.state.assignments.add_staff("a-root", "Root", "admin")
         self.view = LiveView(SITE.id, self.address)
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(SITE, MemoryStore(), self.view, self.state),
+        self.server = uvicorn.Server(uvicorn.Config(create_app(parts(SITE, MemoryStore(), self.view, self.state)),
                                                     host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="off"))
         self.tasks: list[asyncio.Task[Any]] = []
@@ -108,7 +110,9 @@ class Harness:
         self.service_task = None
 
     async def stream(self, staff: str) -> Stream:
-        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/api/v1/staff/stream?staff={staff}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", headers=bearer(staff)) as client:
+            ticket = (await client.post("/api/v1/auth/ws-ticket")).json()["ticket"]
+        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/api/v1/staff/stream?ticket={ticket}")
         stream = Stream(ws)
 
         async def read() -> None:
@@ -183,8 +187,8 @@ async def test_alert_goes_to_the_primary_then_the_buddy_and_stops_at_the_ack(har
     assert statuses == {("n-ana", "delivered"), ("n-ben", "delivered")}  # each frame written was recorded
 
 
-async def _get(h: Harness, path: str) -> Any:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{h.port}") as client:
+async def _get(h: Harness, path: str, staff: str = "n-ana") -> Any:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{h.port}", headers=bearer(staff)) as client:
         response = await client.get(path)
         response.raise_for_status()
         return response.json()
@@ -246,8 +250,11 @@ async def test_answers_on_the_stream_are_recorded_and_accepting_stops_the_escala
 async def test_assignments_are_data_the_api_changes(harness: Harness) -> None:
     h = harness
     now = now_ms()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{h.port}") as client:
-        staff = await client.post("/api/v1/staff", json={"id": "n-eve", "name": "Eve", "role": "nurse"})
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{h.port}", headers=bearer("n-cho")) as client:
+        refused = await client.post("/api/v1/staff", json={"id": "n-eve", "name": "Eve", "role": "nurse"})
+        assert refused.status_code == 403  # staff records are the admin's
+        staff = await client.post("/api/v1/staff", json={"id": "n-eve", "name": "Eve", "role": "nurse"},
+                                  headers=bearer("a-root"))
         assert staff.status_code == 201
         made = await client.post("/api/v1/assignments", json={"staff": "n-eve", "unit": "ICU", "role": "primary",
                                                                "valid_to": now + 3_600_000, "bed": "ICU-03"})
@@ -269,3 +276,8 @@ async def test_assignments_are_data_the_api_changes(harness: Harness) -> None:
         assert unknown_bed.status_code == 404
         assert (await client.get("/api/v1/units/NOPE/assignments")).status_code == 404
         assert (await client.post("/api/v1/assignments/999999/end", json={})).status_code == 404
+        as_nurse = await client.post("/api/v1/assignments", headers=bearer("n-ana"), json={
+            "staff": "n-eve", "unit": "ICU", "role": "primary", "valid_to": now + 1000, "bed": "ICU-03"})
+        assert as_nurse.status_code == 403  # assignments are the charge nurse's to make
+    actions = [r.action for r in h.state.audit.records() if r.action.startswith(("assignment.", "staff."))]
+    assert actions == ["staff.save", "assignment.create", "assignment.end"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.auth import system_bearer
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,8 @@ def test_run_on_embedded_defaults_and_stop_with_ctrl_c(tmp_path: Path) -> None:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).json()
+                health = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2,
+                                   headers=system_bearer(tmp_path / "data", "b-biomed")).json()
                 if health["gateways"].get("gw-icu", {}).get("state") == "online":
                     break
             except httpx.HTTPError:
@@ -41,6 +43,8 @@ def test_run_on_embedded_defaults_and_stop_with_ctrl_c(tmp_path: Path) -> None:
         assert health["broker"]["detail"]["embedded"] is True
         broker_port = health["broker"]["detail"]["url"].rsplit(":", 1)[1]
         assert f"broker mqtt://127.0.0.1:{broker_port} (embedded)" in log.read_text()
+        assert "demo sign-in for n-icu (nurse)" in log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 401
         # An outside client (mosquitto_sub) sees the gateway's retained birth message on the embedded broker.
         sub = shutil.which("mosquitto_sub")
         assert sub, "mosquitto-clients is not installed (make test installs it)"

@@ -17,8 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devices.clock import now_ms
+from tests.auth import staff, system_bearer
 from tests.conftest import Mosquitto, free_port
 from tests.scenarios import RULES, fast_scenario, to_toml
+from wardlink.config import load
+from wardlink.runner import open_relational
 
 pytestmark = pytest.mark.slow
 WARDLINK = [sys.executable, "-m", "wardlink.cli"]
@@ -51,6 +55,11 @@ def test_every_service_in_its_own_process(mosquitto: Mosquitto, tmp_path: Path,
     devices = tmp_path / "devices.json"
     logs = tmp_path / "logs"
     logs.mkdir()
+    # The hospital's people: a nurse of the ICU (the demo users are `wardlink run`'s only).
+    settings = load([config])
+    state = open_relational(settings, settings.site)
+    staff(state, ("n-icu", "nurse", "ICU"), ("b-biomed", "biomed", None), at=now_ms() - 60_000)
+    state.close()
 
     def spawn(name: str, *args: str) -> None:
         with (logs / f"{name}.log").open("wb") as out:  # the child keeps its own copy of the descriptor
@@ -69,6 +78,7 @@ def test_every_service_in_its_own_process(mosquitto: Mosquitto, tmp_path: Path,
     spawn("api", "serve", "api")
 
     api = f"http://127.0.0.1:{port}/api/v1"
+    nurse = system_bearer(tmp_path / "data")
 
     def wait_for(what: str, check: object, seconds: float) -> object:
         deadline = time.monotonic() + seconds
@@ -83,14 +93,15 @@ def test_every_service_in_its_own_process(mosquitto: Mosquitto, tmp_path: Path,
         dump = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.iterdir()))
         raise AssertionError(f"timed out waiting for {what}\n{dump}")
 
-    wait_for("ICU-01 vitals", lambda: httpx.get(f"{api}/beds/ICU-01/vitals", timeout=2).json(), 40)
+    wait_for("ICU-01 vitals", lambda: httpx.get(f"{api}/beds/ICU-01/vitals", timeout=2, headers=nurse).json(), 40)
     alert = wait_for("the ICU-03 SpO2 alarm", lambda: [
-        a for a in httpx.get(f"{api}/alerts", params={"state": "active", "bed": "ICU-03"}, timeout=2).json()
+        a for a in httpx.get(f"{api}/alerts", params={"state": "active", "bed": "ICU-03"}, timeout=2,
+                             headers=nurse).json()
         if a["type"] == "spo2_low"], 60)
     assert alert
     health = wait_for("every gateway and service online", lambda: (lambda h: h if all(
         c["state"] == "online" for c in (*h["gateways"].values(), *h["services"].values())) and len(
-        h["gateways"]) == 2 else None)(httpx.get(f"{api}/health", timeout=2).json()), 30)
+        h["gateways"]) == 2 else None)(httpx.get(f"{api}/health", timeout=2, headers=nurse).json()), 30)
     assert isinstance(health, dict)
     assert set(health["services"]) == {"ingest/ingest-1", "alerts/alerts-1"}
     for proc in processes:

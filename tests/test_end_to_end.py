@@ -22,6 +22,7 @@ import pytest
 import websockets
 
 from devices.clock import now_ms
+from tests.auth import system_bearer
 from tests.conftest import Mosquitto, free_port
 from tests.scenarios import RULES, fast_scenario
 from tests.victoria import VictoriaMetrics, victoria  # noqa: F401  (the fixture)
@@ -71,9 +72,12 @@ async def until(check: Callable[[], Awaitable[Any]], within: float, what: str) -
 
 async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = ward_config(tmp_path / "data", mosquitto.address.url)
-    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5,
+                                                            headers=system_bearer(config.data_path)) as api:
+        assert (await api.get("/api/v1/beds", headers={"Authorization": ""})).status_code == 401
         ws_url = system.api_url.replace("http", "ws") + "/api/v1/alerts/stream"
-        async with websockets.connect(ws_url) as ws:
+        ticket = (await api.post("/api/v1/auth/ws-ticket")).json()["ticket"]
+        async with websockets.connect(f"{ws_url}?ticket={ticket}") as ws:
             snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5))
             assert snapshot["type"] == "snapshot"
 
@@ -112,7 +116,10 @@ async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -
         active = (await api.get("/api/v1/alerts", params={"state": "active"})).json()
         assert "ICU-03" in {a["bed"] for a in active}
         assert "ICU-05" not in {a["bed"] for a in active}, "the 2-second artefact dips raised an alarm"
-        assert not [a for a in active if a["alarm_kind"] == "technical"], f"technical alarms: {active}"
+        # Every device is connected: no technical alarm but the alarm system's own about delivery (the demo's
+        # nurses have no personal stream open in this test, so the ICU-03 alarm reached nobody: an alarm too).
+        technical = {a["type"] for a in active if a["alarm_kind"] == "technical"}
+        assert technical <= {"delivery.no_receiver", "delivery.unconfirmed"}, f"technical alarms: {active}"
 
         # A closed window that ended seconds ago, so both queries below see the same stored readings.
         window = {"start": str(now_ms() - 600_000), "end": str(now_ms() - 5_000)}
@@ -131,15 +138,19 @@ async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -
             assert set(health["gateways"][gateway_id]["detail"]["devices"].values()) == {"connected"}
         assert health["services"]["ingest/ingest-1"]["state"] == "online"
 
-        devices = {d["id"]: d for d in (await api.get("/api/v1/devices")).json()}
+        biomed = system_bearer(config.data_path, "b-biomed")  # the HL7 monitors are in 3 West: not n-icu's
+        assert "hl7-00a0c9fffe000301" not in {d["id"] for d in (await api.get("/api/v1/devices")).json()}
+        devices = {d["id"]: d for d in (await api.get("/api/v1/devices", headers=biomed)).json()}
         assert {d["state"] for d in devices.values() if not d["discovered"]} == {"connected"}
         # The monitors behind the HL7 vendor gateway were discovered, with their EUI-64 as identifier.
         discovered = devices["hl7-00a0c9fffe000301"]
         assert (discovered["discovered"], discovered["identifiers"], discovered["bed"], discovered["gateway"]) == (
             True, {"eui64": "00A0C9FFFE000301"}, "W3-01", "gw-w3")
-        vitals = (await api.get("/api/v1/devices/hl7-00a0c9fffe000301/vitals")).json()
+        vitals = (await api.get("/api/v1/devices/hl7-00a0c9fffe000301/vitals", headers=biomed)).json()
         assert "MDC_PULS_OXIM_SAT_O2" in {v["metric"] for v in vitals}
         assert (await api.get("/api/v1/beds/NOPE/vitals")).status_code == 404
+        other_unit = await api.get("/api/v1/beds/W3-01/vitals")  # n-icu's scope is the ICU
+        assert (other_unit.status_code, other_unit.json()["detail"]) == (404, "bed 'W3-01' not found")
         gateways = system.gateways
 
     # After a clean stop every accepted reading is stored exactly once and released from the outbox.
@@ -157,11 +168,13 @@ async def _has(fetch: Callable[[], Awaitable[dict[str, Any]]], *metrics: str) ->
 
 async def test_second_run_resumes_on_the_same_data(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = ward_config(tmp_path / "data", mosquitto.address.url)
-    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5,
+                                                            headers=system_bearer(config.data_path)) as api:
         await until(lambda: _open_alert(api), 45, "the ICU-03 alarm")
         first = await _open_alert(api)
     config = ward_config(tmp_path / "data", mosquitto.address.url)
-    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5,
+                                                            headers=system_bearer(config.data_path)) as api:
         again = await until(lambda: _open_alert(api), 30, "the restored ICU-03 alarm")
         assert again["id"] == first["id"], "the open alarm was raised a second time after restart"
         await asyncio.sleep(3)
@@ -179,7 +192,8 @@ async def test_second_run_resumes_on_the_same_data(mosquitto: Mosquitto, tmp_pat
 
 async def _open_alert(api: httpx.AsyncClient) -> dict[str, Any] | None:
     active = (await api.get("/api/v1/alerts", params={"state": "active", "bed": "ICU-03"})).json()
-    return dict(active[0]) if active else None
+    spo2 = [a for a in active if a["type"] == "spo2_low"]  # not the delivery alarms about it
+    return dict(spo2[0]) if spo2 else None
 
 
 async def test_the_hospital_on_victoriametrics(mosquitto: Mosquitto, victoria: VictoriaMetrics,  # noqa: F811
@@ -188,16 +202,19 @@ async def test_the_hospital_on_victoriametrics(mosquitto: Mosquitto, victoria: V
     config = ward_config(tmp_path / "data", mosquitto.address.url)
     config = msgspec.structs.replace(config, store=msgspec.structs.replace(config.store, engine="victoria",
                                                                            url=victoria.url))
-    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5) as api:
+    async with running(config) as system, httpx.AsyncClient(base_url=system.api_url, timeout=5,
+                                                            headers=system_bearer(config.data_path, "b-biomed")) as api:
+        nurse = system_bearer(config.data_path)
 
         async def spo2_history() -> list[dict[str, Any]]:
             victoria.flush()  # VictoriaMetrics makes new samples searchable about once a second
-            points = (await api.get("/api/v1/beds/ICU-01/vitals/spo2", params={"step": "2s"})).json()["points"]
+            points = (await api.get("/api/v1/beds/ICU-01/vitals/spo2", params={"step": "2s"},
+                                    headers=nurse)).json()["points"]
             return list(points) if len(points) >= 3 else []
 
         points = await until(spo2_history, 40, "ICU-01 SpO2 history from VictoriaMetrics")
         assert all(90 <= p["mean"] <= 100 and p["count"] >= 1 for p in points)
-        latest = (await api.get("/api/v1/beds/ICU-01/vitals")).json()
+        latest = (await api.get("/api/v1/beds/ICU-01/vitals", headers=nurse)).json()
         assert {"MDC_PULS_OXIM_SAT_O2", "MDC_ECG_HEART_RATE"} <= {v["metric"] for v in latest}
         devices = {d["id"] for d in (await api.get("/api/v1/devices")).json()}
         assert "hl7-00a0c9fffe000301" in devices or await until(

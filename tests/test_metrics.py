@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 
@@ -14,15 +15,18 @@ from devices.clock import now_ms
 from devices.contract import GatewayStatus, encode
 from ingest.metrics import Metrics
 from ingest.service import Ingest
+from state.db import open_state
 from storage.memory import MemoryStore
+from tests.auth import parts
 from tests.test_ingest import DATA, batch, obs
 from wardlink.config import load
 
 _SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="[^"]*",?)*\})? -?[0-9.e+Inf-]+$')
 
 
-async def test_metrics_expose_every_worker_with_an_instance_label() -> None:
+async def test_metrics_expose_every_worker_with_an_instance_label(tmp_path: Path) -> None:
     site = load(env={}).site
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     view = LiveView(site.id, BrokerAddress("127.0.0.1", 1))
     for name in ("ingest-1", "ingest-2"):
         ingest = Ingest(site, MemoryStore(), BrokerAddress("127.0.0.1", 1), name)
@@ -33,9 +37,10 @@ async def test_metrics_expose_every_worker_with_an_instance_label() -> None:
         view.apply(topics.service_topic(site.id, "ingest", name), encode(ingest.status()))
     view.apply(topics.gateway_topic(site.id, "gw-icu", "status"),
                encode(GatewayStatus(gateway="gw-icu", state="online", ts=now_ms(), outbox_depth=12, outbox_shed=3)))
-    transport = httpx.ASGITransport(app=create_app(site, MemoryStore(), view))
+    transport = httpx.ASGITransport(app=create_app(parts(site, MemoryStore(), view, state)))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        response = await http.get("/metrics")
+        response = await http.get("/metrics")  # open to the monitoring network: no sign-in
+    state.close()
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text

@@ -57,10 +57,27 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ApiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where the API listens."""
+    """Where the API listens, and its request limits (docs/security.md)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
+    max_body_bytes: int = 1024 * 1024
+    rate_per_s: float = 50.0  # requests per client (its token, else its address) ...
+    burst: int = 200  # ... with this burst
+    ws_max_frame_bytes: int = 64 * 1024
+
+
+class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who may sign in: local users (the embedded identity provider) and/or the hospital's OIDC provider."""
+
+    local: bool = True  # passwords in the state, tokens signed with <data>/token.key
+    token_ttl_s: int = 900
+    demo_users: bool = True  # `wardlink run` with the simulation seeds one user per role (data/demo-users.toml)
+    oidc_issuer: str = ""  # e.g. https://idp.hospital.example/realms/wards; empty: no OIDC
+    oidc_audience: str = "wardlink-api"
+    oidc_jwks_url: str = ""  # the provider's published keys (its discovery document's jwks_uri)
+    oidc_algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    oidc_subject_claim: str = "preferred_username"  # the claim holding the Wardlink staff id
 
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,6 +109,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "data"
     broker: BrokerSettings = BrokerSettings()
     api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
     store: StoreSettings = StoreSettings()
     state: StateSettings = StateSettings()
     gateway: GatewaySettings = GatewaySettings()

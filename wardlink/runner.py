@@ -16,14 +16,19 @@ from typing import Any
 
 import msgspec
 import uvicorn
+from fastapi import FastAPI
 
+from alerts.ruleset import catalogue
 from alerts.service import AlertService
-from api.app import create_app
+from api.app import ApiParts, create_app
+from api.limits import LimitSettings
+from api.security import Authenticator, LocalTokens, OidcTokens
 from api.view import LiveView
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
 from devices.site import DeviceSpec, Site
 from facilities.service import FacilitiesService
+from facilities.sitemap import SiteMap
 from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.scenario import Running, load_scenario, start
@@ -34,6 +39,7 @@ from storage.sqlite import SqliteStore
 from storage.victoria import VictoriaStore
 from wardlink.broker import EmbeddedBroker, pick_port
 from wardlink.config import Config, ConfigError
+from wardlink.users import DEMO_FILE, seed_demo_users
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,36 @@ def open_relational(config: Config, site: Site) -> State:
     state = open_state(config.state.url or default_url(config.data_path))
     state.registry.seed_from_site(site, now_ms())
     return state
+
+
+def build_api(config: Config, site: Site, store: TimeSeriesStore, view: LiveView, relational: State,
+              site_map: SiteMap | None) -> FastAPI:
+    """The API application with its identity providers, rule catalogue, site map and limits."""
+    auth = config.auth
+    local = LocalTokens.from_data_dir(config.data_path, auth.token_ttl_s) if auth.local else None
+    oidc = None
+    if auth.oidc_issuer:
+        if not auth.oidc_jwks_url:
+            raise ConfigError("auth.oidc_issuer is set: set auth.oidc_jwks_url (the provider's jwks_uri) too")
+        try:
+            oidc = OidcTokens(auth.oidc_issuer, auth.oidc_audience, auth.oidc_jwks_url, auth.oidc_algorithms,
+                              auth.oidc_subject_claim)
+        except ValueError as exc:
+            raise ConfigError(f"auth: {exc}") from exc
+    if local is None and oidc is None:
+        raise ConfigError("auth: enable local sign-in (auth.local) or configure OIDC (auth.oidc_issuer)")
+    limits = LimitSettings(max_body=config.api.max_body_bytes, rate_per_s=config.api.rate_per_s,
+                           burst=config.api.burst, ws_max_frame=config.api.ws_max_frame_bytes)
+    return create_app(ApiParts(site=site, store=store, view=view, state=relational,
+                               auth=Authenticator(relational, local, oidc), catalogue=catalogue(),
+                               default_ruleset=config.alerts.ruleset, site_map=site_map,
+                               waste=config.facilities.waste, limits=limits))
+
+
+def api_server(config: Config, app: FastAPI) -> ApiServer:
+    """uvicorn for the API, with the WebSocket frame limit."""
+    return ApiServer(uvicorn.Config(app, host=config.api.host, port=config.api.port, log_level="warning",
+                                    lifespan="off", ws_max_size=config.api.ws_max_frame_bytes))
 
 
 def listeners(site: Site, *, move_busy: bool = True) -> tuple[Site, dict[str, tuple[str, int]]]:
@@ -135,9 +171,11 @@ async def run_system(config: Config, stop: asyncio.Event,
         alerts = AlertService(site, relational, address, config.alerts)
         facilities = FacilitiesService(site, relational, address, config.facilities)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
-        app = create_app(site, store, view, relational)
-        server = ApiServer(uvicorn.Config(app, host=config.api.host, port=config.api.port,
-                                        log_level="warning", lifespan="off", ws_max_size=64 * 1024))
+        if config.auth.demo_users and config.simulation.enabled:
+            demo = await asyncio.to_thread(seed_demo_users, relational, data, site)
+            log.info("demo sign-in for %s: passwords in %s; a token: wardlink token STAFF_ID",
+                     ", ".join(f"{u.staff_id} ({u.role})" for u in demo), data.resolve() / DEMO_FILE)
+        server = api_server(config, build_api(config, site, store, view, relational, facilities.site_map))
         api_url = f"http://{config.api.host}:{config.api.port}"
         system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario, facilities)
         services: list[asyncio.Task[Any]] = [asyncio.create_task(ingest.run(), name="ingest"),

@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import uvicorn
 
 from alerts.service import AlertService
-from api.app import create_app
 from api.view import LiveView
 from devices.bus import BrokerAddress
-from facilities.service import FacilitiesService
+from facilities.service import FacilitiesService, site_map_for
 from gateway.service import Gateway
 from ingest.service import Ingest
 from simulators.scenario import load_scenario, start
 from storage.base import TimeSeriesStore
 from wardlink.config import Config, ConfigError
-from wardlink.runner import ApiServer, listeners, open_relational, open_store
+from wardlink.runner import api_server, build_api, listeners, open_relational, open_store
 
 log = logging.getLogger(__name__)
 SERVICES = ("gateway", "ingest", "alerts", "facilities", "api")
@@ -96,8 +94,8 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                 store = open_store(config, reader=True)
                 view = LiveView(site.id, address)
                 relational = await asyncio.to_thread(open_relational, config, site)
-                server = ApiServer(uvicorn.Config(create_app(site, store, view, relational), host=config.api.host,
-                                                  port=config.api.port, log_level="warning", lifespan="off"))
+                site_map = site_map_for(site, config.facilities.site_map)
+                server = api_server(config, build_api(config, site, store, view, relational, site_map))
                 tasks = [asyncio.ensure_future(c) for c in (server.serve(), stop.wait(), view.run())]
                 await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)  # stopped, or the API failed
                 server.should_exit = True

@@ -1,0 +1,57 @@
+"""Signing in from tests: tokens for seeded staff, and the API's parts with a known key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alerts.ruleset import catalogue
+from api.app import ApiParts
+from api.security import Authenticator, LocalTokens
+from api.view import LiveView
+from devices.site import Site
+from facilities.sitemap import SiteMap
+from state.db import State
+from storage.base import TimeSeriesStore
+
+KEY = b"a test key that is 32 bytes long"
+TOKENS = LocalTokens(KEY)
+
+
+def bearer(staff_id: str, tokens: LocalTokens = TOKENS) -> dict[str, str]:
+    """The Authorization header of a member of staff."""
+    return {"Authorization": f"Bearer {tokens.issue(staff_id)}"}
+
+
+def system_bearer(data_dir: Path, staff_id: str = "n-icu") -> dict[str, str]:
+    """A header for a member of staff of a running system (`wardlink run` seeds the demo users in data_dir)."""
+    data_dir.mkdir(parents=True, exist_ok=True)  # the key is made by whoever comes first: the test or the system
+    return bearer(staff_id, LocalTokens.from_data_dir(data_dir))
+
+
+def staff(state: State, *people: tuple[str, str, str | None], at: int, until: int | None = None) -> None:
+    """Seed ``(staff id, role, unit or None)``: clinical staff are assigned to every bed (charge: the unit)."""
+    beds_of: dict[str, list[str]] = {}
+    for unit_id, bed in _beds(state):
+        beds_of.setdefault(unit_id, []).append(bed)
+    for staff_id, role, unit in people:
+        state.assignments.add_staff(staff_id, staff_id, role)
+        if unit is None:
+            continue
+        end = until if until is not None else at + 86_400_000
+        if role == "charge_nurse":
+            state.assignments.assign(staff_id, unit, "charge", at, end)
+        else:
+            for bed in beds_of.get(unit, []):
+                state.assignments.assign(staff_id, unit, "primary", at, end, bed=bed)
+
+
+def _beds(state: State) -> list[tuple[str, str]]:
+    with state.engine.connect() as conn:
+        return [(str(u), str(b)) for b, u in conn.exec_driver_sql("SELECT id, unit_id FROM beds ORDER BY id")]
+
+
+def parts(site: Site, store: TimeSeriesStore, view: LiveView, state: State, *,
+          site_map: SiteMap | None = None) -> ApiParts:
+    """The API's parts with the test key's tokens and the shipped rule catalogue."""
+    return ApiParts(site=site, store=store, view=view, state=state, auth=Authenticator(state, TOKENS),
+                    catalogue=catalogue(), site_map=site_map)

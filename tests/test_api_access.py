@@ -1,0 +1,258 @@
+"""Authorisation on every route, generated from the OpenAPI document.
+
+For every operation the document lists: no token -> 401; every role -> 403 unless the policy below
+allows it; an allowed clinical role (a nurse and a charge nurse of the ICU) -> the ICU's object is
+found, 3 West's answers 404 exactly like a missing one. A route that is not in POLICY fails the suite:
+a new endpoint must come with its rule here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.view import LiveView
+from devices.bus import BrokerAddress
+from devices.clock import now_ms
+from devices.contract import Alert
+from facilities.sitemap import load_site_map
+from state.db import State, open_state
+from state.escalations import Escalations, StepPlan
+from storage.memory import MemoryStore
+from tests.auth import bearer, parts, staff
+from wardlink.config import load
+
+CLINICAL = {"nurse", "charge_nurse"}
+EVERYONE = {"nurse", "charge_nurse", "facilities", "biomed", "admin", "auditor"}
+PUBLIC = {"POST /api/v1/auth/token", "GET /api/v1/health/live"}
+
+POLICY: dict[str, set[str]] = {
+    "GET /api/v1/alerts": CLINICAL | {"facilities", "biomed"},
+    "POST /api/v1/alerts/{alert_id}/acknowledge": CLINICAL,
+    "POST /api/v1/alerts/{alert_id}/comments": CLINICAL,
+    "GET /api/v1/alerts/{alert_id}/delivery": CLINICAL,
+    "GET /api/v1/alerts/{alert_id}/log": CLINICAL | {"auditor"},
+    "POST /api/v1/alerts/{alert_id}/silence": CLINICAL,
+    "POST /api/v1/assignments": {"charge_nurse", "admin"},
+    "POST /api/v1/assignments/{assignment_id}/end": {"charge_nurse", "admin"},
+    "GET /api/v1/audit": {"auditor"},
+    "GET /api/v1/audit/export.csv": {"auditor"},
+    "GET /api/v1/audit/verify": {"auditor"},
+    "GET /api/v1/auth/me": EVERYONE,
+    "POST /api/v1/auth/ws-ticket": EVERYONE,
+    "GET /api/v1/beds": CLINICAL | {"facilities", "biomed"},
+    "GET /api/v1/beds/{bed}/alarm-settings": CLINICAL | {"auditor"},
+    "PUT /api/v1/beds/{bed}/alarm-settings/rules/{rule}": CLINICAL,
+    "DELETE /api/v1/beds/{bed}/alarm-settings/rules/{rule}": CLINICAL,
+    "GET /api/v1/beds/{bed}/route": CLINICAL,
+    "GET /api/v1/beds/{bed}/vitals": CLINICAL,
+    "GET /api/v1/beds/{bed}/vitals/{metric}": CLINICAL,
+    "GET /api/v1/deliveries": CLINICAL,
+    "POST /api/v1/deliveries/{delivery_id}/status": CLINICAL,
+    "GET /api/v1/devices": CLINICAL | {"biomed"},
+    "GET /api/v1/devices/{device}/vitals": CLINICAL | {"biomed"},
+    "GET /api/v1/facilities/assets": CLINICAL | {"facilities", "biomed"},
+    "GET /api/v1/facilities/assets/nearest": CLINICAL | {"facilities", "biomed"},
+    "GET /api/v1/facilities/assets/{asset_id}/location": CLINICAL | {"facilities", "biomed"},
+    "PUT /api/v1/facilities/assets/{asset_id}/status": {"facilities", "biomed"},
+    "GET /api/v1/facilities/par": CLINICAL | {"facilities", "biomed"},
+    "PUT /api/v1/facilities/par/{unit}/{type}": {"facilities", "biomed"},
+    "GET /api/v1/facilities/utilisation": {"charge_nurse", "facilities", "biomed"},
+    "GET /api/v1/health": EVERYONE - {"auditor"},
+    "GET /api/v1/navigation/route": CLINICAL | {"facilities", "biomed"},
+    "GET /api/v1/reports/alarm-load": CLINICAL | {"auditor"},
+    "GET /api/v1/reports/alarm-load/{table}.csv": CLINICAL | {"auditor"},
+    "POST /api/v1/staff": {"admin"},
+    "GET /api/v1/units/{unit}/alarm-settings": CLINICAL | {"auditor"},
+    "PUT /api/v1/units/{unit}/alarm-settings/rules/{rule}": {"charge_nurse"},
+    "DELETE /api/v1/units/{unit}/alarm-settings/rules/{rule}": {"charge_nurse"},
+    "PUT /api/v1/units/{unit}/alarm-settings/ruleset": {"charge_nurse"},
+    "GET /api/v1/units/{unit}/assignments": CLINICAL | {"admin"},
+    "GET /api/v1/waste/bags/{bag}": CLINICAL | {"facilities", "auditor"},
+    "GET /api/v1/waste/register": {"facilities", "auditor"},
+    "GET /api/v1/waste/register.csv": {"facilities", "auditor"},
+    "GET /api/v1/waste/reports/weights": CLINICAL | {"facilities", "auditor"},
+}
+
+PEOPLE = {"nurse": "n-icu", "charge_nurse": "c-icu", "facilities": "f-fac", "biomed": "b-bio", "admin": "a-adm",
+          "auditor": "u-aud"}
+
+
+class World:
+    """An API over a seeded state: objects of the ICU (in the clinical callers' scope) and of 3 West."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        config = load(env={})
+        self.site = config.site
+        self.state: State = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+        now = now_ms()
+        self.state.registry.seed_from_site(self.site, now)
+        staff(self.state, ("n-icu", "nurse", "ICU"), ("c-icu", "charge_nurse", "ICU"), ("n-w3", "nurse", "W3"),
+              ("f-fac", "facilities", None), ("b-bio", "biomed", None), ("a-adm", "admin", None),
+              ("u-aud", "auditor", None), at=now - 60_000)
+        for unit, bed in (("ICU", "ICU-01"), ("W3", "W3-01")):
+            self.state.alerts.save(Alert(id=f"al-{unit.lower()}", type="spo2_low", source=bed,
+                                         alarm_kind="physiological", priority="high", state="active", onset=now,
+                                         updated=now, message="SpO2 low", bed=bed, unit=unit))
+            self.state.assets.upsert(f"asset-{unit.lower()}", now=now, tag=f"TAG-{unit}", type="infusion_pump",
+                                     unit=unit)
+            self.state.waste.seal(f"bag-{unit.lower()}", category="infectious", weight_g=1200.0, handler="n-icu",
+                                  at=now, unit=unit)
+        # Assignments to end (not the callers' own, which their scope depends on), and a delivery to each nurse.
+        self.state.assignments.add_staff("n-spare", "Spare", "nurse")
+        self.assignment = {unit: self.state.assignments.assign("n-spare", unit, "primary", now - 60_000,
+                                                               now + 3_600_000, bed=f"{unit}-08").id
+                           for unit in ("ICU", "W3")}
+        escalations = Escalations(self.state.sessions)
+        delivery = {}
+        for unit, nurse in (("ICU", "n-icu"), ("W3", "n-w3")):
+            plan = StepPlan(step=0, target="primary", reason="onset", recipients=[nurse, "c-icu"],
+                            channels=["websocket"], next_at=now + 60_000, confirm_by=now + 10_000)
+            fired = escalations.fire(f"al-{unit.lower()}", -1, plan, now, unit=unit, bed=f"{unit}-01")
+            assert fired is not None
+            delivery[unit] = {d.staff: d.id for d in escalations.deliveries(alert_id=f"al-{unit.lower()}")}
+        self.delivery = delivery
+        view = LiveView(self.site.id, BrokerAddress("127.0.0.1", 1))
+        self.app = create_app(parts(self.site, MemoryStore(), view, self.state, site_map=load_site_map("demo")))
+        now_s = now
+        # path parameter -> (the ICU's, 3 West's, a missing one)
+        self.params: dict[str, tuple[Any, Any, Any]] = {
+            "bed": ("ICU-01", "W3-01", "NOPE-99"), "unit": ("ICU", "W3", "NOPE"),
+            "alert_id": ("al-icu", "al-w3", "al-nope"),
+            "assignment_id": (self.assignment["ICU"], self.assignment["W3"], 99_999_999),
+            "asset_id": ("asset-icu", "asset-w3", "asset-nope"), "bag": ("bag-icu", "bag-w3", "bag-nope"),
+            "device": ("mon-icu-01", "scale-w3", "nope-device"),
+            "rule": ("spo2_low",) * 3, "metric": ("spo2",) * 3, "type": ("infusion_pump",) * 3,
+            "table": ("by_bed_day",) * 3,
+        }
+        self.query = {
+            "GET /api/v1/facilities/assets/nearest": {"type": "infusion_pump", "from": "A3-W3-R01"},
+            "GET /api/v1/facilities/utilisation": {"start": str(now_s - 3_600_000), "end": str(now_s)},
+            "GET /api/v1/navigation/route": {"from": "ICU-01", "to": "W3-01", "profile": "staff"},
+        }
+
+    def value(self, name: str, which: int, role: str | None) -> Any:
+        """A path parameter's value; a delivery is the caller's own (ICU) or the 3 West nurse's."""
+        if name == "delivery_id":
+            return self.delivery["ICU"].get(PEOPLE.get(role or "", ""), 0) if which == 0 else (
+                self.delivery["W3"]["n-w3"] if which == 1 else 99_999_999)
+        return self.params[name][which]
+
+    def body(self, op: str, which: int) -> dict[str, Any] | None:
+        unit, bed = self.params["unit"][which], self.params["bed"][which]
+        return {
+            "POST /api/v1/alerts/{alert_id}/comments": {"text": "checked the probe"},
+            "POST /api/v1/alerts/{alert_id}/silence": {"reason": "repositioning", "timeout_s": 60},
+            "POST /api/v1/assignments": {"staff": "n-icu", "unit": unit, "role": "primary", "bed": bed,
+                                         "valid_to": now_ms() + 3_600_000},
+            "PUT /api/v1/beds/{bed}/alarm-settings/rules/{rule}": {"settings": {"limit": 88}},
+            "PUT /api/v1/units/{unit}/alarm-settings/rules/{rule}": {"settings": {"limit": 88}},
+            "PUT /api/v1/units/{unit}/alarm-settings/ruleset": {"ruleset": "adult"},
+            "POST /api/v1/deliveries/{delivery_id}/status": {"status": "read"},
+            "PUT /api/v1/facilities/assets/{asset_id}/status": {"status": "dirty"},
+            "PUT /api/v1/facilities/par/{unit}/{type}": {"minimum": 2},
+            "POST /api/v1/staff": {"id": "n-new", "name": "New", "role": "nurse"},
+            "POST /api/v1/assignments/{assignment_id}/end": {},
+        }.get(op)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    made = World(tmp_path)
+    yield made
+    made.state.close()
+
+
+def operations(world: World) -> list[tuple[str, str, str]]:
+    """(key, method, path) of every operation in the OpenAPI document."""
+    return [(f"{method.upper()} {path}", method.upper(), path)
+            for path, ops in world.app.openapi()["paths"].items() for method in ops]
+
+
+def scoped_params(path: str, world: World) -> list[str]:
+    return [p for p in re.findall(r"{(\w+)}", path) if p == "delivery_id" or len(set(world.params[p])) == 3]
+
+
+async def call(world: World, client: httpx.AsyncClient, op: str, method: str, path: str, which: int,
+               role: str | None) -> httpx.Response:
+    url = re.sub(r"{(\w+)}", lambda m: str(world.value(m.group(1), which, role)), path)
+    headers = bearer(PEOPLE[role]) if role else {}
+    return await client.request(method, url, headers=headers, params=world.query.get(op),
+                                json=world.body(op, which) if method in ("POST", "PUT") else None)
+
+
+async def test_every_route_has_a_rule(world: World) -> None:
+    ops = {key for key, _, _ in operations(world)}
+    assert sorted(ops - set(POLICY) - PUBLIC) == [], "a new endpoint needs its rule in POLICY"
+    assert sorted(set(POLICY) - ops) == [], "a rule for an endpoint that no longer exists"
+
+
+async def test_role_by_endpoint_by_own_other_missing(world: World) -> None:
+    failures: list[str] = []
+    transport = httpx.ASGITransport(app=world.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for op, method, path in operations(world):
+            if op in PUBLIC:
+                continue
+            anonymous = await call(world, client, op, method, path, 0, None)
+            if anonymous.status_code != 401:
+                failures.append(f"{op} without a token: {anonymous.status_code}")
+            for role in PEOPLE:
+                own = await call(world, client, op, method, path, 0, role)
+                if role not in POLICY[op]:
+                    if own.status_code != 403:
+                        failures.append(f"{op} as {role}: {own.status_code}, expected 403")
+                    continue
+                if own.status_code in (401, 403, 404) or own.status_code >= 500:
+                    failures.append(f"{op} as {role}, own unit: {own.status_code} {own.text[:120]}")
+                scoped = scoped_params(path, world)
+                if not scoped or role not in CLINICAL:
+                    continue
+                other = await call(world, client, op, method, path, 1, role)
+                missing = await call(world, client, op, method, path, 2, role)
+                if (other.status_code, missing.status_code) != (404, 404):
+                    failures.append(f"{op} as {role}: other unit {other.status_code}, missing {missing.status_code}")
+                    continue
+                names = [str(world.value(p, i, role)) for p in scoped for i in (1, 2)]
+                blank = [other.json()["detail"], missing.json()["detail"]]
+                for name in names:
+                    blank = [text.replace(name, "<id>") for text in blank]
+                if blank[0] != blank[1]:
+                    failures.append(f"{op} as {role}: other unit says {blank[0]!r}, missing says {blank[1]!r}")
+    assert failures == [], "\n".join(failures)
+
+
+async def test_list_filters_follow_the_scope(world: World) -> None:
+    transport = httpx.ASGITransport(app=world.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        beds = (await client.get("/api/v1/beds", headers=bearer("n-icu"))).json()
+        assert {b["unit"] for b in beds} == {"ICU"}
+        beds = (await client.get("/api/v1/beds", headers=bearer("f-fac"))).json()
+        assert {b["unit"] for b in beds} == {"ICU", "W3"}
+        devices = (await client.get("/api/v1/devices", headers=bearer("n-w3"))).json()
+        assert devices
+        assert all(d["gateway"] == "gw-w3" or (d["bed"] or "").startswith("W3") for d in devices)
+        assets = (await client.get("/api/v1/facilities/assets", headers=bearer("n-icu"))).json()
+        assert [a["id"] for a in assets] == ["asset-icu"]
+        me = (await client.get("/api/v1/auth/me", headers=bearer("n-icu"))).json()
+        assert (me["role"], me["units"]) == ("nurse", ["ICU"])
+    reads = [r for r in world.state.audit.records() if r.action == "read"]
+    assert reads == []  # lists of beds, devices and assets carry no patient data: nothing to audit
+
+
+async def test_patient_reads_are_audited_with_who_unit_object_and_request(world: World) -> None:
+    transport = httpx.ASGITransport(app=world.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/api/v1/beds/ICU-02/vitals", headers=bearer("n-icu"))).status_code == 200
+        assert (await client.get("/api/v1/beds/W3-02/vitals", headers=bearer("n-icu"))).status_code == 404
+    (record,) = [r for r in world.state.audit.records() if r.action == "read"]
+    assert (record.actor, record.role, record.unit, record.object, record.result) == (
+        "n-icu", "nurse", "ICU", "bed ICU-02 vitals", "ok")
+    assert record.request_id
+    assert world.state.audit.verify()
