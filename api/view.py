@@ -12,6 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -58,6 +59,8 @@ class LiveView:
         self.resolved: OrderedDict[str, Alert] = OrderedDict()  # bounded recent history
         self.gateways: dict[str, GatewayStatus] = {}
         self.services: dict[str, ServiceStatus] = {}
+        # Called with every gateway status heard (the fleet recorder keeps connection changes from them).
+        self.gateway_listeners: list[Callable[[GatewayStatus], None]] = []
         self.subscribers: set[Subscriber] = set()
         self.staff_streams: dict[str, set[StaffSubscriber]] = {}
         self.dropped_clients = 0
@@ -104,6 +107,8 @@ class LiveView:
             elif parsed.area == "gw" and parsed.channel == "status":
                 status = self._gateway.decode(payload)
                 self.gateways[status.gateway] = status
+                for listener in self.gateway_listeners:
+                    listener(status)
             elif parsed.area == "notify":
                 self._apply_notification(self._notification.decode(payload))
             elif parsed.area == "svc":

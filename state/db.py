@@ -22,6 +22,7 @@ from .assignments import Assignments
 from .audit import Audit
 from .credentials import Credentials
 from .errors import StateError, translated
+from .fleet import Fleet
 from .patients import Patients
 from .registry import Registry
 from .sessions import WRITE_OPTION, Sessions
@@ -56,6 +57,7 @@ class State:
         self.waste = Waste(self.sessions)
         self.audit = Audit(self.sessions)
         self.credentials = Credentials(self.sessions)
+        self.fleet = Fleet(self.sessions)
 
     @property
     def dialect(self) -> str:

@@ -424,3 +424,92 @@ class CredentialRow(Base):
     staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"), primary_key=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     updated: Mapped[int] = mapped_column(BigInteger)
+
+
+MAINTENANCE_KINDS = ("pm", "calibration")
+WORK_ORDER_KINDS = ("pm", "calibration", "repair", "firmware", "recall")
+WORK_ORDER_STATUSES = ("open", "assigned", "closed")
+LINK_KINDS = ("device", "gateway")
+
+
+class MaintenancePlanRow(Base):
+    """A planned-maintenance schedule of one model: preventive maintenance or calibration every N days."""
+
+    __tablename__ = "maintenance_plans"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(200), default="")
+    interval_days: Mapped[int] = mapped_column(Integer)
+    manufacturer_schedule: Mapped[bool] = mapped_column(Boolean, default=True)  # must reach 100 % completion
+    created: Mapped[int] = mapped_column(BigInteger)  # the schedule's clock starts here for never-serviced devices
+    updated: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", MAINTENANCE_KINDS), name="kind"),
+        CheckConstraint("interval_days > 0", name="interval"),
+    )
+
+
+class WorkOrderRow(Base):
+    """A biomedical work order on one device: opened, assigned, closed with notes and parts."""
+
+    __tablename__ = "work_orders"
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    planned: Mapped[bool] = mapped_column(Boolean, default=False)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    due_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    opened_at: Mapped[int] = mapped_column(BigInteger)
+    opened_by: Mapped[str] = mapped_column(String(64))
+    assigned_to: Mapped[str | None] = mapped_column(String(64))
+    assigned_at: Mapped[int | None] = mapped_column(BigInteger)
+    closed_at: Mapped[int | None] = mapped_column(BigInteger)
+    closed_by: Mapped[str | None] = mapped_column(String(64))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    parts: Mapped[list[str]] = mapped_column(Json, default=list)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", WORK_ORDER_KINDS), name="kind"),
+        CheckConstraint(_one_of("status", WORK_ORDER_STATUSES), name="status"),
+        Index(None, "device_id", "kind", "closed_at"),
+    )
+
+
+class RecallRow(Base):
+    """A manufacturer's recall or field safety notice, as imported: what it names (any field may be empty)."""
+
+    __tablename__ = "recalls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manufacturer: Mapped[str] = mapped_column(String(200), default="")
+    model: Mapped[str] = mapped_column(String(200), default="")
+    product_code: Mapped[str] = mapped_column(String(200), default="")
+    udi: Mapped[str] = mapped_column(String(200), default="")
+    firmware_min: Mapped[str] = mapped_column(String(100), default="")
+    firmware_max: Mapped[str] = mapped_column(String(100), default="")
+    title: Mapped[str] = mapped_column(String(500), default="")
+    issued_at: Mapped[int | None] = mapped_column(BigInteger)
+    imported_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ConnectionLogRow(Base):
+    """A change of a device's or gateway's connection state, as the API's live view heard it (for uptime)."""
+
+    __tablename__ = "connection_log"
+
+    n: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
+    gateway: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", LINK_KINDS), name="kind"),
+        UniqueConstraint("subject", "ts", "state"),
+        Index(None, "subject", "ts"),
+    )
