@@ -45,6 +45,10 @@ services:
 	@test -x /usr/bin/victoria-metrics || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    victoria-metrics >/dev/null; }
+	@# The console's browser tests drive Debian's headless Chromium through its own chromedriver (never a download).
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; }
 	@# The relational-state tests run against PostgreSQL on 127.0.0.1:5432 as well as SQLite.
 	@command -v pg_ctlcluster >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }

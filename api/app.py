@@ -23,6 +23,7 @@ from api.access import Access, not_found
 from api.alerts_routes import Catalogue, alerts_router
 from api.audit_routes import audit_router
 from api.auth_routes import auth_router
+from api.console import console_router
 from api.facilities_routes import facilities_router
 from api.limits import Limits, LimitSettings
 from api.navigation_routes import navigation_router
@@ -131,7 +132,7 @@ def create_app(parts: ApiParts) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/console/")
 
     @app.get("/api/v1/health/live")
     async def live() -> dict[str, str]:
@@ -318,6 +319,7 @@ def create_app(parts: ApiParts) -> FastAPI:
         return PlainTextResponse(metrics.render(view, now_ms()), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(auth_router(access))
+    app.include_router(console_router(access, parts.site_map))
     app.include_router(audit_router(access))
     app.include_router(routing_router(site, state, view, access))
     app.include_router(alerts_router(site, state, access, parts.catalogue, default_ruleset=parts.default_ruleset))
