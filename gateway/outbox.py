@@ -99,6 +99,10 @@ class Outbox:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Debian's SQLite zeroes every freed page (SECURE_DELETE): a released row's page is then written
+            # to the WAL a second time, about half the cost of a release. FAST still zeroes deleted rows on
+            # the pages a delete writes anyway; freed pages keep their bytes until an insert reuses them.
+            self._db.execute("PRAGMA secure_delete=FAST")
             self._db.executescript(_SCHEMA)
             self._next: dict[tuple[str, str], int] = {
                 (d, s): n for d, s, n in self._db.execute("SELECT device, stream, next_seq FROM streams")
