@@ -25,6 +25,17 @@ from state import lifecycle
 Key = tuple[str, str, str | None]
 
 
+class _Source:
+    """One bed's (or bedless device's) vitals and its rules indexed by metric, built once per rule book."""
+
+    __slots__ = ("by_metric", "generation", "vitals")
+
+    def __init__(self, vitals: Vitals, by_metric: dict[str, list[tuple[Rule, Evaluator]]], generation: int) -> None:
+        self.vitals = vitals
+        self.by_metric = by_metric  # metric -> the rules (and their evaluators) its readings re-evaluate
+        self.generation = generation
+
+
 def alert_id(source: str, type_: str, onset: int, device_alert: str | None = None) -> str:
     """A stable, topic-safe id for one alert episode."""
     digest = hashlib.sha1(f"{source}|{type_}|{onset}|{device_alert or ''}".encode(),
@@ -57,7 +68,8 @@ class AlertEngine:
         self.devices = site.device_index()
         self.book = rules if isinstance(rules, RuleBook) else _custom_book(site, rules)
         self.liveness = technical.Liveness(int(silent_after_s * 1000), int(gateway_stale_s * 1000))
-        self._vitals: dict[str, Vitals] = {}
+        self._sources: dict[str, _Source] = {}
+        self._generation = 0  # bumped by reload: every source re-indexes its rules on its next reading
         self._evaluators: dict[tuple[str, str], Evaluator] = {}
         # (source, type, device alert uuid or metric) -> the open alert: one per condition, a repeat updates it
         self.open: dict[Key, Alert] = {}
@@ -67,6 +79,7 @@ class AlertEngine:
     def reload(self, book: RuleBook) -> None:
         """Use new rules (a limit changed); conditions being timed keep their onset."""
         self.book = book
+        self._generation += 1
         for (source, _name), evaluator in self._evaluators.items():
             bed = source if source in self.book.unit_of_bed else None
             for rule in book.rules_for(bed):
@@ -124,27 +137,43 @@ class AlertEngine:
         changed: list[Alert] = []
         for item in items:
             if isinstance(item, Observation):
-                changed.extend(self._observation(item, now))
+                self._observation(item, now, changed)
             elif isinstance(item, DeviceEvent):
                 changed.extend(self._device_event(item, now))
         return changed
 
-    def _observation(self, obs: Observation, now: int) -> list[Alert]:
-        changed: list[Alert] = []
-        self.liveness.device_heard(obs.device, obs.bed, now)
-        changed.extend(self._resolve(obs.device, technical.DEVICE_SILENT, now, None))
-        source = obs.bed or obs.device
-        vitals = self._vitals.setdefault(source, Vitals())
-        if not vitals.add(obs):
-            return changed  # flagged (demo, invalid, implausible, unverified) or replayed: never evidence
+    def _source(self, source: str, obs: Observation, known: _Source | None) -> _Source:
+        """Index the rules in force at ``source`` by metric (and watch their rate windows) for this book."""
         bed = obs.bed if obs.bed in self.book.unit_of_bed else None
+        vitals = known.vitals if known is not None else Vitals()
+        by_metric: dict[str, list[tuple[Rule, Evaluator]]] = {}
         for rule in self.book.rules_for(bed):
-            if obs.metric not in rule.metrics:
-                continue
-            verdict = self._evaluator(source, rule).step(source, vitals, obs.ts)
+            evaluator = self._evaluator(source, rule)
+            for metric in rule.metrics:
+                by_metric.setdefault(metric, []).append((rule, evaluator))
+            for refid, window_ms in rule.windows:
+                vitals.watch(refid, window_ms)
+        made = self._sources[source] = _Source(vitals, by_metric, self._generation)
+        return made
+
+    def _observation(self, obs: Observation, now: int, changed: list[Alert]) -> None:
+        self.liveness.device_heard(obs.device, obs.bed, now)
+        if (obs.device, technical.DEVICE_SILENT, None) in self.open:
+            changed.extend(self._resolve(obs.device, technical.DEVICE_SILENT, now, None))
+        source = obs.bed or obs.device
+        state = self._sources.get(source)
+        if state is None or state.generation != self._generation:
+            state = self._source(source, obs, state)
+        vitals = state.vitals
+        if not vitals.add(obs):
+            return  # flagged (demo, invalid, implausible, unverified) or replayed: never evidence
+        rules = state.by_metric.get(obs.metric)
+        if not rules:
+            return  # a metric no rule reads
+        for rule, evaluator in rules:
+            verdict = evaluator.step(source, vitals, obs.ts)
             if verdict is not None:
                 changed.extend(self._verdict(source, rule, verdict, obs, now))
-        return changed
 
     def _verdict(self, source: str, rule: Rule, verdict: Verdict, obs: Observation, now: int) -> list[Alert]:
         metric = rule.refid if isinstance(rule, LimitRule | RateRule) else None

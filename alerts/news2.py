@@ -17,10 +17,16 @@ Two NEWS2 parameters are not measured by devices and are taken as normal: supple
 therefore a lower bound, and the alert says so. Response thresholds: 5-6 medium, 7 or more high; a
 single parameter scoring 3 raises a low-priority alert ("urgent ward-based review"). NEWS2 is for
 adults (not under 16, not in pregnancy): the paediatric and neonatal rule sets leave it off.
+
+The alert's priority has hysteresis: it rises as soon as the score calls for it, and falls below a
+level (or clears) only when the score drops ``hysteresis`` points (default 1) under that level's
+threshold, so a score sitting on a boundary (4-5-4-5) does not flip the alert every few seconds.
+Scoring is cheap per reading: the five inputs are looked up and their tally is memoised by value.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
 import msgspec
@@ -69,22 +75,39 @@ class Score(msgspec.Struct, frozen=True):
     missing: list[str]
 
 
+PARAMETERS: Final = (("rr", (RR,), score_rr), ("spo2", (SPO2,), score_spo2),
+                     ("systolic", SYSTOLIC, score_systolic), ("pulse", PULSE, score_pulse),
+                     ("temp", (TEMP,), score_temp))
+_RANK: Final[dict[str | None, int]] = {None: 0, "low": 1, "medium": 2, "high": 3}
+Inputs = tuple[float | None, float | None, float | None, float | None, float | None]
+
+
+def inputs(vitals: Vitals, max_age_ms: int) -> Inputs:
+    """The value scored for each parameter (the first of its metrics with a recent reading), None when missing."""
+    last, oldest = vitals.last, vitals.now - max_age_ms
+
+    def first(refids: tuple[str, ...]) -> float | None:
+        for refid in refids:
+            latest = last.get(refid)
+            if latest is not None and latest[0] >= oldest:
+                return latest[1]
+        return None
+
+    return first((RR,)), first((SPO2,)), first(SYSTOLIC), first(PULSE), first((TEMP,))
+
+
+@lru_cache(maxsize=4096)
+def tally(values: Inputs) -> tuple[int, int, bool]:
+    """(total, parameters scored, a parameter scoring 3) of the inputs: memoised, vitals repeat."""
+    points = [fn(v) for v, (_, _, fn) in zip(values, PARAMETERS, strict=True) if v is not None]
+    return sum(points), len(points), 3 in points
+
+
 def score(vitals: Vitals, max_age_ms: int) -> Score:
     """Score the latest readings no older than ``max_age_ms``."""
     parts: dict[str, int] = {}
     missing: list[str] = []
-
-    def first(refids: tuple[str, ...]) -> float | None:
-        for refid in refids:
-            latest = vitals.latest(refid, max_age_ms)
-            if latest is not None:
-                return latest[1]
-        return None
-
-    for name, refids, fn in (("rr", (RR,), score_rr), ("spo2", (SPO2,), score_spo2),
-                             ("systolic", SYSTOLIC, score_systolic), ("pulse", PULSE, score_pulse),
-                             ("temp", (TEMP,), score_temp)):
-        value = first(refids)
+    for value, (name, _, fn) in zip(inputs(vitals, max_age_ms), PARAMETERS, strict=True):
         if value is None:
             missing.append(name)
         else:
@@ -102,7 +125,7 @@ class News2Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_age_s: float = 3600.0  # readings older than this are not scored
     min_parameters: int = 4  # of the five measured ones, or no score
     delay_s: float = 60.0  # a score must persist this long (the score moves with every reading)
-    hysteresis: float = 0.0
+    hysteresis: float = 1.0  # score points under a level's threshold before the alert falls from it (or clears)
     enabled: bool = True
     priority: Priority = "high"  # the highest it can reach; the alert carries the current level
 
@@ -111,23 +134,41 @@ class News2Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Every scored metric re-evaluates the score."""
         return frozenset({RR, SPO2, TEMP, *SYSTOLIC, *PULSE})
 
-    def level(self, result: Score) -> Priority | None:
-        """The alert priority a score calls for, or None."""
-        if result.total >= self.high_at:
+    @property
+    def windows(self) -> tuple[tuple[str, int], ...]:
+        """No rate windows: the score reads the latest values."""
+        return ()
+
+    def level(self, result: Score, held: Priority | None = None) -> Priority | None:
+        """The alert priority a score calls for, or None (``held``: the priority the alert has now)."""
+        return self._level(result.total, any(p == 3 for p in result.parts.values()), held)
+
+    def _level(self, total: int, any_three: bool, held: Priority | None) -> Priority | None:
+        rank = _RANK[held]
+        if total >= self.high_at - (self.hysteresis if rank >= 3 else 0):
             return "high"
-        if result.total >= self.medium_at:
+        if total >= self.medium_at - (self.hysteresis if rank >= 2 else 0):
             return "medium"
-        if self.single_three and any(p == 3 for p in result.parts.values()):
+        if self.single_three and any_three:
             return "low"
         return None
 
-    def assess(self, vitals: Vitals) -> Assessment | None:
-        """Score the vitals; None while too few parameters have a recent reading."""
-        result = score(vitals, int(self.max_age_s * 1000))
-        if len(result.parts) < self.min_parameters:
+    def judge(self, vitals: Vitals, held: Priority | None) -> tuple[bool, bool, float | None, Priority] | None:
+        """Violated, cleared, score and priority (None while too few parameters have a recent reading)."""
+        total, scored, any_three = tally(inputs(vitals, int(self.max_age_s * 1000)))
+        if scored < self.min_parameters:
             return None
-        level = self.level(result)
+        level = self._level(total, any_three, held)
+        return level is not None, level is None, float(total), level or "low"
+
+    def describe(self, vitals: Vitals) -> str:
+        """``NEWS2 5 (rr 2, spo2 2, ...; oxygen and consciousness assumed normal)``."""
+        result = score(vitals, int(self.max_age_s * 1000))
         parts = ", ".join(f"{k} {v}" for k, v in result.parts.items())
         missing = f"; not measured: {', '.join(result.missing)}" if result.missing else ""
-        text = f"NEWS2 {result.total} ({parts}{missing}; oxygen and consciousness assumed normal)"
-        return Assessment(level is not None, level is None, float(result.total), level or "low", text)
+        return f"NEWS2 {result.total} ({parts}{missing}; oxygen and consciousness assumed normal)"
+
+    def assess(self, vitals: Vitals) -> Assessment | None:
+        """Score the vitals; None while too few parameters have a recent reading."""
+        judged = self.judge(vitals, None)
+        return None if judged is None else Assessment(*judged, self.describe(vitals))

@@ -11,7 +11,8 @@ never enter a patient's :class:`Vitals`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import msgspec
@@ -20,6 +21,11 @@ from alerts.news2 import News2Rule
 from alerts.vitals import Assessment, Vitals
 from devices import mdc
 from devices.contract import Observation, Priority
+
+Judged = tuple[bool, bool, float | None, Priority]
+"""A rule's cheap judgement: (violated, cleared, value, priority); the text is made only for a verdict."""
+
+refid_of = cache(mdc.resolve)  # rules name metrics by alias; resolved once per name, not per reading
 
 
 class _OneMetric(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -31,12 +37,30 @@ class _OneMetric(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def refid(self) -> str:
         """The metric's MDC reference id."""
-        return mdc.resolve(self.metric)
+        return refid_of(self.metric)
 
     @property
     def metrics(self) -> frozenset[str]:
         """Metrics whose readings are evaluated against this rule."""
         return frozenset({self.refid})
+
+    @property
+    def windows(self) -> tuple[tuple[str, int], ...]:
+        """The (metric, window ms) rate windows this rule reads."""
+        return ()
+
+    def assess(self, vitals: Vitals) -> Assessment | None:
+        """Judge the vitals, with the text (the engine's hot path uses ``judge`` and ``describe``)."""
+        judged = self.judge(vitals, None)
+        return None if judged is None else Assessment(*judged, self.describe(vitals))
+
+    def judge(self, vitals: Vitals, held: Priority | None) -> Judged | None:
+        """Violated, cleared, value and priority now (``held``: the priority of the firing alarm, if any)."""
+        raise NotImplementedError
+
+    def describe(self, vitals: Vitals) -> str:
+        """The alarm's text for the vitals now."""
+        raise NotImplementedError
 
 
 class LimitRule(_OneMetric, frozen=True, forbid_unknown_fields=True):
@@ -59,14 +83,19 @@ class LimitRule(_OneMetric, frozen=True, forbid_unknown_fields=True):
             return value >= self.limit + self.hysteresis
         return value <= self.limit - self.hysteresis
 
-    def assess(self, vitals: Vitals) -> Assessment | None:
+    def judge(self, vitals: Vitals, held: Priority | None) -> Judged | None:
         """Judge the latest reading of the metric."""
-        latest = vitals.latest(self.refid)
+        latest = vitals.last.get(refid_of(self.metric))
         if latest is None:
             return None
         value = latest[1]
-        return Assessment(self.violated(value), self.cleared(value), value, self.priority,
-                          f"{self.name}: {self.refid} {value:g} {self.direction} {self.limit:g}")
+        return self.violated(value), self.cleared(value), value, self.priority
+
+    def describe(self, vitals: Vitals) -> str:
+        """``spo2_low: MDC_... 85 below 90``."""
+        latest = vitals.last.get(self.refid)
+        value = latest[1] if latest is not None else float("nan")
+        return f"{self.name}: {self.refid} {value:g} {self.direction} {self.limit:g}"
 
 
 class RateRule(_OneMetric, frozen=True, forbid_unknown_fields=True):
@@ -84,15 +113,24 @@ class RateRule(_OneMetric, frozen=True, forbid_unknown_fields=True):
         """The slope in the rule's direction (positive means the rule's way)."""
         return slope if self.direction == "rising" else -slope
 
-    def assess(self, vitals: Vitals) -> Assessment | None:
+    @property
+    def windows(self) -> tuple[tuple[str, int], ...]:
+        """The rate window this rule reads."""
+        return ((self.refid, int(self.window_s * 1000)),)
+
+    def judge(self, vitals: Vitals, held: Priority | None) -> Judged | None:
         """Judge the slope of the metric over the window (None until the window is half covered)."""
-        slope = vitals.slope_per_min(self.refid, int(self.window_s * 1000))
+        slope = vitals.slope_per_min(refid_of(self.metric), int(self.window_s * 1000))
         if slope is None:
             return None
-        toward = self.signed(slope)
-        return Assessment(toward >= self.per_min, toward < self.per_min - self.hysteresis, slope, self.priority,
-                          f"{self.name}: {self.refid} {self.direction} {abs(slope):.1f}/min "
-                          f"(limit {self.per_min:g}/min over {self.window_s:g} s)")
+        toward = slope if self.direction == "rising" else -slope
+        return toward >= self.per_min, toward < self.per_min - self.hysteresis, slope, self.priority
+
+    def describe(self, vitals: Vitals) -> str:
+        """``hr_falling_fast: MDC_... falling 35.0/min (limit 30/min over 60 s)``."""
+        slope = vitals.slope_per_min(self.refid, int(self.window_s * 1000)) or 0.0
+        return (f"{self.name}: {self.refid} {self.direction} {abs(slope):.1f}/min "
+                f"(limit {self.per_min:g}/min over {self.window_s:g} s)")
 
 
 class Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -105,7 +143,7 @@ class Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def holds(self, vitals: Vitals) -> bool | None:
         """Whether the condition holds now (None when the data to judge it is missing)."""
-        refid = mdc.resolve(self.metric)
+        refid = refid_of(self.metric)
         if self.test in ("below", "above"):
             latest = vitals.latest(refid, max_age_ms=int(self.window_s * 1000))
             if latest is None:
@@ -130,15 +168,31 @@ class CombinedRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def metrics(self) -> frozenset[str]:
         """Metrics whose readings re-evaluate the combination."""
-        return frozenset(mdc.resolve(c.metric) for c in self.all)
+        return frozenset(refid_of(c.metric) for c in self.all)
+
+    @property
+    def windows(self) -> tuple[tuple[str, int], ...]:
+        """The rate windows of its rate conditions."""
+        return tuple((refid_of(c.metric), int(c.window_s * 1000)) for c in self.all if c.test in ("rising", "falling"))
 
     def assess(self, vitals: Vitals) -> Assessment | None:
         """All parts must hold; any part known to be false clears it."""
-        verdicts = [c.holds(vitals) for c in self.all]
-        if all(v is True for v in verdicts):
-            return Assessment(True, False, None, self.priority,
-                              f"{self.name}: " + " and ".join(f"{c.metric} {c.test} {c.value:g}" for c in self.all))
-        return Assessment(False, any(v is False for v in verdicts), None, self.priority, self.name)
+        judged = self.judge(vitals, None)
+        return None if judged is None else Assessment(*judged, self.describe(vitals) if judged[0] else self.name)
+
+    def judge(self, vitals: Vitals, held: Priority | None) -> Judged:
+        """All parts must hold; any part known to be false clears it."""
+        all_hold, any_false = True, False
+        for condition in self.all:
+            verdict = condition.holds(vitals)
+            if verdict is not True:
+                all_hold = False
+                any_false = any_false or verdict is False
+        return all_hold, not all_hold and any_false, None, self.priority
+
+    def describe(self, vitals: Vitals) -> str:
+        """``desat_bradycardia: spo2 below 90 and hr falling 10``."""
+        return f"{self.name}: " + " and ".join(f"{c.metric} {c.test} {c.value:g}" for c in self.all)
 
 
 @dataclass(slots=True)
@@ -157,7 +211,7 @@ class _Track:
     since: int | None = None  # first reading of the current violation
     firing: bool = False
     priority: Priority | None = None
-    vitals: Vitals = field(default_factory=Vitals)  # used only by Evaluator.observe
+    vitals: Vitals | None = None  # used only by Evaluator.observe
 
 
 class Evaluator:
@@ -170,42 +224,56 @@ class Evaluator:
         self.refid = next(iter(self.metrics)) if len(self.metrics) == 1 else ""
         self._tracks: dict[str, _Track] = {}
 
+    def _track(self, source: str) -> _Track:
+        track = self._tracks.get(source)
+        if track is None:
+            track = self._tracks[source] = _Track()
+        return track
+
     def observe(self, source: str, obs: Observation) -> Verdict | None:
         """Feed one reading for ``source`` (the evaluator keeps its vitals); return a verdict if the state changed."""
-        track = self._tracks.setdefault(source, _Track())
+        track = self._track(source)
+        if track.vitals is None:
+            track.vitals = Vitals()
+            for refid, window_ms in self.rule.windows:
+                track.vitals.watch(refid, window_ms)
         if not track.vitals.add(obs):
             return None  # a replayed older reading, or data that must never raise an alarm
         return self.step(source, track.vitals, obs.ts)
 
     def step(self, source: str, vitals: Vitals, ts: int) -> Verdict | None:
-        """Judge ``source``'s vitals at reading time ``ts``; return a verdict if the alarm state changed."""
-        track = self._tracks.setdefault(source, _Track())
+        """Judge ``source``'s vitals at reading time ``ts``; return a verdict if the alarm state changed.
+
+        The hot path: a cheap judgement per reading, the alarm's text only when a verdict is returned.
+        """
+        track = self._tracks.get(source) or self._track(source)
         rule = self.rule
-        judged = rule.assess(vitals)
+        judged = rule.judge(vitals, track.priority if track.firing else None)
         if judged is None:
             return None
-        if judged.violated:
+        violated, cleared, value, priority = judged
+        if violated:
             if track.since is None:
                 track.since = ts
             if not track.firing and ts - track.since >= rule.delay_s * 1000:
-                track.firing, track.priority = True, judged.priority
-                return Verdict("fire", track.since, judged.value, judged.priority, judged.text)
-            if track.firing and judged.priority != track.priority:
-                track.priority = judged.priority
-                return Verdict("update", track.since, judged.value, judged.priority, judged.text)
+                track.firing, track.priority = True, priority
+                return Verdict("fire", track.since, value, priority, rule.describe(vitals))
+            if track.firing and priority != track.priority:
+                track.priority = priority
+                return Verdict("update", track.since, value, priority, rule.describe(vitals))
             return None
         if track.firing:
-            if judged.cleared:
+            if cleared:
                 onset = track.since if track.since is not None else ts
                 track.firing, track.since, track.priority = False, None, None
-                return Verdict("clear", onset, judged.value, judged.priority, judged.text)
+                return Verdict("clear", onset, value, priority, rule.describe(vitals))
             return None
         track.since = None  # the condition ended before the delay ran out: no alarm
         return None
 
     def restore(self, source: str, onset_ms: int) -> None:
         """Mark ``source`` as already firing (after a restart with an open alarm)."""
-        track = self._tracks.setdefault(source, _Track())
+        track = self._track(source)
         track.since, track.firing, track.priority = onset_ms, True, self.rule.priority
 
     def forget(self, source: str) -> None:
