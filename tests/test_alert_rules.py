@@ -167,3 +167,18 @@ def test_flagged_readings_never_feed_limits_rates_combinations_or_news2() -> Non
         obs(t, "spo2", 70, FLAG_DEMO), obs(t, "hr", 150 - t / 2, FLAG_DEMO), obs(t, "rr", 35, FLAG_DEMO),
         obs(t, "nibp_sys", 80, FLAG_DEMO), obs(t, "temp", 40, FLAG_DEMO))]
     assert [a for a in engine.process(flagged, now=300_000) if a.alarm_kind == "physiological"] == []
+
+
+def test_news2_priority_has_hysteresis_on_a_boundary() -> None:
+    def priorities(rule: News2Rule) -> list[str]:
+        engine = AlertEngine(load(env={}).site, [rule])
+        base = [obs(0, "rr", 16), obs(0, "nibp_sys", 125), obs(0, "temp", 37.0)]
+        flips = [o for t in range(1, 40) for o in (obs(t, "hr", 35), obs(t, "spo2", 93 if t % 2 else 94))]  # 5, 4, 5
+        recovers = [o for t in range(40, 45) for o in (obs(t, "hr", 35), obs(t, "spo2", 96))]  # 3: the single 3 only
+        return [a.priority for a in engine.process(base + flips + recovers, now=45_000) if a.type == "news2"]
+
+    # low on the pulse's 3, up to medium at 5, held there while the score sits at 4-5, low again at 3
+    assert priorities(News2Rule(delay_s=0)) == ["low", "medium", "low"]
+    flapping = priorities(News2Rule(delay_s=0, hysteresis=0))  # as before: every flip republished
+    assert flapping[:4] == ["low", "medium", "low", "medium"]
+    assert len(flapping) > 30
