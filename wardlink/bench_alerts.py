@@ -10,6 +10,9 @@ get the time a nurse waits. A clearing reading then resolves the alert before th
 
 Figures: p50/p99/max of reading -> WebSocket frame under load and idle (the baseline of the same
 run), reading -> alert on the bus (the engine's part), and the background rate actually published.
+Before the deployed run, :func:`evaluation_cost` measures the engine alone in this process: CPU time
+per reading of the bench's rules on the flood's vitals (readings per CPU-s), the rate rule's running
+slope beside the refit it replaced, and a plain dict update per reading as the machine's yardstick.
 """
 
 from __future__ import annotations
@@ -288,8 +291,75 @@ async def _ready(api_port: int, headers: dict[str, str], within_s: float = 60) -
     raise RuntimeError("bench alerts: API or alert service did not come up (see their logs in the work directory)")
 
 
+def _cpu_per_item(fn: Any, items: list[Any]) -> float:
+    """CPU seconds per item of ``fn`` over ``items`` (process time: other processes' load does not count)."""
+    started = time.process_time()
+    fn(items)
+    return (time.process_time() - started) / max(1, len(items))
+
+
+def evaluation_cost(quick: bool = False) -> dict[str, float]:
+    """The engine alone: µs of CPU per reading of the bench's rules (adult set) on the flood's vitals, windows full.
+
+    Beside it, in the same run: a rate window's running slope and the refit over the window it replaced
+    (60 one-per-second points), and a plain dict update per reading (the machine's yardstick).
+    """
+    from alerts.engine import AlertEngine
+    from alerts.rules import LimitRule
+    from alerts.ruleset import RuleBook
+    from alerts.vitals import SlopeWindow, least_squares_slope
+
+    site = bench_site()
+    beds = [bed for unit in site.units[1:] for bed in unit.beds][:100 if quick else 400]
+    seconds = 75 if quick else 120
+    rules = [msgspec.convert(r, LimitRule) for r in bench_config(Path(), 0)["alerts"]["rules"]]
+    engine = AlertEngine(site, RuleBook({b: u.id for u in site.units for b in u.beds}, site_rules=rules))
+    metrics = (("MDC_ECG_HEART_RATE", 72.0), (SPO2, 97.0), ("MDC_RESP_RATE", 16.0),
+               ("MDC_PULS_OXIM_PULS_RATE", 71.0), ("MDC_TEMP", 36.8))
+    ticks = [[Observation(device=_monitor(bed), stream="numerics", seq=t, ts=t * 1000, metric=metric,
+                          value=value + (t + n) % 3, unit="", bed=bed) for n, bed in enumerate(beds)
+              for metric, value in metrics] for t in range(seconds)]
+
+    def feed(batches: list[list[Observation]]) -> None:
+        for items in batches:
+            for start in range(0, len(items), 100):  # the service's slices
+                engine.process(items[start:start + 100], items[0].ts)
+
+    feed(ticks[:60])  # fill the 60 s rate windows first
+    measured = ticks[60:]
+    started = time.process_time()
+    feed(measured)
+    engine_s = (time.process_time() - started) / sum(map(len, measured))
+    points = [(t * 1000, 72.0 + t % 7) for t in range(600)]
+    window = SlopeWindow(60_000)
+
+    def running(batch: list[tuple[int, float]]) -> None:
+        for ts, value in batch:
+            window.add(ts, value)
+            window.slope_per_min()
+
+    def refit(batch: list[tuple[int, float]]) -> None:
+        for n in range(60, len(batch)):
+            least_squares_slope(batch[n - 60:n + 1], 60_000)
+
+    table_: dict[str, float] = {}
+
+    def plain(batch: list[tuple[int, float]]) -> None:
+        for ts, value in batch:
+            table_[str(ts % 5)] = value
+
+    reps = 3 if quick else 10
+    running_s = min(_cpu_per_item(running, points) for _ in range(reps))
+    refit_s = min(_cpu_per_item(refit, points) for _ in range(reps)) * len(points) / (len(points) - 60)
+    plain_s = min(_cpu_per_item(plain, points) for _ in range(reps))
+    return {"eval_engine_us_per_reading": engine_s * 1e6, "eval_engine_readings_per_cpu_s": 1 / engine_s,
+            "eval_rate_running_us": running_s * 1e6, "eval_rate_refit_us": refit_s * 1e6,
+            "eval_dict_update_us": plain_s * 1e6}
+
+
 def run(quick: bool = False) -> dict[str, float]:
-    """Idle baseline, then the same probe under a >= 50,000 obs/s flood; figures in ms."""
+    """The engine's own cost, then idle baseline and the same probe under a >= 50,000 obs/s flood; figures in ms."""
+    cost = evaluation_cost(quick)
     samples = 40 if quick else 400
     with tempfile.TemporaryDirectory(prefix="wardlink-bench-alerts-") as tmp:
         workdir = Path(tmp)
@@ -318,7 +388,7 @@ def run(quick: bool = False) -> dict[str, float]:
             figures |= _percentiles(f"{phase}_{lane}_ws", to_ws) | _percentiles(f"{phase}_{lane}_bus", to_bus)
             figures[f"{phase}_{lane}_timeouts"] = float(missed)
     figures["load_obs_per_s"] = float(published.get("obs_per_s", 0.0))
-    return figures
+    return figures | cost
 
 
 def table(figures: dict[str, float]) -> str:
@@ -337,6 +407,12 @@ def table(figures: dict[str, float]) -> str:
             if figures.get(f"{phase}_{lane}_timeouts"):
                 lines.append(f"{phase}: {what}: a sample took over {TIMEOUT_S:g} s (the lane fell behind); "
                              "the lane was given up")
+    if "eval_engine_us_per_reading" in figures:
+        lines += [f"rule evaluation (engine alone, adult set): {figures['eval_engine_us_per_reading']:.2f} µs CPU "
+                  f"per reading = {figures['eval_engine_readings_per_cpu_s']:,.0f} readings per CPU-s",
+                  f"rate rule per reading: running slope {figures['eval_rate_running_us']:.2f} µs, refit over "
+                  f"60 points {figures['eval_rate_refit_us']:.2f} µs; "
+                  f"a dict update {figures['eval_dict_update_us']:.3f} µs"]
     return "\n".join(lines)
 
 
