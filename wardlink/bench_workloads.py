@@ -10,7 +10,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import ClassVar, Final
+from typing import Final
 
 import msgspec
 
@@ -193,7 +193,6 @@ class Hl7Workload(Workload):
 
     kind = "hl7_pcd"
     per_tick = DEVICES  # every sender's message of the round arrives in one select() round
-    _tasks: ClassVar[set[asyncio.Task[bytes]]] = set()
 
     def __init__(self) -> None:
         """Build PAYLOADS messages per monitor with the simulator's message builder (vendor A style)."""
@@ -219,6 +218,8 @@ class Hl7Workload(Workload):
         self.framers = [MllpFramer() for _ in range(DEVICES)]
         self.driver: Hl7PcdDriver | None = None
         self._acks = itertools.count(1)
+        self.pending: list[asyncio.Future[None] | None] = [None] * DEVICES  # each connection's ACKs in waiting
+        self.acked = 0  # ACK writes (one per read)
 
     def site_devices(self) -> list[DeviceSpec]:
         """The listener and the monitors behind it."""
@@ -239,21 +240,28 @@ class Hl7Workload(Workload):
         """A fresh driver (its registrations start over) and fresh de-framers."""
         self.driver = Hl7PcdDriver(self.listener, sink)
         self.framers = [MllpFramer() for _ in range(DEVICES)]
+        self.pending = [None] * DEVICES
+        self.acked = 0
 
     def feed(self) -> int:
-        """De-frame one message and let the driver register, store and acknowledge it (Hl7PcdDriver.handle)."""
+        """De-frame one message and let the driver register, store and acknowledge it.
+
+        Grouped (the full path), as one TCP connection's read does (Hl7PcdDriver.receive): the message joins
+        the loop iteration's group commit and its ACK is built and written once that is durable; the write
+        goes nowhere. Otherwise as the serial line does (Hl7PcdDriver.handle): one transaction per message.
+        """
         assert self.driver is not None
         index = self.next_device()
-        count = 0
-        for frame in self.framers[index].feed(next(self.wire[index])):
-            if self.grouped:  # as a TCP connection does: the message joins the loop iteration's group commit
-                task = asyncio.ensure_future(self.driver.handle_soon(frame))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
+        frames = self.framers[index].feed(next(self.wire[index]))
+        if self.grouped:
+            self.pending[index] = self.driver.receive(frames, self._sent, self.pending[index])
+        else:
+            for frame in frames:
                 self.driver.handle(frame)
-            count += 10  # checked when the payloads were built: every message maps to 10 observations
-        return count
+        return 10 * len(frames)  # checked when the payloads were built: every message maps to 10 observations
+
+    def _sent(self, acks: bytes) -> None:
+        self.acked += 1
 
 
 class ModbusWorkload(Workload):

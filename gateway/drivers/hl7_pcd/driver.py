@@ -4,7 +4,10 @@ Every message is persisted before it is acknowledged: devices first seen are reg
 go to ``sink.accept`` (durable when it returns), and only then does the sender get ``AA``/``CA``;
 if storing fails it gets ``AE``/``CE`` and sends again. Unusable messages get ``AR``/``CR`` with ERR.
 
-TCP: each connection has its own task, de-framer and timeouts, so a slow, stalled or hostile sender
+TCP: each connection has its own task, de-framer and timeouts. Every complete message of a read joins
+the gateway's group commit at once (:meth:`Hl7PcdDriver.receive`); their ACKs are written together, in
+order, by a callback once the group is durable, so the connection task is not woken per message and
+goes on reading. A slow, stalled or hostile sender
 only holds its own connection: a partial message with no byte for ``partial_timeout_s`` is dropped
 and its connection closed, an idle connection is closed after ``idle_timeout_s``, a sender that
 does not read its ACKs is dropped after ``write_timeout_s``, and at most ``max_connections`` are
@@ -21,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -37,6 +41,7 @@ from gateway.outbox import OutboxError
 log = logging.getLogger(__name__)
 
 READ_CHUNK: Final = 65536
+WRITE_HIGH_WATER: Final = 65536  # ACK bytes queued for a connection past which reading waits for the sender
 MAX_SERIAL_BACKLOG: Final = 65536  # ACK bytes waiting for a serial line nobody drains: then the line is dead
 LOG_EVERY_S: Final = 10.0
 
@@ -48,6 +53,7 @@ class _Step:
     decoded: Decoded
     control_id: str
     received: int
+    stored: asyncio.Future[None] | None = None  # the group commit holding its readings (receive only)
 
 
 class Hl7PcdDriver:
@@ -96,18 +102,62 @@ class Hl7PcdDriver:
             return self._not_stored(step, exc)
         return self._stored(step)
 
-    async def handle_soon(self, frame: Frame) -> bytes:
-        """As :meth:`handle`, but the readings join the gateway's group commit; the ACK waits until durable."""
-        step = self._begin(frame)
-        if isinstance(step, bytes):
-            return step
+    def receive(self, frames: Iterable[Frame], write: Callable[[bytes], None],
+                after: asyncio.Future[None] | None = None) -> asyncio.Future[None] | None:
+        """Map, register and queue for the group commit every message of one read; ``write`` gets their ACKs.
+
+        The ACKs (framed, in order, one ``write``) are built once the readings are durable, by a callback
+        on the group commit, and after those of ``after`` (what the previous call returned for the same
+        connection). Returns the future the write waits for, None when it was written at once.
+        """
+        answers: list[bytes | _Step] = []
+        waits: list[asyncio.Future[None]] = []
+        for frame in frames:
+            step = self._begin(frame)
+            if isinstance(step, bytes):
+                answers.append(step)
+                continue
+            try:
+                self._register(step.decoded.discovered)
+                if step.decoded.items:
+                    step.stored = stored = asyncio.ensure_future(self.sink.accept_soon(step.decoded.items))
+                    if not waits or waits[-1] is not stored:
+                        waits.append(stored)
+            except (OutboxError, OSError) as exc:
+                answers.append(self._not_stored(step, exc))
+                continue
+            answers.append(step)
+        if not answers:
+            return after
+        if after is not None and not after.done() and after not in waits:
+            waits.insert(0, after)
+        if not waits:
+            write(self._answers(answers))
+            return None
+        # One group commit is the usual case; a sink whose futures are not one group is waited on in full.
+        wait: asyncio.Future[None] = waits[0] if len(waits) == 1 else _all(waits)
+        wait.add_done_callback(lambda _: self._write(write, answers))
+        return wait
+
+    def _write(self, write: Callable[[bytes], None], answers: list[bytes | _Step]) -> None:
         try:
-            self._register(step.decoded.discovered)
-            if step.decoded.items:
-                await self.sink.accept_soon(step.decoded.items)
-        except (OutboxError, OSError) as exc:
-            return self._not_stored(step, exc)
-        return self._stored(step)
+            write(self._answers(answers))
+        except (OSError, RuntimeError) as exc:  # the connection went away meanwhile; the sender resends
+            log.info("device %s: ACKs not written: %s", self.spec.id, exc)
+
+    def _answers(self, answers: list[bytes | _Step]) -> bytes:
+        """The framed ACKs of one read, in order (every group commit involved has finished)."""
+        out = []
+        for entry in answers:
+            if isinstance(entry, _Step):
+                stored = entry.stored
+                if stored is None or not (stored.cancelled() or stored.exception()):
+                    entry = self._stored(entry)
+                else:
+                    problem = stored.exception() if not stored.cancelled() else None
+                    entry = self._not_stored(entry, problem or OutboxError("the group commit was cancelled"))
+            out.append(wrap(entry))
+        return b"".join(out)
 
     def _begin(self, frame: Frame) -> _Step | bytes:
         """Decode one message: a step to store, or the rejecting ACK."""
@@ -122,7 +172,7 @@ class Hl7PcdDriver:
             return answer(decoded, control_id, received)
         return _Step(decoded, control_id, received)
 
-    def _not_stored(self, step: _Step, exc: Exception) -> bytes:
+    def _not_stored(self, step: _Step, exc: BaseException) -> bytes:
         self.store_failures += 1
         log.error("device %s: message %s not stored, asking the sender to resend: %s", self.spec.id,
                   _control(step.decoded), exc)
@@ -216,34 +266,44 @@ class Hl7PcdDriver:
                         peer: object) -> None:
         settings = self.settings
         counted_bad = 0
-        while True:
-            timeout = settings.partial_timeout_s if framer.pending() else settings.idle_timeout_s
-            try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                if framer.pending():
-                    self._throttled("partial", "device %s: partial message from %s stalled for %.1f s "
-                                    "(%d bytes dropped); closing it", self.spec.id, peer, timeout, framer.pending())
-                    framer.reset()
-                    self.link.frames_bad += 1
-                else:
-                    log.info("device %s: closing %s, idle for %.0f s", self.spec.id, peer, timeout)
-                return
-            if not data:
-                if framer.pending():
-                    self.link.frames_bad += 1
-                return
-            for frame in framer.feed(data):
-                # Senders on other connections store in the same group commit; the ACK waits for it.
-                writer.write(wrap(await self.handle_soon(frame)))
+        acks: asyncio.Future[None] | None = None  # the ACKs of earlier reads still waiting for their commit
+        try:
+            while True:
+                timeout = settings.partial_timeout_s if framer.pending() else settings.idle_timeout_s
                 try:
-                    await asyncio.wait_for(writer.drain(), settings.write_timeout_s)
+                    # asyncio.timeout rather than wait_for: no task of its own per read.
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(READ_CHUNK)
                 except TimeoutError:
-                    log.warning("device %s: %s does not read its ACKs; closing it", self.spec.id, peer)
+                    if framer.pending():
+                        self._throttled("partial", "device %s: partial message from %s stalled for %.1f s "
+                                        "(%d bytes dropped); closing it", self.spec.id, peer, timeout,
+                                        framer.pending())
+                        framer.reset()
+                        self.link.frames_bad += 1
+                    else:
+                        log.info("device %s: closing %s, idle for %.0f s", self.spec.id, peer, timeout)
                     return
-            self.link.frames_bad += framer.frames_bad - counted_bad
-            counted_bad = framer.frames_bad
-            self._noise(framer, peer)
+                if not data:
+                    if framer.pending():
+                        self.link.frames_bad += 1
+                    return
+                # Senders on other connections store in the same group commit; the ACKs wait for it.
+                acks = self.receive(framer.feed(data), writer.write, acks)
+                self.link.frames_bad += framer.frames_bad - counted_bad
+                counted_bad = framer.frames_bad
+                self._noise(framer, peer)
+                transport = writer.transport
+                if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                    try:
+                        async with asyncio.timeout(settings.write_timeout_s):
+                            await writer.drain()
+                    except TimeoutError:
+                        log.warning("device %s: %s does not read its ACKs; closing it", self.spec.id, peer)
+                        return
+        finally:
+            if acks is not None and not acks.done():  # a sender that closed its side still gets its ACKs
+                await asyncio.wait([acks], timeout=settings.write_timeout_s)
 
     # -- serial line -----------------------------------------------------------------------------
     async def _serial(self) -> None:
@@ -331,6 +391,22 @@ class Hl7PcdDriver:
         finally:
             loop.remove_reader(fd)
             loop.remove_writer(fd)
+
+
+def _all(futures: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    """A future done when all of ``futures`` are, whatever their outcome (each is read where it is used)."""
+    every: asyncio.Future[None] = futures[0].get_loop().create_future()
+    left = len(futures)
+
+    def one(_: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        if not left and not every.done():
+            every.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(one)
+    return every
 
 
 def _control(decoded: Decoded) -> str:
