@@ -108,6 +108,9 @@ def render(view: LiveView, now: int) -> str:
                 gateway.outbox_depth, labels)
         out.add("wardlink_gateway_outbox_shed_total", "counter", "low-priority readings shed by a full outbox",
                 gateway.outbox_shed, labels)
+    for source in view.gauge_sources:
+        for family, help_, labels, level in source(now):
+            out.add(family, "gauge", help_, level, labels)
     out.add("wardlink_api_broker_connected", "gauge", "1 when the API's bus view is connected",
             int(view.connected), {})
     out.add("wardlink_api_open_alerts", "gauge", "open alerts", len(view.alerts), {})

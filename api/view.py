@@ -24,6 +24,9 @@ from devices.contract import Alert, GatewayStatus, Notification, Presence, Servi
 
 log = logging.getLogger(__name__)
 
+GaugeSample = tuple[str, str, dict[str, str], float]
+"""One gauge sample another part of the API exposes on /metrics: family, help text, labels, value."""
+
 RECENT_RESOLVED = 500
 CLIENT_QUEUE = 256
 
@@ -61,6 +64,8 @@ class LiveView:
         self.services: dict[str, ServiceStatus] = {}
         # Called with every gateway status heard (the fleet recorder keeps connection changes from them).
         self.gateway_listeners: list[Callable[[GatewayStatus], None]] = []
+        # Extra gauges for /metrics (the fleet's figures), called with the time; they must not block.
+        self.gauge_sources: list[Callable[[int], list[GaugeSample]]] = []
         self.subscribers: set[Subscriber] = set()
         self.staff_streams: dict[str, set[StaffSubscriber]] = {}
         self.dropped_clients = 0

@@ -24,6 +24,7 @@ from devices.contract import Alert
 from facilities.sitemap import load_site_map
 from state.db import State, open_state
 from state.escalations import Escalations, StepPlan
+from state.fleet import Recall
 from storage.memory import MemoryStore
 from tests.auth import bearer, parts, staff
 from wardlink.config import load
@@ -64,6 +65,35 @@ POLICY: dict[str, set[str]] = {
     "GET /api/v1/facilities/par": CLINICAL | {"facilities", "biomed"},
     "PUT /api/v1/facilities/par/{unit}/{type}": {"facilities", "biomed"},
     "GET /api/v1/facilities/utilisation": {"charge_nurse", "facilities", "biomed"},
+    "GET /api/v1/fleet/devices": CLINICAL | {"biomed", "admin"},
+    "POST /api/v1/fleet/devices": {"biomed", "admin"},
+    "GET /api/v1/fleet/devices.csv": {"biomed", "admin", "auditor"},
+    "POST /api/v1/fleet/devices/import": {"biomed", "admin"},
+    "GET /api/v1/fleet/devices/{device}": CLINICAL | {"biomed", "admin"},
+    "PUT /api/v1/fleet/devices/{device}": {"biomed", "admin"},
+    "POST /api/v1/fleet/devices/{device}/retire": {"biomed", "admin"},
+    "GET /api/v1/fleet/devices/{device}/health": CLINICAL | {"biomed"},
+    "GET /api/v1/fleet/devices/{device}/location": CLINICAL | {"biomed", "facilities"},
+    "GET /api/v1/fleet/health": {"biomed"},
+    "GET /api/v1/fleet/gateways": {"biomed"},
+    "GET /api/v1/fleet/uptime": {"biomed", "auditor"},
+    "GET /api/v1/fleet/utilisation": {"biomed", "auditor"},
+    "GET /api/v1/fleet/maintenance/plans": {"biomed", "auditor"},
+    "PUT /api/v1/fleet/maintenance/plans/{model}/{kind}": {"biomed"},
+    "GET /api/v1/fleet/maintenance/due": {"biomed", "auditor"},
+    "POST /api/v1/fleet/maintenance/schedule": {"biomed"},
+    "GET /api/v1/fleet/maintenance/completion": {"biomed", "auditor"},
+    "GET /api/v1/fleet/locate/due": {"biomed", "facilities"},
+    "GET /api/v1/fleet/work-orders": {"biomed", "auditor"},
+    "POST /api/v1/fleet/work-orders": {"biomed"},
+    "POST /api/v1/fleet/work-orders/{order_id}/assign": {"biomed"},
+    "POST /api/v1/fleet/work-orders/{order_id}/close": {"biomed"},
+    "GET /api/v1/fleet/firmware": {"biomed", "auditor"},
+    "POST /api/v1/fleet/recalls/import": {"biomed"},
+    "GET /api/v1/fleet/recalls": {"biomed", "auditor"},
+    "GET /api/v1/fleet/recalls/{recall_id}": {"biomed", "auditor"},
+    "GET /api/v1/fleet/reports/{report}": {"biomed", "auditor"},
+    "GET /api/v1/fleet/reports/{report}.csv": {"biomed", "auditor"},
     "GET /api/v1/health": EVERYONE - {"auditor"},
     "GET /api/v1/navigation/route": CLINICAL | {"facilities", "biomed"},
     "GET /api/v1/reports/alarm-load": CLINICAL | {"auditor"},
@@ -118,6 +148,10 @@ class World:
             assert fired is not None
             delivery[unit] = {d.staff: d.id for d in escalations.deliveries(alert_id=f"al-{unit.lower()}")}
         self.delivery = delivery
+        # Fleet: a work order on a device of each unit, and a recall.
+        self.order = {unit: self.state.fleet.open_order(device, "repair", by="b-bio", now=now).id
+                      for unit, device in (("ICU", "mon-icu-01"), ("W3", "scale-w3"))}
+        self.state.fleet.save_recalls([Recall("R-1", manufacturer="Perfusa Medical", model="PV-300")], now=now)
         view = LiveView(self.site.id, BrokerAddress("127.0.0.1", 1))
         self.app = create_app(parts(self.site, MemoryStore(), view, self.state, site_map=load_site_map("demo")))
         now_s = now
@@ -130,6 +164,8 @@ class World:
             "device": ("mon-icu-01", "scale-w3", "nope-device"),
             "rule": ("spo2_low",) * 3, "metric": ("spo2",) * 3, "type": ("infusion_pump",) * 3,
             "table": ("by_bed_day",) * 3,
+            "order_id": (self.order["ICU"], self.order["W3"], 99_999_999), "recall_id": ("R-1",) * 3,
+            "model": ("PV-300",) * 3, "kind": ("pm",) * 3, "report": ("devices",) * 3,
         }
         self.query = {
             "GET /api/v1/facilities/assets/nearest": {"type": "infusion_pump", "from": "A3-W3-R01"},
@@ -159,6 +195,16 @@ class World:
             "PUT /api/v1/facilities/par/{unit}/{type}": {"minimum": 2},
             "POST /api/v1/staff": {"id": "n-new", "name": "New", "role": "nurse"},
             "POST /api/v1/assignments/{assignment_id}/end": {},
+            "POST /api/v1/fleet/devices": {"id": "mon-new", "driver": "bedside_serial", "gateway": "gw-icu",
+                                           "bed": "ICU-02", "model": "WLB-100"},
+            "POST /api/v1/fleet/devices/import": {"csv": "id,firmware\nmon-icu-02,1.4.3\n"},
+            "PUT /api/v1/fleet/devices/{device}": {"firmware": "1.4.3"},
+            "PUT /api/v1/fleet/maintenance/plans/{model}/{kind}": {"interval_days": 180},
+            "POST /api/v1/fleet/maintenance/schedule": {"horizon_days": 30},
+            "POST /api/v1/fleet/work-orders": {"device": "mon-icu-01", "kind": "repair"},
+            "POST /api/v1/fleet/work-orders/{order_id}/assign": {"to": "b-bio"},
+            "POST /api/v1/fleet/work-orders/{order_id}/close": {"notes": "replaced the cable", "parts": ["cable"]},
+            "POST /api/v1/fleet/recalls/import": {"recalls": [{"id": "R-2", "udi": "(01)00000000000000"}]},
         }.get(op)
 
 
