@@ -25,6 +25,7 @@ from api.audit_routes import audit_router
 from api.auth_routes import auth_router
 from api.console import console_router
 from api.facilities_routes import facilities_router
+from api.fleet_routes import fleet_router
 from api.limits import Limits, LimitSettings
 from api.navigation_routes import navigation_router
 from api.reports_routes import reports_router
@@ -326,6 +327,7 @@ def create_app(parts: ApiParts) -> FastAPI:
     app.include_router(reports_router(site, access))
     app.include_router(facilities_router(site, state, store, access, site_map=parts.site_map))
     app.include_router(waste_router(site, state, access, parts.waste))
+    app.include_router(fleet_router(site, state, store, view, access))
     if parts.site_map is not None:
         app.include_router(navigation_router(parts.site_map, state, access))
     app.state.limit_counters = {"body_too_large": 0, "rate_limited": 0}
