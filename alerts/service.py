@@ -22,6 +22,7 @@ from devices import bus, topics
 from devices.clock import now_ms
 from devices.contract import Alert, ContractError, GatewayStatus, Priority, ServiceStatus, decode_batch, encode
 from devices.site import Site
+from devices.topics import GatewayChannel
 from state.db import State
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,34 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tick_s: float = 1.0  # timers (silences, liveness) and staff actions are looked at this often
     settings_poll_s: float = 5.0  # unit rule sets and limit overrides are reloaded this often
     delivery: DeliverySettings = DeliverySettings()  # routing, escalation and channels (docs/alerting-delivery.md)
+    units: list[str] = []  # the care units this instance serves (their gateways' topics only); empty: every unit
+
+
+class Partition:
+    """The share of a site one alert service instance serves: some care units, their gateways and devices."""
+
+    def __init__(self, site: Site, units: list[str]) -> None:
+        """Every unit when ``units`` is empty; raise ``ValueError`` for a unit the site does not have."""
+        known = {unit.id for unit in site.units}
+        unknown = sorted(set(units) - known)
+        if unknown:
+            raise ValueError(f"alerts.units: no unit {', '.join(unknown)} in site {site.id}")
+        self.units = frozenset(units or known)
+        self.everything = not units or self.units == known
+        self.gateways = sorted(g.id for g in site.gateways if g.unit in self.units)
+        ours = set(self.gateways)
+        self.sources = self.units | ours | {d.id for d in site.devices if d.gateway in ours} | \
+            {bed for unit in site.units if unit.id in self.units for bed in unit.beds}
+
+    def filters(self, site: str, channel: GatewayChannel) -> list[str]:
+        """Subscription filters of a gateway channel: the wildcard, or one topic per gateway of the units."""
+        if self.everything:
+            return [topics.gateway_filter(site, channel)]
+        return [topics.gateway_topic(site, gateway, channel) for gateway in self.gateways]
+
+    def owns(self, alert: Alert) -> bool:
+        """True for an alert of one of the units (by unit, or by its bed, device or gateway)."""
+        return self.everything or alert.unit in self.units or alert.source in self.sources
 
 
 class AlertService:
@@ -53,11 +82,13 @@ class AlertService:
         self.address = address
         self.instance = instance
         self.settings = settings or AlertSettings()
+        self.partition = Partition(site, self.settings.units)
         self.alerts = state.alerts
         self.alarm_settings = state.alarm_settings
         self.engine = AlertEngine(site, self._book(), silent_after_s=self.settings.silent_after_s,
                                   gateway_stale_s=self.settings.gateway_stale_s)
-        self.engine.restore(self.alerts.open())  # open, latched and silenced alerts, with their deadlines
+        # open, latched and silenced alerts of our units, with their deadlines
+        self.engine.restore(a for a in self.alerts.open() if self.partition.owns(a))
         self._log_mark = self.alerts.last_log_n()
         self.counters: dict[str, int] = defaultdict(int)
         self._status_topic = topics.service_topic(site.id, "alerts", instance)
@@ -85,13 +116,16 @@ class AlertService:
             self._client = client
             for connection in (client, alarm_client):
                 bus.no_delay(connection)
-            for channel in ("data", "status"):
-                await client.subscribe(topics.gateway_filter(self.site.id, channel), qos=1)
-            await alarm_client.subscribe(topics.gateway_filter(self.site.id, "alarm"), qos=1)
+            for channel in ("data", "status"):  # the units' gateways only, when the site is partitioned
+                for topic in self.partition.filters(self.site.id, channel):
+                    await client.subscribe(topic, qos=1)
+            for topic in self.partition.filters(self.site.id, "alarm"):
+                await alarm_client.subscribe(topic, qos=1)
             await alarm_client.subscribe(topics.presence_filter(self.site.id), qos=1)  # who has a live stream
             for alert in self.engine.open.values():  # make sure the retained set matches our state
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
-            log.info("alerts %s: rule set %s, %d open alerts", self.instance, self.settings.ruleset,
+            log.info("alerts %s: rule set %s, units %s, %d open alerts", self.instance, self.settings.ruleset,
+                     "all" if self.partition.everything else ", ".join(sorted(self.partition.units)),
                      len(self.engine.open))
             await self.dispatch.resume(client, list(self.engine.open.values()))  # saved, never routed (a crash)
             async with asyncio.TaskGroup() as group:
@@ -177,7 +211,7 @@ class AlertService:
         for line in lines:
             self._log_mark = max(self._log_mark, line.n)
             current = await asyncio.to_thread(self.alerts.get, line.alert_id)
-            if current is not None and line.event in ("acknowledged", "silenced"):
+            if current is not None and self.partition.owns(current) and line.event in ("acknowledged", "silenced"):
                 self.engine.adopt(current)
                 await self._announce(client, current)
 
