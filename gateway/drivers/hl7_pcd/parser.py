@@ -254,10 +254,15 @@ def _header_fields(line: str, seps: Separators) -> list[str]:
 
 def _separators(text: str) -> Separators:
     field = text[3]
-    first_line_end = min((i for i in (text.find("\r"), text.find("\n")) if i >= 0), default=len(text))
-    end = text.find(field, 4, first_line_end)
-    encoding = text[4:end if end >= 0 else first_line_end]
-    return _separators_of(field, encoding)
+    # MSH-2 is at most five characters, so what ends it (the field separator or the line's end) is within
+    # the next six; when it is not, the six taken are already too many and _separators_of says so.
+    head = text[4:10]
+    end = len(head)
+    for stop in (field, "\r", "\n"):
+        at = head.find(stop, 0, end)
+        if at >= 0:
+            end = at
+    return _separators_of(field, head[:end])
 
 
 @functools.lru_cache(maxsize=64)
