@@ -104,21 +104,21 @@ def parse_registry_csv(text: str, units: set[str], beds: Mapping[str, str]) -> l
         fields: dict[str, Any] = {}
         for key, value in raw.items():
             value = (value or "").strip()
-            if key in ("id", "retired_at"):
-                continue
+            if key in ("id", "retired_at") or not value:
+                continue  # an empty cell leaves the field as it is (clear a field with PUT /devices/{device})
             if key == "life_support":
-                if value.lower() not in ("", "true", "false", "1", "0", "yes", "no"):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise RegistryCsvError(f"row {number}: life_support {value!r}: expected true or false")
                 fields[key] = value.lower() in ("true", "1", "yes")
             elif key == "connection":
                 try:
-                    fields[key] = json.loads(value) if value else {}
+                    fields[key] = json.loads(value)
                 except json.JSONDecodeError as exc:
                     raise RegistryCsvError(f"row {number}: connection is not JSON: {exc}") from None
                 if not isinstance(fields[key], dict):
                     raise RegistryCsvError(f"row {number}: connection must be a JSON object")
             elif key in ("unit", "bed", "udi", "risk_class"):
-                fields[key] = value or None
+                fields[key] = value
             else:
                 fields[key] = value
         device_id = (raw.get("id") or "").strip()
