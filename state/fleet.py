@@ -251,10 +251,9 @@ class Fleet:
         rows = [msgspec.structs.asdict(c) for c in changes]
         dialect = postgresql if self._sessions.dialect == "postgresql" else sqlite
         statement = dialect.insert(ConnectionLogRow).values(rows).on_conflict_do_nothing(
-            index_elements=["subject", "ts", "state"])
+            index_elements=["subject", "ts", "state"]).returning(ConnectionLogRow.n)
         with self._sessions.write(f"recording {len(rows)} connection changes") as session:
-            result = session.execute(statement)
-            return int(getattr(result, "rowcount", 0) or 0)
+            return len(session.execute(statement).all())  # rowcount is -1 on psycopg for this statement
 
     def links(self, *, start: int, end: int, subjects: Sequence[str] | None = None) -> list[LinkChange]:
         """Changes in ``[start, end)`` in time order (of some subjects)."""

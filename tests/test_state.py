@@ -481,3 +481,37 @@ def test_assets_registry(state: State) -> None:
     with pytest.raises(StateError) as info:
         state.assets.upsert("wc-2", now=T0, tag="AC23-0001", type="wheelchair")  # tag already worn
     assert info.value.retryable is False
+
+
+def test_fleet_plans_work_orders_recalls_and_connection_log(state: State) -> None:
+    from state.fleet import LinkChange, OrderError, Recall
+
+    state.registry.seed_from_site(load(env={}).site, T0)
+    fleet = state.fleet
+    fleet.set_plan("PV-300", "pm", interval_days=180, now=T0)
+    fleet.set_plan("PV-300", "pm", interval_days=90, now=T0 + 1, manufacturer="Perfusa Medical")
+    (plan,) = fleet.plans()
+    assert (plan.interval_days, plan.manufacturer, plan.created, plan.updated) == (90, "Perfusa Medical", T0, T0 + 1)
+    with pytest.raises(ValueError, match="kind"):
+        fleet.set_plan("PV-300", "overhaul", interval_days=1, now=T0)
+    with pytest.raises(KeyError):
+        fleet.open_order("no-such-device", "repair", by="b", now=T0)
+    order = fleet.open_order("pump-icu-01", "pm", by="b-bio", now=T0, due_at=T0 + HOUR, planned=True)
+    assert fleet.assign(order.id, "b-2", now=T0 + 1).status == "assigned"
+    closed = fleet.close(order.id, by="b-2", now=T0 + 2, notes="done", parts=["kit", "seal"])
+    assert (closed.status, closed.closed_by, closed.parts) == ("closed", "b-2", ["kit", "seal"])
+    with pytest.raises(OrderError):
+        fleet.close(order.id, by="b-2", now=T0 + 3)
+    assert fleet.last_completed() == {("pump-icu-01", "pm"): T0 + 2}
+    assert [o.id for o in fleet.orders(planned=True, due_from=T0, due_to=T0 + HOUR + 1)] == [order.id]
+    assert fleet.orders(status="not_closed") == []
+    fleet.save_recalls([Recall("R-1", model="PV-300", firmware_max="2.4")], now=T0)
+    fleet.save_recalls([Recall("R-1", model="PV-300", firmware_max="2.5")], now=T0 + 5)
+    assert [(r.id, r.firmware_max, r.imported_at) for r in fleet.recalls()] == [("R-1", "2.5", T0 + 5)]
+    changes = [LinkChange("mon-1", "device", "gw-icu", "connected", T0),
+               LinkChange("mon-1", "device", "gw-icu", "lost", T0 + 10),
+               LinkChange("gw-icu", "gateway", "gw-icu", "online", T0)]
+    assert fleet.record_links(changes) == 3
+    assert fleet.record_links(changes) == 0  # heard again by another API process: recorded once
+    assert [c.state for c in fleet.links(start=T0, end=T0 + 11, subjects=["mon-1"])] == ["connected", "lost"]
+    assert {k: v.state for k, v in fleet.links_before(T0 + 10).items()} == {"mon-1": "connected", "gw-icu": "online"}
