@@ -14,7 +14,7 @@ function bars(rows) {
   const max = Math.max(1, ...top.map((r) => r.alerts ?? r.count ?? 0));
   return h("ul", { class: "bars", "aria-label": "Alarms per bed" }, top.map((r) => {
     const n = r.alerts ?? r.count ?? 0;
-    const bar = h("span", { class: "bar" });
+    const bar = h("span", { class: "bar-fill" });
     bar.style.setProperty("--w", `${(100 * n) / max}%`);  // CSSOM, not a style attribute: the CSP forbids those
     return h("li", {}, h("span", { class: "bar-label" }, r.bed || r.rule || "—"), bar, h("span", {}, String(n)));
   }));

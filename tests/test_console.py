@@ -1,0 +1,314 @@
+"""The web console in a real browser: headless Chromium (Debian's, driven through its own chromedriver) against
+the whole system on a real Mosquitto, one main path per role, and the live stream through a server restart.
+
+Each page is saved as a PNG in ``$WARDLINK_SCREENSHOTS`` (default: a temporary directory); ``make screenshots``
+copies them into ``docs/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import tomllib
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Mosquitto
+from tests.test_end_to_end import running, ward_config
+from wardlink.config import Config
+from wardlink.runner import System
+from wardlink.users import DEMO_FILE
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402  (after the skip)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason="needs Debian's chromium and chromium-driver (make services)"),
+]
+WAIT_S = 60  # generous: the machine is shared; nothing below asserts on speed
+
+
+class Background:
+    """The whole system (``running(config)``) on its own event loop in a thread, so the test can drive a browser."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.system: System | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="wardlink-system", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            async with running(self.config) as system:
+                self.system = system
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001  (handed to the test thread, which raises it)
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> System:
+        """Start and wait until the API answers."""
+        self._thread.start()
+        assert self._ready.wait(60), "the system did not start within 60 s"
+        if self._error is not None:
+            raise self._error
+        assert self.system is not None
+        return self.system
+
+    def stop(self) -> None:
+        """Stop and wait for every worker to finish."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(40)
+        assert not self._thread.is_alive(), "the system did not stop within 40 s"
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the pages' PNGs go."""
+    chosen = os.environ.get("WARDLINK_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Background, Mosquitto]]:
+    """The simulated hospital on a real Mosquitto (one system for the module; the restart test replaces it)."""
+    root = tmp_path_factory.mktemp("console")
+    broker = Mosquitto(root)
+    broker.start()
+    system = Background(ward_config(root / "data", broker.address.url))
+    system.start()
+    yield system, broker
+    system.stop()  # the restart test swaps a new system into this object
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(ward: tuple[Background, Mosquitto]) -> Iterator[WebDriver]:  # noqa: ARG001  (closes before the ward)
+    """Headless Chromium through Debian's chromedriver (given explicitly: selenium never downloads one)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1000", "--lang=en-GB"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.get("about:blank")  # close the console's stream before the system stops
+    driver.quit()
+
+
+def password(config: Config, staff: str) -> str:
+    """A demo user's password, as `wardlink run` wrote it."""
+    return str(tomllib.loads((config.data_path / DEMO_FILE).read_text(encoding="utf-8"))["passwords"][staff])
+
+
+def wait(driver: WebDriver, check: Callable[[WebDriver], Any], what: str, within: float = WAIT_S) -> Any:
+    """Poll ``check`` until it answers something true (a stale element counts as not yet)."""
+    def safe(d: WebDriver) -> Any:
+        try:
+            return check(d)
+        except StaleElementReferenceException:
+            return False
+    return WebDriverWait(driver, within, poll_frequency=0.5).until(safe, f"waited {within} s for {what}")
+
+
+def css(driver: WebDriver, selector: str) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def sign_in(driver: WebDriver, system: System, config: Config, staff: str) -> dict[str, Any]:
+    """Open the console, sign out whoever was in, sign in as ``staff``; the token stays out of the URL."""
+    driver.get(system.api_url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(system.api_url + "/console/")
+    user = wait(driver, lambda d: css(d, "#username"), "the sign-in form")[0]
+    user.send_keys(staff)
+    css(driver, "#password")[0].send_keys(password(config, staff))
+    css(driver, "#sign-in")[0].click()
+    wait(driver, lambda d: css(d, "#sign-out") and css(d, "#sign-out")[0].is_displayed(), f"{staff} signed in")
+    token = driver.execute_script("return sessionStorage.getItem('wardlink.token')")
+    assert token and token not in driver.current_url
+    return {"Authorization": f"Bearer {token}"}
+
+
+def click(driver: WebDriver, selector: str) -> None:
+    """Click the first match, scrolled to the middle of the window first; again if a redraw replaced it."""
+    def once(d: WebDriver) -> bool:
+        found = css(d, selector)
+        if not found:
+            return False
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", found[0])
+        found[0].click()
+        return True
+    wait(driver, once, f"{selector} to click")
+
+
+def nav(driver: WebDriver) -> list[str]:
+    return [a.text for a in css(driver, "#nav a")]
+
+
+def shoot(driver: WebDriver, folder: Path, name: str) -> None:
+    driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def test_the_console_is_served_from_the_package(ward: tuple[Background, Mosquitto]) -> None:
+    files = resources.files("api.console").joinpath("static")
+    assert {"index.html", "app.js", "style.css"} <= {f.name for f in files.iterdir()}
+    system = ward[0].system
+    assert system is not None
+    with httpx.Client(base_url=system.api_url, timeout=10) as client:
+        root = client.get("/")
+        assert (root.status_code, root.headers["location"]) == (307, "/console/")
+        page = client.get("/console/")
+        assert page.status_code == 200 and "app.js" in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert client.get("/console/views/unit.js").headers["content-type"].startswith("text/javascript")
+        assert client.get("/console/../app.py").status_code == 404
+        assert client.get("/console/plan.json").status_code == 401, "the floor plan needs a sign-in"
+
+
+def test_nurse_sees_live_vitals_receives_the_alarm_and_acknowledges_it(
+        ward: tuple[Background, Mosquitto], browser: WebDriver, screenshots: Path) -> None:
+    system = ward[0].system
+    assert system is not None
+    headers = sign_in(browser, system, ward[0].config, "n-icu")
+    assert nav(browser) == ["Unit", "Alerts", "Alarm load"], "a nurse sees no assignments, assets or devices"
+    wait(browser, lambda d: css(d, "#bed-ICU-01"), "the unit's beds")
+
+    def heart_rate_time(d: WebDriver) -> str:
+        return str(css(d, '#bed-ICU-01 dd[data-metric="MDC_ECG_HEART_RATE"]')[0].get_attribute("data-ts") or "")
+
+    first = wait(browser, heart_rate_time, "ICU-01's heart rate")
+    assert "/min" in css(browser, '#bed-ICU-01 dd[data-metric="MDC_ECG_HEART_RATE"]')[0].text
+    wait(browser, lambda d: heart_rate_time(d) not in ("", first), "a newer heart rate without a reload")
+
+    alarm = '#alert-list li[data-bed="ICU-03"][data-type="spo2_low"]'
+    # Read in one script: the live list redraws on every transition, so held elements go stale.
+    shown = wait(browser, lambda d: d.execute_script(
+        "const li = document.querySelector(arguments[0]); if (!li) return null; const b = li.querySelector('.prio');"
+        "return {id: li.dataset.alertId, priority: b.dataset.priority, badge: b.textContent}", alarm),
+        "the ICU-03 desaturation alarm in the live list", 90)
+    assert shown["priority"] == "high"
+    assert "***" in shown["badge"] and "High priority" in shown["badge"], "priority is written, not only coloured"
+    assert css(browser, '#bed-ICU-03[data-alarm="high"]'), "the bed card shows its alarm"
+    shoot(browser, screenshots, "nurse-unit")
+
+    alert_id = shown["id"]
+    click(browser, f'#alert-list li[data-alert-id="{alert_id}"] button.ack')
+    wait(browser, lambda d: css(d, f'#alert-list li[data-alert-id="{alert_id}"][data-state="acknowledged"]'),
+         "the alarm shown acknowledged")
+    with httpx.Client(base_url=system.api_url, timeout=10, headers=headers) as client:
+        stored = client.get(f"/api/v1/alerts/{alert_id}/log").json()
+    assert (stored["alert"]["state"], stored["alert"]["acknowledged_by"]) == ("acknowledged", "n-icu")
+
+    click(browser, '#bed-ICU-03 h3 a')
+    wait(browser, lambda d: css(d, '.trend[data-metric="spo2"] polyline.line'), "ICU-03's SpO2 trend")
+    wait(browser, lambda d: "spo2_low" in css(d, "#alarm-limits")[0].text, "the bed's alarm limits")
+    assert css(browser, '.trend[data-metric="spo2"] line.limit'), "the SpO2 limit is drawn on the trend"
+    shoot(browser, screenshots, "nurse-bed")
+    click(browser, "#nav-alarm-load")
+    wait(browser, lambda d: css(d, "#alarm-load h2, #alarm-load table"), "the alarm-load report")
+
+
+def test_charge_nurse_edits_assignments(ward: tuple[Background, Mosquitto], browser: WebDriver,
+                                        screenshots: Path) -> None:
+    system = ward[0].system
+    assert system is not None
+    sign_in(browser, system, ward[0].config, "c-icu")
+    assert "Assignments" in nav(browser) and "Devices" not in nav(browser)
+    click(browser, "#nav-assignments")
+    wait(browser, lambda d: "n-icu" in css(d, "#assignment-list")[0].text, "the unit's assignments")
+    css(browser, "#assign-staff")[0].send_keys("n-w3")
+    click(browser, '#assign-bed option[value=""]')
+    css(browser, '#assign-bed')[0].send_keys("ICU-02")
+    click(browser, "form.inline button[type=submit]")
+    wait(browser, lambda d: any("End n-w3" in b.text for b in css(d, "#assignment-list button.end")),
+         "the new assignment listed")
+    shoot(browser, screenshots, "charge-assignments")
+    [end] = [b for b in css(browser, "#assignment-list button.end") if "End n-w3" in b.text]
+    end.click()
+    wait(browser, lambda d: not any("End n-w3" in b.text for b in css(d, "#assignment-list button.end")),
+         "the assignment ended")
+
+
+def test_facilities_finds_an_asset_and_sees_the_route(ward: tuple[Background, Mosquitto], browser: WebDriver,
+                                                      screenshots: Path) -> None:
+    system = ward[0].system
+    assert system is not None
+    sign_in(browser, system, ward[0].config, "f-facilities")
+    assert nav(browser) == ["Alerts", "Assets", "Par & waste"], "facilities see no beds, vitals or devices"
+    click(browser, "#nav-assets")
+    button = wait(browser, lambda d: css(d, "#asset-results button.show-route"), "located assets", 90)[0]
+    button.click()
+    wait(browser, lambda d: css(d, "#route ol.steps li"), "the route's steps")
+    assert css(browser, "#route svg.plan polyline.route-line"), "the route drawn on the floor plan"
+    shoot(browser, screenshots, "facilities-route")
+    click(browser, "#nav-waste")
+    wait(browser, lambda d: css(d, "#par table") and css(d, "#waste table"), "par levels and waste")
+    shoot(browser, screenshots, "facilities-waste")
+
+
+def test_biomed_opens_a_device_page(ward: tuple[Background, Mosquitto], browser: WebDriver,
+                                    screenshots: Path) -> None:
+    system = ward[0].system
+    assert system is not None
+    sign_in(browser, system, ward[0].config, "b-biomed")
+    assert nav(browser) == ["Alerts", "Devices", "Health"], "a biomedical engineer sees no bed vitals"
+    click(browser, "#nav-devices")
+    wait(browser, lambda d: css(d, 'a[href="#/device/mon-icu-01"]'), "the device table")
+    css(browser, "#device-search")[0].send_keys("mon-icu-0")
+    wait(browser, lambda d: "mon-w3" not in css(d, "#device-table")[0].text, "the filter applied")
+    shoot(browser, screenshots, "biomed-devices")
+    click(browser, 'a[href="#/device/mon-icu-01"]')
+    wait(browser, lambda d: "Heart rate" in css(d, "#device-values")[0].text, "mon-icu-01's latest values")
+    shoot(browser, screenshots, "biomed-device")
+    click(browser, "#nav-health")
+    wait(browser, lambda d: "gw-icu" in css(d, "#health")[0].text, "gateway health")
+    shoot(browser, screenshots, "biomed-health")
+
+
+def test_the_live_list_reconnects_after_a_server_restart(ward: tuple[Background, Mosquitto], browser: WebDriver,
+                                                         screenshots: Path) -> None:
+    old = ward[0]
+    assert old.system is not None
+    sign_in(browser, old.system, old.config, "n-icu")
+    click(browser, "#nav-alerts")
+    wait(browser, lambda d: css(d, '#live-status[data-state="live"]'), "the stream live")
+    before = int(css(browser, "#live-status")[0].get_attribute("data-snapshots") or 0)
+    browser.execute_script("window.sameDocument = true")
+    old.stop()
+    wait(browser, lambda d: css(d, '#live-status[data-state="reconnecting"]'), "the console noticing the restart")
+    again = Background(old.config)  # same data directory and port: the token stays valid
+    again.start()
+    try:
+        wait(browser, lambda d: int(css(d, '#live-status[data-state="live"]')[0].get_attribute("data-snapshots") or 0)
+             > before if css(d, '#live-status[data-state="live"]') else False, "live again with a new snapshot", 90)
+        assert browser.execute_script("return window.sameDocument") is True, "no page reload"
+        wait(browser, lambda d: css(d, '#alert-list li[data-bed="ICU-03"]'), "ICU-03's alarm after resynchronising")
+        shoot(browser, screenshots, "nurse-alerts")
+    finally:
+        ward[0].__dict__.update(again.__dict__)  # the module fixture stops whichever system is running
