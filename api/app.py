@@ -31,6 +31,7 @@ from api.navigation_routes import navigation_router
 from api.reports_routes import reports_router
 from api.routing_routes import routing_router
 from api.security import Authenticator, Principal
+from api.times import parse_time
 from api.view import LiveView
 from api.waste_routes import waste_router
 from devices import mdc
@@ -48,21 +49,6 @@ log = logging.getLogger(__name__)
 _STEP = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
 _STEP_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
 GATEWAY_STALE_MS = 20_000
-
-
-def parse_time(value: str | None, default: int) -> int:
-    """Epoch milliseconds or ISO 8601 (``Z`` or an offset; naive means UTC) to epoch ms."""
-    if value is None or value == "":
-        return default
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(422, f"time {value!r}: expected epoch milliseconds or ISO 8601") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 def parse_step(value: str | None) -> int | None:

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -28,6 +27,7 @@ from api.fleet_data import CSV_FIELDS, FleetData, RegistryCsvError, device_out, 
 from api.fleet_recorder import FleetRecorder
 from api.fleet_upkeep import upkeep_router
 from api.security import Principal
+from api.times import parse_time
 from api.view import GaugeSample, LiveView
 from devices.clock import now_ms
 from devices.site import Site
@@ -87,23 +87,10 @@ class CsvIn(BaseModel):
     csv: str = Field(max_length=5_000_000)
 
 
-def parse_ms(value: str | None, default: int) -> int:
-    """Epoch milliseconds or ISO 8601 (naive means UTC)."""
-    if value is None or value == "":
-        return default
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(422, f"time {value!r}: expected epoch milliseconds or ISO 8601") from None
-    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
 def period(start: str | None, end: str | None, default_days: int = 7) -> tuple[int, int]:
     """``[start, end)`` from query values: default the last ``default_days`` days, at most MAX_DAYS."""
-    end_ms = parse_ms(end, now_ms())
-    start_ms = parse_ms(start, end_ms - default_days * DAY_MS)
+    end_ms = parse_time(end, now_ms())
+    start_ms = parse_time(start, end_ms - default_days * DAY_MS)
     if not 0 < end_ms - start_ms <= MAX_DAYS * DAY_MS:
         raise HTTPException(422, f"the period must be positive and at most {MAX_DAYS} days")
     return start_ms, end_ms
