@@ -190,13 +190,13 @@ class FleetData:
             return "offline"
         return "stale" if now - status.ts > GATEWAY_STALE_MS else "online"
 
-    def link_state(self, device: Device, now: int) -> str:
-        """connected, connecting, lost, gateway_offline, or unknown (never heard)."""
+    def link_state(self, device: Device, now: int, live: Mapping[str, tuple[str, Any]] | None = None) -> str:
+        """connected, connecting, lost, gateway_offline, or unknown (never heard); ``live`` as :meth:`live`."""
         gateway_state = self.gateway_state(device.gateway, now)
         if gateway_state in ("offline", "stale"):
             return "gateway_offline"
-        live = self.live().get(device.id)
-        return live[1].state if live is not None else "unknown"
+        heard = (live if live is not None else self.live()).get(device.id)
+        return str(heard[1].state) if heard is not None else "unknown"
 
     def health(self, device: Device, now: int, window_ms: int) -> dict[str, Any]:
         """One device's health: link, last seen, battery, error and technical-alarm counts, frames, clock."""
@@ -211,7 +211,8 @@ class FleetData:
         frames = (health.frames_ok + health.frames_bad) if health is not None else 0
         return {
             "device": device.id, "gateway": device.gateway, "unit": device.unit,
-            "gateway_state": self.gateway_state(device.gateway, now), "state": self.link_state(device, now),
+            "gateway_state": self.gateway_state(device.gateway, now), "state": self.link_state(device, now, live=(
+                {device.id: live} if live is not None else {})),
             "last_seen": health.last_seen if health is not None else (max((x.ts for x in latest), default=None)),
             "battery_pct": battery.value if battery is not None else None,
             "battery_at": battery.ts if battery is not None else None,
@@ -228,6 +229,7 @@ class FleetData:
     def gateways(self, devices: Iterable[Device], now: int) -> list[dict[str, Any]]:
         """Per gateway: state from birth, heartbeats and last will; outbox; its devices' link states."""
         members: dict[str, list[Device]] = {}
+        live = self.live()
         for device in devices:
             members.setdefault(device.gateway, []).append(device)
         out = []
@@ -235,7 +237,7 @@ class FleetData:
             status = self.view.gateways.get(gateway)
             states: dict[str, int] = {}
             for device in members.get(gateway, []):
-                state = self.link_state(device, now)
+                state = self.link_state(device, now, live)
                 states[state] = states.get(state, 0) + 1
             out.append({"gateway": gateway, "unit": self.gateway_units.get(gateway),
                         "state": self.gateway_state(gateway, now) or "unknown",

@@ -125,8 +125,9 @@ class FleetGauges:
         data = self._data
         devices = data.devices()
         states: dict[str, int] = dict.fromkeys(("connected", "connecting", "lost", "gateway_offline", "unknown"), 0)
+        live = data.live()
         for device in devices:
-            state = data.link_state(device, now)
+            state = data.link_state(device, now, live)
             states[state] = states.get(state, 0) + 1
         out: list[GaugeSample] = [("wardlink_fleet_devices", "registered devices by connection state",
                                    {"state": s}, float(n)) for s, n in states.items()]
@@ -169,7 +170,6 @@ def fleet_router(site: Site, state: State, store: TimeSeriesStore, view: LiveVie
     view.gateway_listeners.append(recorder.observe)
     gauges = FleetGauges(data)
     view.gauge_sources.append(gauges.samples)
-    router.state = {"data": data, "recorder": recorder, "gauges": gauges}  # type: ignore[attr-defined]  # for tests
 
     readers = Depends(access.allow("biomed", "admin", "nurse", "charge_nurse"))
     editors = Depends(access.allow("biomed", "admin"))
