@@ -50,6 +50,8 @@ from gateway.drivers.hl7_pcd.parser import (
 from gateway.drivers.hl7_pcd.pcd import Decoded, Routing, answer, decode
 from gateway.drivers.hl7_pcd.rows import Equipment, equipment_of
 from gateway.outbox import OutboxError
+from simulators.bedside.patient import PatientModel
+from simulators.hl7.messages import STYLES, MessageBuilder, Monitor
 from simulators.hl7.sender import Alarm, Hl7Sender, PtyWire, TcpWire, monitors_for
 
 SEPARATORS = [Separators(), Separators(truncation="#")]
@@ -407,6 +409,53 @@ async def test_a_store_failure_is_answered_ae_and_the_sender_retries() -> None:
     assert (ack.code, ack.attempts, sim.gave_up) == ("AE", 4, 1)
     assert "send again" in ack.errors[0]
     assert driver.store_failures == 6
+
+
+class DeferredSink(ListSink):
+    """Stores at once but reports durability only when the test says (a group commit still running)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: list[asyncio.Future[None]] = []
+
+    def accept_soon(self, items: Sequence[Item]) -> asyncio.Future[None]:
+        if not self.groups or self.groups[-1].done():
+            self.groups.append(asyncio.get_running_loop().create_future())
+        self.items.extend(items)
+        return self.groups[-1]
+
+
+def _vitals(control_id: str) -> bytes:
+    monitor = Monitor(bed="ICU-01", eui64="0030E6FFFE000001", patient=PatientModel("stable", 1), unit="ICU")
+    return MessageBuilder(STYLES["A"]).vitals(control_id, monitor, 0.0, 1_767_225_600_000)
+
+
+async def test_the_acks_of_a_read_wait_for_their_commit_and_keep_the_order_of_the_messages() -> None:
+    sink = DeferredSink()
+    driver = Hl7PcdDriver(DeviceSpec(id="hl7-test", kind="hl7_pcd", gateway="gw-t",
+                                     connection={"listen": "127.0.0.1:0"}), sink)
+    written: list[bytes] = []
+    framer = MllpFramer()
+    adt = b"MSH|^~\\&|ADT|X|||20260101000000||ADT^A01|M-2|P|2.6\rPID|||1\r"
+    read = framer.feed(wrap(_vitals("M-1")) + wrap(adt) + wrap(_vitals("M-3")))
+    pending = driver.receive(read, written.append)
+    assert pending is sink.groups[0]
+    assert written == []  # stored, not yet durable: no ACK, not even M-2's
+    later = driver.receive(framer.feed(wrap(b"not hl7")), written.append, pending)
+    assert later is pending
+    assert written == []  # a reject after them waits too
+    sink.groups[0].set_result(None)
+    await asyncio.sleep(0)
+    acks = [ack_fields(frame.payload)["msa"] for chunk in written for frame in MllpFramer().feed(chunk)]
+    assert acks == [["CA", "M-1"], ["AR", "M-2"], ["CA", "M-3"], ["AR", ""]]
+    assert len(written) == 2  # one write per read
+    # A failed group commit: its messages are answered "send again", in order with the others.
+    written.clear()
+    driver.receive(framer.feed(wrap(_vitals("M-4")) + wrap(adt)), written.append)
+    sink.groups[1].set_exception(OutboxError("outbox test.db: disk I/O error"))
+    await asyncio.sleep(0)
+    assert [ack_fields(f.payload)["msa"] for f in MllpFramer().feed(written[0])] == [["CE", "M-4"], ["AR", "M-2"]]
+    assert driver.store_failures == 1
 
 
 async def test_two_senders_at_once() -> None:

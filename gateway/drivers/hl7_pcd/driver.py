@@ -120,7 +120,10 @@ class Hl7PcdDriver:
             try:
                 self._register(step.decoded.discovered)
                 if step.decoded.items:
-                    step.stored = stored = asyncio.ensure_future(self.sink.accept_soon(step.decoded.items))
+                    durable = self.sink.accept_soon(step.decoded.items)
+                    # The gateway's group commit is a future already (ensure_future costs more than the test).
+                    stored = durable if isinstance(durable, asyncio.Future) else asyncio.ensure_future(durable)
+                    step.stored = stored
                     if not waits or waits[-1] is not stored:
                         waits.append(stored)
             except (OutboxError, OSError) as exc:
