@@ -469,3 +469,20 @@ def test_due_dates_follow_the_last_completion_and_completion_counts_by_period_en
     assert (pm.kind, pm.due, pm.completed, pm.on_time, pm.rate, pm.open) == ("pm", 3, 2, 1, round(2 / 3, 4), [3])
     assert total.kind == "all"
     assert figures.completion([], 0, 100)[0].rate == 1.0
+
+
+def test_a_failed_write_of_connection_changes_is_retried_with_the_next_status(tmp_path: Path) -> None:
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        recorder = FleetRecorder(state.fleet)
+        with state.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE connection_log RENAME TO connection_log_away")
+        recorder.observe(GatewayStatus("gw-icu", "online", 1_000, devices=[DeviceHealth("mon-1", "connected")]))
+        assert (recorder.failures, recorder.recorded) == (1, 0)
+        with state.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE connection_log_away RENAME TO connection_log")
+        recorder.observe(GatewayStatus("gw-icu", "online", 2_000, devices=[DeviceHealth("mon-1", "connected")]))
+        assert [(c.subject, c.state, c.ts) for c in state.fleet.links(start=0, end=10_000)] == [
+            ("gw-icu", "online", 2_000), ("mon-1", "connected", 2_000)]
+    finally:
+        state.close()
