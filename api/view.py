@@ -94,7 +94,7 @@ class LiveView:
                 await client.subscribe(topics.service_filter(self.site_id), qos=1)
                 await client.subscribe(topics.notify_filter(self.site_id), qos=1)
                 self.connected = True
-                async for message in client.messages:
+                async for message in bus.messages(client):
                     if isinstance(message.payload, bytes):
                         self.apply(str(message.topic), message.payload)
         finally:

@@ -10,9 +10,10 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -159,6 +160,41 @@ async def supervise(
             backoff = initial_backoff  # it ran well for a while: start the backoff over
         await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
         backoff = min(max_backoff, backoff * 2)
+
+
+async def messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
+    """``client.messages``, but a cancelled task stops here even if its cancellation was swallowed.
+
+    On Python 3.11 ``asyncio.wait_for`` (which aiomqtt's ``publish`` uses to wait for the PUBACK) can
+    swallow a cancellation that arrives as the awaited future completes (CPython gh-86296, fixed in
+    3.12). A service loop that then went back to waiting for the next message would never end, and
+    with it the shutdown of the whole process. ``Task.cancelling()`` still counts the request, so the
+    loop checks it before every wait.
+    """
+    task = asyncio.current_task()
+    async for message in client.messages:
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        yield message
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, grace_s: float = 15.0, what: str = "tasks") -> None:
+    """Cancel ``tasks`` and wait for them, at most ``grace_s``: one that does not end is named in the log and
+    left behind, so that a stop always finishes (stores closed, outboxes flushed) instead of hanging."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=grace_s)
+    if still:
+        log.error("%s did not stop within %.0f s after cancellation: %s", what, grace_s,
+                  ", ".join(sorted(t.get_name() for t in still)))
+    for task in pending - still:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s ended with %r", task.get_name(), task.exception())
 
 
 async def heartbeat(client: aiomqtt.Client, topic: str, payload: Callable[[], bytes], interval_s: float) -> None:

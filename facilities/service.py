@@ -262,7 +262,7 @@ class FacilitiesService:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         data = topics.gateway_filter(self.site.id, "data")
-        async for message in client.messages:
+        async for message in bus.messages(client):
             payload = message.payload
             if not isinstance(payload, bytes) or not message.topic.matches(data):
                 continue

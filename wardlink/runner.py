@@ -24,6 +24,7 @@ from api.app import ApiParts, create_app
 from api.limits import LimitSettings
 from api.security import Authenticator, LocalTokens, OidcTokens
 from api.view import LiveView
+from devices import bus
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
 from devices.site import DeviceSpec, Site
@@ -200,10 +201,8 @@ async def run_system(config: Config, stop: asyncio.Event,
         log.info("stopping: API, gateways, simulators, services, broker")
         server.should_exit = True
         await api
-        for group in (gateway_tasks, services):  # gateways first: a stopping simulator is no device failure
-            for task in group:
-                task.cancel()
-            await asyncio.gather(*group, return_exceptions=True)
+        for group, what in ((gateway_tasks, "gateways"), (services, "services")):
+            await bus.cancel_all(group, what=what)  # gateways first: a stopping simulator is no device failure
     finally:
         if scenario is not None:
             await scenario.stop()
