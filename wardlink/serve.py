@@ -20,6 +20,7 @@ import msgspec
 
 from alerts.service import AlertService
 from api.view import LiveView
+from devices import bus
 from devices.bus import BrokerAddress
 from facilities.service import FacilitiesService, site_map_for
 from gateway.service import Gateway
@@ -52,9 +53,7 @@ async def _run_until(stop: asyncio.Event, *coroutines: Awaitable[Any]) -> None:
     """Run service coroutines until ``stop``, then cancel them."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     await stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await bus.cancel_all(tasks, what="the service")
 
 
 async def serve(config: Config, service: str, gateway_id: str | None = None, instance: str = "ingest-1") -> None:
@@ -100,9 +99,7 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                 await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)  # stopped, or the API failed
                 server.should_exit = True
                 await asyncio.gather(tasks[0], return_exceptions=True)
-                for task in tasks[1:]:
-                    task.cancel()
-                await asyncio.gather(*tasks[1:], return_exceptions=True)
+                await bus.cancel_all(tasks[1:], what="the API's bus view")
                 relational.close()
             else:
                 raise ConfigError(f"serve: unknown service {service!r}; choose one of {', '.join(SERVICES)}")
