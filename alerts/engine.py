@@ -15,7 +15,7 @@ import msgspec
 
 from alerts import technical
 from alerts.news2 import News2Rule
-from alerts.rules import CombinedRule, Evaluator, LimitRule, RateRule, Rule, Verdict
+from alerts.rules import CombinedRule, Evaluator, LimitRule, RateRule, Rule, Track, Verdict
 from alerts.ruleset import RuleBook, RuleSet
 from alerts.vitals import Vitals
 from devices.contract import FLAG_NO_ALARM, AlarmKind, Alert, DeviceEvent, GatewayStatus, Item, Observation, Priority
@@ -30,7 +30,8 @@ class _Source:
 
     __slots__ = ("by_metric", "generation", "vitals")
 
-    def __init__(self, vitals: Vitals, by_metric: dict[str, list[tuple[Rule, Evaluator]]], generation: int) -> None:
+    def __init__(self, vitals: Vitals, by_metric: dict[str, list[tuple[Rule, Evaluator, Track]]],
+                 generation: int) -> None:
         self.vitals = vitals
         self.by_metric = by_metric  # metric -> the rules (and their evaluators) its readings re-evaluate
         self.generation = generation
@@ -77,7 +78,12 @@ class AlertEngine:
     # --- rules -------------------------------------------------------------------------------------------------
 
     def reload(self, book: RuleBook) -> None:
-        """Use new rules (a limit changed); conditions being timed keep their onset."""
+        """Use new rules (a limit changed); conditions being timed keep their onset.
+
+        A reload that changes nothing (the service polls every few seconds) keeps the book and its indexes.
+        """
+        if book.same_rules(self.book):
+            return
         self.book = book
         self._generation += 1
         for (source, _name), evaluator in self._evaluators.items():
@@ -146,11 +152,12 @@ class AlertEngine:
         """Index the rules in force at ``source`` by metric (and watch their rate windows) for this book."""
         bed = obs.bed if obs.bed in self.book.unit_of_bed else None
         vitals = known.vitals if known is not None else Vitals()
-        by_metric: dict[str, list[tuple[Rule, Evaluator]]] = {}
+        by_metric: dict[str, list[tuple[Rule, Evaluator, Track]]] = {}
         for rule in self.book.rules_for(bed):
             evaluator = self._evaluator(source, rule)
+            track = evaluator.track(source)
             for metric in rule.metrics:
-                by_metric.setdefault(metric, []).append((rule, evaluator))
+                by_metric.setdefault(metric, []).append((rule, evaluator, track))
             for refid, window_ms in rule.windows:
                 vitals.watch(refid, window_ms)
         made = self._sources[source] = _Source(vitals, by_metric, self._generation)
@@ -170,8 +177,9 @@ class AlertEngine:
         rules = state.by_metric.get(obs.metric)
         if not rules:
             return  # a metric no rule reads
-        for rule, evaluator in rules:
-            verdict = evaluator.step(source, vitals, obs.ts)
+        ts = obs.ts
+        for rule, evaluator, track in rules:
+            verdict = evaluator.step_track(track, vitals, ts)
             if verdict is not None:
                 changed.extend(self._verdict(source, rule, verdict, obs, now))
 

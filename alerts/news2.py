@@ -78,22 +78,47 @@ class Score(msgspec.Struct, frozen=True):
 PARAMETERS: Final = (("rr", (RR,), score_rr), ("spo2", (SPO2,), score_spo2),
                      ("systolic", SYSTOLIC, score_systolic), ("pulse", PULSE, score_pulse),
                      ("temp", (TEMP,), score_temp))
+_INPUT_REFIDS: Final = tuple(refids for _, refids, _ in PARAMETERS)
 _RANK: Final[dict[str | None, int]] = {None: 0, "low": 1, "medium": 2, "high": 3}
 Inputs = tuple[float | None, float | None, float | None, float | None, float | None]
 
 
 def inputs(vitals: Vitals, max_age_ms: int) -> Inputs:
     """The value scored for each parameter (the first of its metrics with a recent reading), None when missing."""
-    last, oldest = vitals.last, vitals.now - max_age_ms
+    return _inputs(vitals, max_age_ms)[0]
 
-    def first(refids: tuple[str, ...]) -> float | None:
+
+def _inputs(vitals: Vitals, max_age_ms: int) -> tuple[Inputs, int]:
+    """The inputs, and until when they stay as they are without a new reading (the first recent one to age out)."""
+    last, oldest = vitals.last, vitals.now - max_age_ms
+    values: list[float | None] = []
+    expires = 2**62
+    for refids in _INPUT_REFIDS:
+        chosen = None
         for refid in refids:
             latest = last.get(refid)
             if latest is not None and latest[0] >= oldest:
-                return latest[1]
-        return None
+                expires = min(expires, latest[0] + max_age_ms)
+                if chosen is None:
+                    chosen = latest[1]
+        values.append(chosen)
+    return (values[0], values[1], values[2], values[3], values[4]), expires
 
-    return first((RR,)), first((SPO2,)), first(SYSTOLIC), first(PULSE), first((TEMP,))
+
+def tally_of(vitals: Vitals, max_age_ms: int) -> tuple[int, int, bool]:
+    """:func:`tally` of the vitals' inputs, recomputed only when an input may have changed.
+
+    The vitals' ``version`` moves when a reading changes a value, brings a metric back after it aged
+    out, or is the first of its metric; without that, the inputs hold until a recent reading ages out.
+    """
+    memo = vitals.memo.get(max_age_ms)
+    if memo is not None and memo[0] == vitals.version and vitals.now <= memo[1]:
+        return memo[2]
+    values, expires = _inputs(vitals, max_age_ms)
+    result = tally(values)
+    vitals.memo[max_age_ms] = (vitals.version, expires, result)
+    vitals.fresh_ms = min(vitals.fresh_ms, max_age_ms)
+    return result
 
 
 @lru_cache(maxsize=4096)
@@ -155,7 +180,7 @@ class News2Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def judge(self, vitals: Vitals, held: Priority | None) -> tuple[bool, bool, float | None, Priority] | None:
         """Violated, cleared, score and priority (None while too few parameters have a recent reading)."""
-        total, scored, any_three = tally(inputs(vitals, int(self.max_age_s * 1000)))
+        total, scored, any_three = tally_of(vitals, int(self.max_age_s * 1000))
         if scored < self.min_parameters:
             return None
         level = self._level(total, any_three, held)

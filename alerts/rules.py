@@ -88,8 +88,10 @@ class LimitRule(_OneMetric, frozen=True, forbid_unknown_fields=True):
         latest = vitals.last.get(refid_of(self.metric))
         if latest is None:
             return None
-        value = latest[1]
-        return self.violated(value), self.cleared(value), value, self.priority
+        value = latest[1]  # violated() and cleared() inlined: this runs for every reading of the metric
+        if self.direction == "below":
+            return value < self.limit, value >= self.limit + self.hysteresis, value, self.priority
+        return value > self.limit, value <= self.limit - self.hysteresis, value, self.priority
 
     def describe(self, vitals: Vitals) -> str:
         """``spo2_low: MDC_... 85 below 90``."""
@@ -207,7 +209,9 @@ class Verdict:
 
 
 @dataclass(slots=True)
-class _Track:
+class Track:
+    """One source's alarm state under one rule."""
+
     since: int | None = None  # first reading of the current violation
     firing: bool = False
     priority: Priority | None = None
@@ -222,12 +226,12 @@ class Evaluator:
         self.rule = rule
         self.metrics = rule.metrics
         self.refid = next(iter(self.metrics)) if len(self.metrics) == 1 else ""
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, Track] = {}
 
-    def _track(self, source: str) -> _Track:
+    def _track(self, source: str) -> Track:
         track = self._tracks.get(source)
         if track is None:
-            track = self._tracks[source] = _Track()
+            track = self._tracks[source] = Track()
         return track
 
     def observe(self, source: str, obs: Observation) -> Verdict | None:
@@ -246,7 +250,14 @@ class Evaluator:
 
         The hot path: a cheap judgement per reading, the alarm's text only when a verdict is returned.
         """
-        track = self._tracks.get(source) or self._track(source)
+        return self.step_track(self._tracks.get(source) or self._track(source), vitals, ts)
+
+    def track(self, source: str) -> Track:
+        """``source``'s state (the engine keeps it beside its index, saving a lookup per reading)."""
+        return self._track(source)
+
+    def step_track(self, track: Track, vitals: Vitals, ts: int) -> Verdict | None:
+        """:meth:`step` with the source's state already at hand."""
         rule = self.rule
         judged = rule.judge(vitals, track.priority if track.firing else None)
         if judged is None:

@@ -93,6 +93,12 @@ class RuleBook:
         self.errors: list[str] = []
         self._cache: dict[str | None, list[Rule]] = {}
 
+    def same_rules(self, other: RuleBook) -> bool:
+        """True when ``other`` puts the same rules in force at every bed (a settings reload that changed nothing)."""
+        return (self.default == other.default and self.unit_of_bed == other.unit_of_bed
+                and self.site_rules == other.site_rules and self.rulesets == other.rulesets
+                and self.overrides == other.overrides and self.sets == other.sets)
+
     def _error(self, text: str) -> None:
         if text not in self.errors:
             self.errors.append(text)

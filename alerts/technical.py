@@ -78,7 +78,9 @@ class Liveness:
 
     def device_heard(self, device: str, bed: str | None, now: int) -> None:
         """A reading of ``device`` arrived."""
-        self.devices[device] = (now, bed)
+        heard = self.devices.get(device)
+        if heard is None or heard[0] != now or heard[1] != bed:  # a device's readings come in runs: no new tuple
+            self.devices[device] = (now, bed)
 
     def gateway_heard(self, gateway: str, online: bool, now: int) -> None:
         """A status of ``gateway`` arrived (``online`` False for its last will)."""

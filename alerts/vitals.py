@@ -117,6 +117,11 @@ class Vitals:
     last: dict[str, tuple[int, float]] = field(default_factory=dict)
     windows: dict[str, list[SlopeWindow]] = field(default_factory=dict)  # metric -> its windows
     now: int = 0
+    # Scores memoised on the latest values (alerts.news2.tally_of): ``version`` moves when a reading may change
+    # them (a new value, a new metric, or a metric back after more than ``fresh_ms`` without a reading).
+    version: int = 0
+    fresh_ms: int = 2**62
+    memo: dict[int, tuple[int, int, tuple[int, int, bool]]] = field(default_factory=dict)
 
     def watch(self, refid: str, window_ms: int) -> SlopeWindow:
         """The rate window of a metric, started now if new (seeded with the latest reading)."""
@@ -140,6 +145,8 @@ class Vitals:
         if latest is not None and ts < latest[0]:
             return False
         value = obs.value
+        if latest is None or latest[1] != value or self.now - latest[0] > self.fresh_ms:
+            self.version += 1
         self.last[metric] = (ts, value)
         windows = self.windows.get(metric)
         if windows:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alerts import news2
 from alerts.vitals import HISTORY_MS, SlopeWindow, Vitals, least_squares_slope
 from devices.contract import FLAG_DEMO, Observation
 
@@ -65,3 +66,18 @@ def test_vitals_keep_only_valid_in_order_readings_and_their_windows() -> None:
     assert not vitals.add(hr(41, 0, FLAG_DEMO))
     assert vitals.latest("MDC_ECG_HEART_RATE") == (39_000, 61.0)
     assert vitals.slope_per_min("MDC_ECG_HEART_RATE", 60_000) == -60.0
+
+
+SCORED = st.sampled_from([news2.RR, news2.SPO2, news2.TEMP, *news2.SYSTOLIC, *news2.PULSE])
+
+
+@settings(max_examples=300, deadline=None)
+@given(readings=st.lists(st.tuples(SCORED, st.integers(0, 6_000), st.sampled_from([8.0, 16.0, 35.0, 93.0, 97.0])),
+                         min_size=1, max_size=80), max_age_ms=st.sampled_from([5_000, 10_000, 3_600_000]))
+def test_news2_memo_scores_what_a_fresh_look_scores(readings: list[tuple[str, int, float]], max_age_ms: int) -> None:
+    vitals = Vitals()
+    ts = 0
+    for metric, step, value in readings:
+        ts += step - 1_000  # sometimes a late reading of another metric
+        vitals.add(Observation(device="m", stream="s", seq=0, ts=max(0, ts), metric=metric, value=value, unit=""))
+        assert news2.tally_of(vitals, max_age_ms) == news2.tally(news2.inputs(vitals, max_age_ms))
