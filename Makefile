@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest services bench lock sbom clean
+.PHONY: run test lint typecheck pytest services bench bench-all soak lock sbom clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,5 +71,19 @@ bench: $(VENV)/.installed services
 	$(BIN)/wardlink bench store
 	$(BIN)/wardlink bench gateway
 
+# The long runs (under 30 minutes in all): the 2,000-bed load soak and the long fault tests. `-m soak` overrides
+# the default `-m "not soak"` of pyproject.toml, so these are never silently skipped: they run here.
+soak: $(VENV)/.installed-dev services
+	$(BIN)/pytest -q -m soak -p no:cacheprovider --timeout 1500 -o log_cli=true -o log_cli_level=INFO
+
+# Every benchmark, and docs/benchmarks.md's machine header and summary table regenerated from the run.
+bench-all: $(VENV)/.installed services
+	$(BIN)/wardlink bench all --write docs/benchmarks.md
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# The console's pages as PNGs for the docs: the browser tests write them, this copies them into docs/.
+screenshots: $(VENV)/.installed-dev services
+	@dir=$$(mktemp -d) && WARDLINK_SCREENSHOTS=$$dir $(BIN)/pytest -q tests/test_console.py && \
+	  mkdir -p docs/screenshots && cp $$dir/*.png docs/screenshots/ && rm -r $$dir
