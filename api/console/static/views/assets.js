@@ -43,12 +43,17 @@ export function floorPlans(plan, route) {
 }
 
 export async function render(main) {
-  const [assets, plan] = await Promise.all([api("/api/v1/facilities/assets"),
+  let [assets, plan] = await Promise.all([api("/api/v1/facilities/assets"),
     api("/console/plan.json").catch(() => null)]);
-  const types = [...new Set(assets.map((a) => a.type))].sort();
   const rooms = plan ? plan.rooms.map((r) => r.id) : [...new Set(assets.map((a) => a.room).filter(Boolean))].sort();
   const search = h("input", { id: "asset-search", type: "search", placeholder: "id, tag or room" });
-  const type = h("select", { id: "asset-type" }, h("option", { value: "" }, "any type"), types.map((t) => h("option", {}, t)));
+  const type = h("select", { id: "asset-type" });
+  function fillTypes() {  // keeps the choice; types appear as tags are first read
+    const chosen = type.value;
+    type.replaceChildren(h("option", { value: "" }, "any type"),
+      ...[...new Set(assets.map((a) => a.type))].sort().map((t) => h("option", { selected: t === chosen }, t)));
+  }
+  fillTypes();
   const status = h("select", { id: "asset-status" }, ["", "clean", "dirty", "in_use", "in_repair"]
     .map((v) => h("option", { value: v }, v || "any status")));
   const from = h("select", { id: "route-from" }, rooms.map((r) => h("option", {}, r)));
@@ -58,7 +63,7 @@ export async function render(main) {
   async function showRoute(asset) {
     try {
       const route = await api("/api/v1/navigation/route", { query: { from: from.value, to: asset.id } });
-      routeOut.replaceChildren(h("h2", {}, `Route from ${from.value} to ${asset.id} (${asset.room})`),
+      routeOut.replaceChildren(h("h2", {}, `Route from ${from.value} to ${asset.id}${asset.room ? ` (${asset.room})` : ""}`),
         h("p", { class: "route-summary" }, `${Math.round(route.length_m)} m, about ${Math.ceil(route.time_s / 60)} min` +
           (route.floors_crossed ? `, ${route.floors_crossed} floor(s) up or down` : "")),
         h("ol", { class: "steps" }, route.steps.map((st) => h("li", {}, st.instruction))),
@@ -91,9 +96,24 @@ export async function render(main) {
     results.replaceChildren(table(assetColumns, found, { caption: `Nearest clean ${type.value} from ${from.value}` }));
   } }, h("button", { type: "submit", id: "find-nearest" }, "Nearest available of this type"));
 
+  const to = h("select", { id: "route-to" }, rooms.map((r) => h("option", {}, r)));
+  const goTo = h("form", { class: "inline", onsubmit: (event) => { event.preventDefault(); showRoute({ id: to.value }); } },
+    h("label", { for: "route-to" }, "Or go to room"), to, h("button", { type: "submit", id: "route-room" }, "Show route"));
   main.append(h("h1", {}, "Asset finder"), h("form", { class: "inline", role: "search", onsubmit: (e) => e.preventDefault() },
     h("label", { for: "asset-search" }, "Search"), search, h("label", { for: "asset-type" }, "Type"), type,
     h("label", { for: "asset-status" }, "Status"), status, h("label", { for: "route-from" }, "I am in"), from),
-  nearest, results, routeOut);
+  nearest, goTo, results, routeOut);
   filter();
+  let showingNearest = false;
+  nearest.addEventListener("submit", () => { showingNearest = true; });
+  for (const el of [search, type, status]) el.addEventListener("input", () => { showingNearest = false; });
+  // Assets move: refresh the list every few seconds (not while the nearest-available answer is shown).
+  const timer = setInterval(async () => {
+    try {
+      assets = await api("/api/v1/facilities/assets");
+      fillTypes();
+      if (!showingNearest && !results.contains(document.activeElement)) filter();
+    } catch { /* the next round tries again */ }
+  }, 5000);
+  return () => clearInterval(timer);
 }
