@@ -287,6 +287,8 @@ def decode_batch(payload: bytes) -> Batch:
         raise ContractError(f"invalid batch: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ContractError(f"undecodable batch: {exc}") from exc
+    except RecursionError as exc:  # msgspec refuses nesting deeper than the interpreter's recursion limit
+        raise ContractError(f"undecodable batch: {exc}") from exc
     if batch.v != SCHEMA_VERSION:
         raise ContractError(f"gateway {batch.gateway}: unsupported schema version v={batch.v}")
     return batch
@@ -332,7 +334,7 @@ def decode_batch_lenient(payload: bytes) -> tuple[Batch, list[BadItem]]:
     except ContractError as first:
         try:
             raw = _raw_batch_decoder.decode(payload)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             raise first from None
     if raw.v != SCHEMA_VERSION:
         raise ContractError(f"gateway {raw.gateway}: unsupported schema version v={raw.v}")
@@ -341,10 +343,10 @@ def decode_batch_lenient(payload: bytes) -> tuple[Batch, list[BadItem]]:
     for item in raw.items:
         try:
             good.append(_item_decoder.decode(item))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             try:
                 key = _key_decoder.decode(item)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
                 key = _Key()
             bad.append(BadItem(bytes(item), f"device {key.device}: invalid item: {exc}", key.device, key.stream,
                                key.seq))

@@ -153,6 +153,7 @@ def load_site(path: Path) -> Site:
     """Load and validate a site file (TOML)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    # Not UTF-8 is a UnicodeDecodeError; tomllib recurses once per level of nested arrays and tables.
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise SiteError(f"site file {path}: {exc}") from exc
     return site_from_dict(data)

@@ -301,11 +301,11 @@ def load_site_map(path: Path | str | None = None) -> SiteMap:
     else:
         try:
             text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise SiteMapError(f"site map {path}: {exc}") from exc
         source = f"site map {path}"
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # tomllib recurses once per level of nesting
         raise SiteMapError(f"{source}: {exc}") from exc
     return site_map_from_dict(data, source)

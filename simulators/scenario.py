@@ -150,7 +150,8 @@ def load_scenario(name_or_path: str) -> Scenario:
         else:
             text = resources.files("simulators").joinpath("scenarios", f"{name_or_path}.toml").read_text("utf-8")
         return msgspec.convert(tomllib.loads(text), Scenario)
-    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+    # Not UTF-8 is a UnicodeDecodeError; tomllib recurses once per level of nested arrays and tables.
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, msgspec.ValidationError) as exc:
         raise ScenarioError(f"scenario {name_or_path}: {exc}") from exc
 
 

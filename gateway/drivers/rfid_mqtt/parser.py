@@ -156,7 +156,8 @@ def parse(payload: bytes, spec: DeviceSpec, settings: Settings, received: int) -
 def _reader_reads(payload: bytes, device: str, reader_id: str, antennas: frozenset[int]) -> list[_Read]:
     try:
         report = _reader_decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError is a DecodeError
+    # ValidationError is a DecodeError; msgspec raises RecursionError for nesting past the interpreter's limit.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise PayloadError("malformed", f"device {device}: malformed payload: {exc}") from exc
     if not report.reader_name:
         raise PayloadError("malformed", f"device {device}: field reader_name is missing")
@@ -183,7 +184,7 @@ def _reader_reads(payload: bytes, device: str, reader_id: str, antennas: frozens
 def _ble_reads(payload: bytes, device: str, reader_id: str) -> list[_Read]:
     try:
         adverts = _ble_decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise PayloadError("malformed", f"device {device}: malformed payload: {exc}") from exc
     gateways = [a for a in adverts if a.type.casefold() == "gateway"]
     if not gateways:

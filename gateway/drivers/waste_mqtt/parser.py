@@ -135,7 +135,8 @@ def parse(payload: bytes, spec: DeviceSpec, settings: Settings, received: int) -
                                     f"{settings.max_payload}")
     try:
         scan = _decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError is a DecodeError
+    # ValidationError is a DecodeError; msgspec raises RecursionError for nesting past the interpreter's limit.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ScanError("malformed", f"device {device}: malformed scan: {exc}") from exc
     scanner = _text(device, "scanner", scan.scanner)
     expected = settings.scanner_id or device
