@@ -60,7 +60,7 @@ _UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK: MQTT 3 "unacceptable protocol versi
 class IngestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Batching, limits, sharing, gap detection, spool and retries."""
 
-    batch_max: int = 5_000
+    batch_max: int = 20_000  # items per store write: DuckDB costs 2.4-2.8 µs each at 20,000, 3-4 at 5,000
     flush_s: float = 0.2
     max_payload: int = 4 * 1024 * 1024
     mqtt5: bool = True  # try MQTT 5 (to share) first; a broker that refuses it gets MQTT 3.1.1, not shared

@@ -146,6 +146,16 @@ async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -
         discovered = devices["hl7-00a0c9fffe000301"]
         assert (discovered["discovered"], discovered["identifiers"], discovered["bed"], discovered["gateway"]) == (
             True, {"eui64": "00A0C9FFFE000301"}, "W3-01", "gw-w3")
+        # The scenario's tagged equipment is registered (12 UHF tags, 6 BLE beacons) and placed in rooms.
+        facilities = system_bearer(config.data_path, "f-facilities")
+
+        async def placed() -> list[dict[str, Any]]:
+            assets = (await api.get("/api/v1/facilities/assets", headers=facilities)).json()
+            return list(assets) if len(assets) == 18 and any(a["room"] for a in assets) else []
+
+        assets = await until(placed, 30, "the simulated assets registered and placed")
+        assert {a["unit"] for a in assets} == {"W3"}
+        assert {a["type"] for a in assets} == {"infusion_pump", "wheelchair", "monitor", "bed"}
         vitals = (await api.get("/api/v1/devices/hl7-00a0c9fffe000301/vitals", headers=biomed)).json()
         assert "MDC_PULS_OXIM_SAT_O2" in {v["metric"] for v in vitals}
         assert (await api.get("/api/v1/beds/NOPE/vitals")).status_code == 404

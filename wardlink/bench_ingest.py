@@ -99,7 +99,7 @@ class Plan:
     curve_stores: tuple[str, ...]
 
 
-QUICK: Final = Plan(baseline_s=0.8, sustained_s=1.0, curve_s=0.8, warm_s=0.3, curve_beds=(100, 2_000),
+QUICK: Final = Plan(baseline_s=0.8, sustained_s=2.0, curve_s=1.5, warm_s=0.3, curve_beds=(100, 2_000),
                     curve_stores=("duckdb",))
 FULL: Final = Plan(baseline_s=4.0, sustained_s=8.0, curve_s=4.0, warm_s=1.0, curve_beds=(100, 500, 1_000, 2_000),
                    curve_stores=tuple(STORES))

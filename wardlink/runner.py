@@ -40,6 +40,7 @@ from storage.sqlite import SqliteStore
 from storage.victoria import VictoriaStore
 from wardlink.broker import EmbeddedBroker, pick_port
 from wardlink.config import Config, ConfigError
+from wardlink.demo import seed_demo_assets
 from wardlink.users import DEMO_FILE, seed_demo_users
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,9 @@ async def run_system(config: Config, stop: asyncio.Event,
         alerts = AlertService(site, relational, address, config.alerts)
         facilities = FacilitiesService(site, relational, address, config.facilities)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
+        if scenario is not None and scenario.tags:
+            added = await asyncio.to_thread(seed_demo_assets, relational, site, scenario.tags)
+            log.info("demo equipment: %d simulated tags registered as assets (%d new)", len(scenario.tags), added)
         if config.auth.demo_users and config.simulation.enabled:
             demo = await asyncio.to_thread(seed_demo_users, relational, data, site)
             log.info("demo sign-in for %s: passwords in %s; a token: wardlink token STAFF_ID",
