@@ -166,6 +166,7 @@ class Running:
     monitors: dict[str, SimulatedMonitor] = field(default_factory=dict)
     modbus: list[ModbusSimulator] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    tags: list[tuple[str, str]] = field(default_factory=list)  # (tag, "rfid" | "ble") of the simulated assets
 
     async def stop(self) -> None:
         """Stop every twin (once; later calls do nothing)."""
@@ -203,6 +204,7 @@ async def start(scenario: Scenario, broker: BrokerAddress, hl7_targets: dict[str
                                                  "unit": u.unit}
         for rfid in scenario.rfid:
             ward = Ward.with_assets(rfid.rooms, rfid.rfid_tags, rfid.ble_tags, seed=rfid.seed)
+            running.tags += [(asset.tag, asset.tech) for asset in ward.assets]
             running.tasks.append(asyncio.create_task(ward.run(rfid.move_every_s), name="sim ward assets"))
             for reader in rfid.readers:
                 topic = f"edge/readers/{reader.device}"
