@@ -28,10 +28,11 @@ Key = tuple[str, str, str | None]
 class _Source:
     """One bed's (or bedless device's) vitals and its rules indexed by metric, built once per rule book."""
 
-    __slots__ = ("by_metric", "generation", "vitals")
+    __slots__ = ("by_metric", "generation", "rules", "vitals")
 
-    def __init__(self, vitals: Vitals, by_metric: dict[str, list[tuple[Rule, Evaluator, Track]]],
+    def __init__(self, rules: list[Rule], vitals: Vitals, by_metric: dict[str, list[tuple[Rule, Evaluator, Track]]],
                  generation: int) -> None:
+        self.rules = rules  # the rules in force when indexed
         self.vitals = vitals
         self.by_metric = by_metric  # metric -> the rules (and their evaluators) its readings re-evaluate
         self.generation = generation
@@ -71,6 +72,7 @@ class AlertEngine:
         self.liveness = technical.Liveness(int(silent_after_s * 1000), int(gateway_stale_s * 1000))
         self._sources: dict[str, _Source] = {}
         self._generation = 0  # bumped by reload: every source re-indexes its rules on its next reading
+        self._shapes: dict[int, tuple[frozenset[str], tuple[tuple[str, int], ...]]] = {}  # rule -> metrics, windows
         self._evaluators: dict[tuple[str, str], Evaluator] = {}
         # (source, type, device alert uuid or metric) -> the open alert: one per condition, a repeat updates it
         self.open: dict[Key, Alert] = {}
@@ -80,17 +82,14 @@ class AlertEngine:
     def reload(self, book: RuleBook) -> None:
         """Use new rules (a limit changed); conditions being timed keep their onset.
 
-        A reload that changes nothing (the service polls every few seconds) keeps the book and its indexes.
+        A reload that changes nothing (the service polls every few seconds) keeps the book and its indexes;
+        otherwise each source looks at its rules again on its next reading, and re-indexes only if they changed.
         """
         if book.same_rules(self.book):
             return
         self.book = book
         self._generation += 1
-        for (source, _name), evaluator in self._evaluators.items():
-            bed = source if source in self.book.unit_of_bed else None
-            for rule in book.rules_for(bed):
-                if rule.name == evaluator.rule.name:
-                    evaluator.rule = rule
+        self._shapes.clear()
 
     def _evaluator(self, source: str, rule: Rule) -> Evaluator:
         evaluator = self._evaluators.get((source, rule.name))
@@ -151,16 +150,23 @@ class AlertEngine:
     def _source(self, source: str, obs: Observation, known: _Source | None) -> _Source:
         """Index the rules in force at ``source`` by metric (and watch their rate windows) for this book."""
         bed = obs.bed if obs.bed in self.book.unit_of_bed else None
+        rules = self.book.rules_for(bed)
+        if known is not None and known.rules == rules:  # a reload that changed other beds' rules
+            known.generation = self._generation
+            return known
         vitals = known.vitals if known is not None else Vitals()
         by_metric: dict[str, list[tuple[Rule, Evaluator, Track]]] = {}
-        for rule in self.book.rules_for(bed):
+        for rule in rules:
             evaluator = self._evaluator(source, rule)
             track = evaluator.track(source)
-            for metric in rule.metrics:
+            shape = self._shapes.get(id(rule))  # the book holds its rules: an id is not reused while cached
+            if shape is None:
+                shape = self._shapes[id(rule)] = (rule.metrics, rule.windows)
+            for metric in shape[0]:
                 by_metric.setdefault(metric, []).append((rule, evaluator, track))
-            for refid, window_ms in rule.windows:
+            for refid, window_ms in shape[1]:
                 vitals.watch(refid, window_ms)
-        made = self._sources[source] = _Source(vitals, by_metric, self._generation)
+        made = self._sources[source] = _Source(rules, vitals, by_metric, self._generation)
         return made
 
     def _observation(self, obs: Observation, now: int, changed: list[Alert]) -> None:

@@ -98,7 +98,8 @@ def _inputs(vitals: Vitals, max_age_ms: int) -> tuple[Inputs, int]:
         for refid in refids:
             latest = last.get(refid)
             if latest is not None and latest[0] >= oldest:
-                expires = min(expires, latest[0] + max_age_ms)
+                if latest[0] + max_age_ms < expires:
+                    expires = latest[0] + max_age_ms
                 if chosen is None:
                     chosen = latest[1]
         values.append(chosen)

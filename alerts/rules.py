@@ -224,8 +224,6 @@ class Evaluator:
     def __init__(self, rule: Rule) -> None:
         """Start with no source violating."""
         self.rule = rule
-        self.metrics = rule.metrics
-        self.refid = next(iter(self.metrics)) if len(self.metrics) == 1 else ""
         self._tracks: dict[str, Track] = {}
 
     def _track(self, source: str) -> Track:

@@ -182,3 +182,25 @@ def test_news2_priority_has_hysteresis_on_a_boundary() -> None:
     flapping = priorities(News2Rule(delay_s=0, hysteresis=0))  # as before: every flip republished
     assert flapping[:4] == ["low", "medium", "low", "medium"]
     assert len(flapping) > 30
+
+
+def test_a_reload_applies_changed_limits_and_keeps_the_onset_of_a_condition_being_timed() -> None:
+    def override(**settings: object) -> RuleBook:
+        return RuleBook(beds(), overrides=[LimitOverride("ICU", BED, "spo2_low", dict(settings), 1, "n-ann")])
+
+    engine = AlertEngine(load(env={}).site, RuleBook(beds()))
+    assert engine.process([obs(t, "spo2", 85) for t in range(0, 6)], now=6_000) == []
+    engine.reload(override(hysteresis=3))  # still violated: the 10 s delay counts from t = 0
+    fired = [a for a in engine.process([obs(t, "spo2", 85) for t in range(6, 11)], now=11_000) if a.type == "spo2_low"]
+    assert [(a.onset, a.state) for a in fired] == [(0, "active")]
+
+    lowered = AlertEngine(load(env={}).site, RuleBook(beds()))
+    lowered.process([obs(t, "spo2", 85) for t in range(0, 6)], now=6_000)
+    lowered.reload(override(limit=80))
+    lowered.reload(override(limit=80))  # a poll that changed nothing
+    assert [a for a in lowered.process([obs(t, "spo2", 85) for t in range(6, 30)], now=30_000)
+            if a.type == "spo2_low"] == []
+    lowered.reload(RuleBook(beds()))
+    fired = [a for a in lowered.process([obs(t, "spo2", 85) for t in range(30, 41)], now=41_000)
+             if a.type == "spo2_low"]
+    assert [a.onset for a in fired] == [30_000]
