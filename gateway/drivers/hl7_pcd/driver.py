@@ -7,11 +7,11 @@ if storing fails it gets ``AE``/``CE`` and sends again. Unusable messages get ``
 TCP: each connection has its own task, de-framer and timeouts. Every complete message of a read joins
 the gateway's group commit at once (:meth:`Hl7PcdDriver.receive`); their ACKs are written together, in
 order, by a callback once the group is durable, so the connection task is not woken per message and
-goes on reading. A slow, stalled or hostile sender
-only holds its own connection: a partial message with no byte for ``partial_timeout_s`` is dropped
-and its connection closed, an idle connection is closed after ``idle_timeout_s``, a sender that
-does not read its ACKs is dropped after ``write_timeout_s``, and at most ``max_connections`` are
-served at once. The listener being up is what "connected" means for this device's link.
+goes on reading. A slow, stalled or hostile sender only holds its own connection: a partial message
+with no byte for ``partial_timeout_s`` is dropped and its connection closed, an idle connection is
+closed after ``idle_timeout_s``, a sender that does not read its ACKs is dropped after
+``write_timeout_s``, and at most ``max_connections`` are served at once. The listener being up is what
+"connected" means for this device's link.
 
 Serial: the port is read without a thread (its descriptor is watched by the event loop, as in the
 bedside driver) and ACKs are written back on the same line without blocking the loop.
