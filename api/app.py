@@ -100,7 +100,7 @@ def sees_alert(access: Access, principal: Principal, alert: Alert) -> bool:
 def create_app(parts: ApiParts) -> FastAPI:
     """Build the application: its own routes, every router, and the request limits around it all."""
     site, store, view, state = parts.site, parts.store, parts.view, parts.state
-    app = FastAPI(title="Wardlink API", version="0.2.0",
+    app = FastAPI(title="Wardlink API", version="0.2.0", responses=schemas.ERRORS,
                   description="Device telemetry, vitals and alarms for a hospital's connected devices. "
                               "Sign in with POST /api/v1/auth/token and send Authorization: Bearer <token>.")
     access = Access(site, state, parts.auth)

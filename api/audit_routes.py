@@ -12,6 +12,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
+from api import schemas
 from api.access import Access
 from api.security import Principal
 
@@ -39,7 +40,7 @@ def audit_router(access: Access) -> APIRouter:
         """Records after number ``after``, oldest first (page with the last ``n``)."""
         return await page(principal, after, limit, actor, unit)
 
-    @router.get("/export.csv")
+    @router.get("/export.csv", responses=schemas.CSV)
     async def export(principal: Annotated[Principal, auditor], after: Annotated[int, Query(ge=0)] = 0,
                      limit: Annotated[int, Query(ge=1, le=100_000)] = 100_000, actor: str | None = None,
                      unit: str | None = None) -> Response:

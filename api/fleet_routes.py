@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from api import fleet_figures as figures
+from api import schemas
 from api.access import Access, not_found
 from api.fleet_data import CSV_FIELDS, FleetData, RegistryCsvError, device_out, parse_registry_csv, to_csv
 from api.fleet_recorder import FleetRecorder
@@ -219,7 +220,7 @@ def fleet_router(site: Site, state: State, store: TimeSeriesStore, view: LiveVie
         return [r for r in rows if (unit is None or r["unit"] == unit) and
                 (high_risk is None or r["high_risk"] == high_risk)]
 
-    @router.get("/devices.csv")
+    @router.get("/devices.csv", responses=schemas.CSV)
     async def export_devices(principal: Annotated[Principal, exporters], include_retired: bool = True) -> Response:
         """The registry as CSV (the columns ``POST /devices/import`` reads)."""
         rows = await run(registry_rows, principal, include_retired)
@@ -380,7 +381,7 @@ def fleet_router(site: Site, state: State, store: TimeSeriesStore, view: LiveVie
             return rows
         return await upkeep.report(name, start, end)
 
-    @router.get("/reports/{report}.csv")
+    @router.get("/reports/{report}.csv", responses=schemas.CSV)
     async def report_csv(report: Report, principal: Annotated[Principal, reporters], start: str | None = None,
                          end: str | None = None) -> Response:
         """A fleet report as CSV (the same rows as the JSON report)."""

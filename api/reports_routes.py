@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
-from api import alarm_load
+from api import alarm_load, schemas
 from api.access import Access, not_found
 from api.security import Principal
 from devices.clock import now_ms
@@ -79,7 +79,7 @@ def reports_router(site: Site, access: Access) -> APIRouter:
         limit changes: of one unit, or every unit the caller may see."""
         return await report(principal, unit, start, end, tz, within_s, top, "all")
 
-    @router.get("/alarm-load/{table}.csv")
+    @router.get("/alarm-load/{table}.csv", responses=schemas.CSV)
     async def alarm_load_csv(table: Table, principal: Annotated[Principal, readers], unit: str | None = None,
                              start: Start = None, end: End = None, tz: Zone = "UTC", within_s: Within = 30.0,
                              top: Top = 10) -> Response:

@@ -126,3 +126,30 @@ class Health(BaseModel):
     services: dict[str, Component]
     open_alerts: int
     live_clients: int
+
+
+class ErrorBody(BaseModel):
+    """An error answer: what went wrong, in words (a 422 of request validation lists its problems instead)."""
+
+    detail: str | list[Any]
+
+
+# The errors any route may answer, declared once on the app so that the OpenAPI document lists what the API
+# sends (tests/test_api_fuzz.py holds every response to it): the access check, an object missing or out of the
+# caller's scope, a conflict, the rate limit, a body past the size limit and a store or broker that is down.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description} for status, description in (
+        (401, "Not signed in, or the token is invalid or expired"),
+        (403, "The caller's role may not use this route"),
+        (404, "Not found, or outside the caller's units (answered alike)"),
+        (409, "The request conflicts with the object's state"),
+        (413, "Request body too large"),
+        (422, "The request is not valid"),
+        (429, "Too many requests"),
+        (503, "A backend (store, broker) is unavailable"),
+    )
+}
+
+# A route that answers CSV (an export): declared so the document lists text/csv beside JSON.
+CSV: dict[int | str, dict[str, Any]] = {
+    200: {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}}

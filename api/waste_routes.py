@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 
+from api import schemas
 from api.access import Access, not_found
 from api.security import Principal
 from devices.clock import now_ms
@@ -127,7 +128,7 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
                              detail={"since": since, "until": until, "count": len(lines)})
         return register_rows(lines)
 
-    @router.get("/register.csv")
+    @router.get("/register.csv", responses=schemas.CSV)
     async def register_csv(principal: Annotated[Principal, register_readers], start: date | None = None,
                            end: date | None = None) -> Response:
         """The handover register as CSV (UTF-8 with BOM so spreadsheet tools read the Chinese names)."""
