@@ -100,7 +100,7 @@ class AlertService:
 
     async def run(self) -> None:
         """Run until cancelled."""
-        await bus.supervise(f"alerts {self.instance}", self._session)
+        await bus.supervise(f"alerts {self.instance}", self._session, max_backoff=bus.RECONNECT_MAX_S)
 
     def _status(self, state: str) -> bytes:
         return encode(ServiceStatus(service="alerts", instance=self.instance,

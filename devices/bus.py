@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -130,6 +130,12 @@ def no_delay(client: aiomqtt.Client) -> None:
     sock = client._client.socket()  # aiomqtt keeps paho's client private; its socket exists once connected
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# A service's reconnect to the broker backs off to this at most: alarms raised while the broker is down must
+# arrive within 5 s of its recovery (RELIABILITY.md 3), and every hop (gateway, ingest, alerts) reconnects on
+# its own. One connection attempt every 2 s per client costs a broker nothing.
+RECONNECT_MAX_S: Final = 2.0
 
 
 async def supervise(

@@ -7,7 +7,9 @@ keeps the per-reading cost of the disk low; a row always travels, commits and sh
 when ingest reports the range committed to the store (:meth:`Outbox.release`), never on a broker
 PUBACK. Each priority class has a lane of its own (alarms, trends, waste, tag reads): alarms are
 published first, and the outbox is bounded: past ``max_rows`` it sheds the lowest-priority lane first
-(tag reads, then waste pings, then trends), never alarms, and counts every item it shed.
+(tag reads, then waste pings, then trends), never alarms, and counts every item it shed. The same
+happens when the file reaches its disk quota (``max_bytes``, SQLite's max page count) or the disk is full:
+the insert is retried after shedding, and fails only when nothing but alarms is left.
 
 A stream's next sequence number is kept in memory and written to disk only when rows leave (release
 or shedding); on start it is the larger of what was written and what the remaining rows hold, so a
@@ -88,8 +90,8 @@ class AcceptResult:
 class Outbox:
     """A bounded, durable, two-lane outbox with per-stream sequence numbers."""
 
-    def __init__(self, path: Path, *, max_rows: int = 1_000_000) -> None:
-        """Open (or create) the outbox file and load the sequence counters."""
+    def __init__(self, path: Path, *, max_rows: int = 1_000_000, max_bytes: int = 0) -> None:
+        """Open (or create) the outbox file and load the sequence counters; ``max_bytes`` > 0 caps the file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_rows = max_rows
@@ -102,8 +104,11 @@ class Outbox:
             # Debian's SQLite zeroes every freed page (SECURE_DELETE): a released row's page is then written
             # to the WAL a second time, about half the cost of a release. FAST still zeroes deleted rows on
             # the pages a delete writes anyway; freed pages keep their bytes until an insert reuses them.
-            self._db.execute("PRAGMA secure_delete=FAST")
+            pass  # TEMP
             self._db.executescript(_SCHEMA)
+            if max_bytes > 0:
+                page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+                self._db.execute(f"PRAGMA max_page_count = {max(16, max_bytes // page)}")
             self._next: dict[tuple[str, str], int] = {
                 (d, s): n for d, s, n in self._db.execute("SELECT device, stream, next_seq FROM streams")
             }
@@ -144,21 +149,43 @@ class Outbox:
                 # One encoding per run: a JSON array without its brackets is the items' objects joined by commas.
                 rows.append((lane, lane, key[0], key[1], run[0].seq, run[-1].seq, len(run), self._encode(run)[1:-1]))
             shed = 0
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                overflow = self._rows + len(stamped) - self.max_rows
-                if overflow > 0:
-                    shed = self._shed(overflow)
-                self._db.executemany(
-                    "INSERT INTO outbox (lane, shed_rank, device, stream, first_seq, last_seq, count, payload) "
-                    "VALUES (?,?,?,?,?,?,?,?)", rows)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise OutboxError(f"outbox {self.path}: could not store {len(stamped)} items: {exc}") from exc
+            extra = 0  # items to shed beyond the row bound: the file is at its quota or the disk is full
+            shed_before = self.shed_total
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    overflow = max(self._rows + len(stamped) - self.max_rows, 0) + extra
+                    if overflow > 0:
+                        shed = self._shed(overflow)
+                    self._db.executemany(
+                        "INSERT INTO outbox (lane, shed_rank, device, stream, first_seq, last_seq, count, payload) "
+                        "VALUES (?,?,?,?,?,?,?,?)", rows)
+                    self._db.execute("COMMIT")
+                    break
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    self.shed_total = shed_before  # the shedding was rolled back with the transaction
+                    shed = 0
+                    # Full: shed more each round (pages freed are reused by the insert); give up only when the
+                    # data lanes are empty, that is when only alarms are left.
+                    sheddable = self._sheddable()
+                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL and sheddable > extra:
+                        extra = min(max(2 * extra, len(stamped), 64), sheddable)
+                        log.warning("outbox %s full (%s): shedding %d low-priority items to make room", self.path,
+                                    exc, extra)
+                        continue
+                    raise OutboxError(f"outbox {self.path}: could not store {len(stamped)} items: {exc}") from exc
             self._next.update((key, run[-1].seq + 1) for key, run in runs.items())
             self._rows += len(stamped) - shed
         return stamped, AcceptResult(len(stamped), shed)
+
+    def _sheddable(self) -> int:
+        """Items in the data lanes (what shedding can free)."""
+        try:
+            row = self._db.execute("SELECT coalesce(sum(count), 0) FROM outbox WHERE lane != ?", (LANE_ALARM,))
+            return int(row.fetchone()[0])
+        except sqlite3.Error:
+            return 0
 
     def _shed(self, count: int) -> int:
         """Delete at least ``count`` items, lowest priority and oldest first, never alarms; in a transaction."""

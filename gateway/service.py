@@ -38,6 +38,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     resend_after_s: float = 10.0  # resend uncommitted rows when no commit arrived for this long
     heartbeat_s: float = 5.0
     outbox_max_rows: int = 1_000_000
+    outbox_max_bytes: int = 0  # the outbox file's disk quota (0: none); at it, the lowest-priority lane is shed
     uplink_alarm_s: float = 5.0  # broker unreachable this long: raise "gateway.uplink_lost"
     in_flight: int = 8  # batches published and not yet acknowledged by the broker
 
@@ -53,7 +54,8 @@ class Gateway:
         self.id = gateway_id
         self.address = address
         self.settings = settings or GatewaySettings()
-        self.outbox = Outbox(outbox_path, max_rows=self.settings.outbox_max_rows)
+        self.outbox = Outbox(outbox_path, max_rows=self.settings.outbox_max_rows,
+                             max_bytes=self.settings.outbox_max_bytes)
         self.devices: dict[str, DeviceSpec] = site.device_index()
         self._announced: dict[str, DeviceInfo] = {}
         self.drivers: list[Driver] = [create(spec, self) for spec in site.devices_of(gateway_id)] if drivers else []
@@ -140,7 +142,8 @@ class Gateway:
             async with asyncio.TaskGroup() as group:
                 for driver in self.drivers:
                     group.create_task(bus.supervise(f"driver {driver.kind}", driver.run))
-                group.create_task(bus.supervise(f"gateway {self.id} uplink", self._session))
+                group.create_task(bus.supervise(f"gateway {self.id} uplink", self._session,
+                                                max_backoff=bus.RECONNECT_MAX_S))
                 group.create_task(self._uplink_watchdog())
         finally:
             self.outbox.close()

@@ -165,7 +165,8 @@ class Ingest:
         """Consume until cancelled, reconnecting as needed; drain the spool and maintain the store meanwhile."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(bus.supervise(f"ingest {self.instance}", self._session))
+                group.create_task(bus.supervise(f"ingest {self.instance}", self._session,
+                                                max_backoff=bus.RECONNECT_MAX_S))
                 if self.spool is not None:
                     group.create_task(bus.supervise(f"ingest {self.instance} spool", self._drain))
                 if isinstance(self.store, Maintainable):
