@@ -23,8 +23,9 @@ class History:
         return self.accepted - self.stored - self.shed
 
 
-def check(outbox: Path, store: Path, streams: tuple[str, ...] = ("numerics",)) -> History:
-    """Compare the outbox's sequence counters (what was accepted) with the store's rows."""
+def check(outbox: Path, store: Path, streams: tuple[str, ...] = ("numerics",), table: str = "observations") -> History:
+    """Compare the outbox's sequence counters (what was accepted) with the store's rows (``table``: observations,
+    or events for alarm streams)."""
     box = sqlite3.connect(outbox)
     # What was accepted: the stream's counter as written when rows left, or the rows still waiting.
     accepted = {(d, s): n - 1 for d, s, n in box.execute("SELECT device, stream, next_seq FROM streams")
@@ -39,7 +40,7 @@ def check(outbox: Path, store: Path, streams: tuple[str, ...] = ("numerics",)) -
     duplicated = 0
     missing: list[str] = []
     for (device, stream), last in sorted(accepted.items()):
-        seqs = [r[0] for r in db.execute("SELECT seq FROM observations WHERE device = ? AND stream = ?",
+        seqs = [r[0] for r in db.execute(f"SELECT seq FROM {table} WHERE device = ? AND stream = ?",
                                          (device, stream))]
         stored += len(set(seqs))
         duplicated += len(seqs) - len(set(seqs))
