@@ -80,9 +80,11 @@ class AlertService:
         """Load persisted alerts (the relational state: SQLite or PostgreSQL) into a fresh engine."""
         self.site = site
         self.address = address
-        self.instance = instance
         self.settings = settings or AlertSettings()
         self.partition = Partition(site, self.settings.units)
+        if instance == "alerts-1" and not self.partition.everything:  # partitions need distinct client ids
+            instance = "alerts-" + "-".join(sorted(self.partition.units))
+        self.instance = instance
         self.alerts = state.alerts
         self.alarm_settings = state.alarm_settings
         self.engine = AlertEngine(site, self._book(), silent_after_s=self.settings.silent_after_s,

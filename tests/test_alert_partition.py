@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from alerts.service import AlertSettings, Partition
+from alerts.service import AlertService, AlertSettings, Partition
+from devices.bus import BrokerAddress
 from devices.contract import Alert
+from state import open_state
 from wardlink.config import load
 
 SITE = load(env={}).site
@@ -32,3 +36,13 @@ def test_no_units_means_every_unit_and_an_unknown_unit_is_refused() -> None:
     assert everything.owns(_alert("anything", None))
     with pytest.raises(ValueError, match="no unit NOPE"):
         Partition(SITE, ["ICU", "NOPE"])
+
+
+def test_a_partitioned_instance_is_named_after_its_units(tmp_path: Path) -> None:
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        address = BrokerAddress("127.0.0.1", 1883)
+        assert AlertService(SITE, state, address, AlertSettings(units=["ICU"])).instance == "alerts-ICU"
+        assert AlertService(SITE, state, address, AlertSettings()).instance == "alerts-1"
+    finally:
+        state.close()
