@@ -133,7 +133,7 @@ class Dispatcher:
             return
         try:
             live = self._presence.decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting past the limit
             log.warning("ignoring an unreadable presence message on %s", topic)
             return
         self._live[topic] = set(live.staff)

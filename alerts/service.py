@@ -147,7 +147,7 @@ class AlertService:
             if isinstance(payload, bytes) and payload and message.topic.matches(status):
                 try:
                     gateway = status_decoder.decode(payload)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting past the limit
                     self.counters["undecodable"] += 1
                     continue
                 for alert in self.engine.gateway_status(gateway, now_ms()):

@@ -275,7 +275,7 @@ class Gateway:
                 continue  # only our own commits (a broker must not send others, but do not trust it)
             try:
                 commit = decoder.decode(message.payload)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nesting past the limit
                 log.warning("gateway %s: ignoring malformed commit on %s: %s", self.id, message.topic, exc)
                 continue
             self.released += await asyncio.to_thread(self.outbox.release, commit.ranges)

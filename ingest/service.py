@@ -54,6 +54,7 @@ from storage.base import Maintainable, StoreError, TimeSeriesStore
 
 log = logging.getLogger(__name__)
 
+MAX_KEY = 128  # characters of a device id or stream name a commit echoes (site names are far shorter)
 _UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK: MQTT 3 "unacceptable protocol version", MQTT 5 "unsupported"
 
 
@@ -109,6 +110,12 @@ def _finite(items: list[Item]) -> bool:
         number = _NUMBER.get(kinds.pop())
         return number is not None and math.isfinite(sum(map(number, items)))
     return False  # mixed kinds in one stream, or waste events (a weight must not be negative): item by item
+
+
+def _committable(device: str, stream: str) -> bool:
+    """Whether a quarantined item's key goes back in a commit: not a hostile 60 KB "device id", which would swell
+    every commit and the gap tracker (no gateway holds such a row in its outbox, so nothing waits for it)."""
+    return len(device) <= MAX_KEY and len(stream) <= MAX_KEY
 
 
 def ranges(seqs: dict[tuple[str, str], list[int]]) -> list[SeqRange]:
@@ -284,7 +291,7 @@ class Ingest:
         if parsed.area == "gw" and parsed.channel == "commit":
             try:
                 commit = self._commit_decoder.decode(payload)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # msgspec: RecursionError past the interpreter's limit
                 self.counters["commits_undecodable"] += 1
                 return
             self._forced.extend(self.gaps.observe(parsed.name, commit.ranges, now_ms() if now is None else now))
@@ -294,7 +301,7 @@ class Ingest:
                 return  # a cleared retained status
             try:
                 status = self._status_decoder.decode(payload)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 self.counters["statuses_undecodable"] += 1
                 return
             self.members.heard(status.instance, status.state == "online", status.ts)
@@ -352,7 +359,7 @@ class Ingest:
         commit = pending.seqs[gateway]
         for broken in bad:
             self._reject(gateway, broken.reason, broken.raw)
-            if broken.seq >= 0:
+            if broken.seq >= 0 and _committable(broken.device, broken.stream):
                 commit[(broken.device, broken.stream)].append(broken.seq)
         devices = self.devices
         accepted = pending.items
@@ -361,8 +368,9 @@ class Ingest:
         for key, run in groupby(batch.items, _device_stream):
             items = list(run)
             seqs = list(map(_seq, items))
-            commit[key] += seqs  # every item is released: stored, a duplicate, or quarantined below
             spec = devices.get(key[0])
+            if spec is not None or _committable(*key):
+                commit[key] += seqs  # every item is released: stored, a duplicate, or quarantined below
             if spec is not None and spec.gateway == gateway and min(seqs) >= 0 and _finite(items):
                 accepted += items
                 continue
