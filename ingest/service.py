@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
 from pathlib import Path
+from typing import Final
 
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
@@ -58,10 +59,13 @@ MAX_KEY = 128  # characters of a device id or stream name a commit echoes (site 
 _UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK: MQTT 3 "unacceptable protocol version", MQTT 5 "unsupported"
 
 
+DEFAULT_BATCH: Final = 5_000
+
+
 class IngestSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Batching, limits, sharing, gap detection, spool and retries."""
 
-    batch_max: int = 20_000  # items per store write: DuckDB costs 2.4-2.8 µs each at 20,000, 3-4 at 5,000
+    batch_max: int = 0  # items per store write; 0: what the store prefers (its ``preferred_batch``, else 5,000)
     flush_s: float = 0.2
     max_payload: int = 4 * 1024 * 1024
     mqtt5: bool = True  # try MQTT 5 (to share) first; a broker that refuses it gets MQTT 3.1.1, not shared
@@ -250,7 +254,7 @@ class Ingest:
     async def _receive(self, client: Session) -> None:
         # One batch is written while the next one fills; a third waits (back-pressure: no more reading).
         writing: asyncio.Task[None] | None = None
-        batch_max = self.settings.batch_max
+        batch_max = self.settings.batch_max or int(getattr(self.store, "preferred_batch", DEFAULT_BATCH))
         dispatch = self.dispatch
         try:
             while True:

@@ -307,6 +307,8 @@ def _store_error(exc: duckdb.Error, what: str, path: Path) -> StoreError:
 class DuckDbStore:
     """A :class:`~storage.base.TimeSeriesStore` in one DuckDB file (one writer, pooled reader cursors)."""
 
+    preferred_batch: Final = 20_000  # items per write: 2.4-2.8 µs each here, 3-4 at 5,000 (docs/benchmarks.md)
+
     def __init__(self, path: str | os.PathLike[str], retention: Retention | None = None, *,
                  snapshot_rows: int = 2_000_000, snapshot_s: float = 60.0) -> None:
         """Open (creating the directory, file and tables if needed, upgrading schema 1) the store at ``path``.
