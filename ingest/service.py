@@ -51,7 +51,7 @@ from ingest.gaps import Gap, GapTracker, Members, gap_event
 from ingest.metrics import Metrics
 from ingest.mqtt import Publisher, Session
 from ingest.spool import Record, Rejected, Spool
-from storage.base import Maintainable, StoreError, TimeSeriesStore
+from storage.base import Maintainable, Quarantined, StoreError, TimeSeriesStore
 
 log = logging.getLogger(__name__)
 
@@ -547,13 +547,12 @@ class Ingest:
 
     def _write(self, record: Record) -> tuple[int, int]:
         """Quarantine, then store the items; a refused batch goes item by item. Raises retryable StoreErrors."""
-        done = 0
-        try:
-            for rejected in record.rejected:
-                self.store.quarantine(source=rejected.source, reason=rejected.reason, raw=rejected.raw, ts=now_ms())
-                done += 1
-        finally:
-            del record.rejected[:done]  # quarantined: a retry must not quarantine them twice
+        if record.rejected:
+            now = now_ms()
+            # One transaction for all of them (one each stalled the worker for seconds under a flood of bad input).
+            self.store.quarantine_many([Quarantined(ts=now, source=r.source, reason=r.reason, raw=r.raw)
+                                        for r in record.rejected])
+            record.rejected.clear()  # quarantined: a retry must not quarantine them twice
         if not record.items:
             return 0, 0
         try:

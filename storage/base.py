@@ -183,6 +183,10 @@ class TimeSeriesStore(Protocol):
         """Keep refused input with its reason."""
         ...
 
+    def quarantine_many(self, rows: Sequence[Quarantined]) -> None:
+        """Keep many refused inputs in one transaction: all of them or, on an error, none."""
+        ...
+
     def quarantined(self, limit: int = 100) -> list[Quarantined]:
         """The most recently quarantined inputs, newest first."""
         ...

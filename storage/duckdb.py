@@ -695,6 +695,14 @@ class DuckDbStore:
                 [ts, source, reason, bytes(raw)],
             ).fetchall()
 
+    def quarantine_many(self, rows: Sequence[Quarantined]) -> None:
+        """Keep many refused inputs in one transaction."""
+        if not rows:
+            return
+        with self._writing("quarantine") as conn:
+            conn.executemany("INSERT INTO quarantine (ts, source, reason, raw) VALUES (?, ?, ?, ?)",
+                             [[r.ts, r.source, r.reason, bytes(r.raw)] for r in rows])
+
     def quarantined(self, limit: int = 100) -> list[Quarantined]:
         """The most recently quarantined inputs, newest first."""
         with self._reading("quarantined") as cursor:

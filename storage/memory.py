@@ -224,6 +224,11 @@ class MemoryStore:
             self._check_open()
             self._quarantine.append(Quarantined(ts=ts, source=source, reason=reason, raw=bytes(raw)))
 
+    def quarantine_many(self, rows: Sequence[Quarantined]) -> None:
+        """Keep many refused inputs (one by one through :meth:`quarantine`, which a test twin may override)."""
+        for row in rows:
+            self.quarantine(source=row.source, reason=row.reason, raw=row.raw, ts=row.ts)
+
     def quarantined(self, limit: int = 100) -> list[Quarantined]:
         """The most recently quarantined inputs, newest first."""
         with self._lock:

@@ -528,6 +528,11 @@ class VictoriaStore:
         self._check_open()
         self._side.quarantine(source=source, reason=reason, raw=raw, ts=ts)
 
+    def quarantine_many(self, rows: Sequence[Quarantined]) -> None:
+        """Keep many refused inputs in one transaction (in the SQLite side store)."""
+        self._check_open()
+        self._side.quarantine_many(rows)
+
     def quarantined(self, limit: int = 100) -> list[Quarantined]:
         """The most recently quarantined inputs, newest first."""
         self._check_open()

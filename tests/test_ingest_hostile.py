@@ -27,6 +27,8 @@ from devices import topics
 from devices.bus import BrokerAddress
 from devices.contract import Batch, Observation, encode
 from ingest.service import MAX_KEY, Ingest, IngestSettings
+from storage.base import Quarantined
+from storage.duckdb import DuckDbStore
 from storage.memory import MemoryStore
 from storage.sqlite import SqliteStore
 from tests.conftest import Mosquitto
@@ -230,3 +232,15 @@ def test_a_huge_device_id_is_quarantined_but_not_echoed_in_the_commit() -> None:
     committed = {key for keys in ingest._pending.seqs.values() for key in keys}
     assert committed == {(fine, "numerics"), (OWN[0], "numerics")}
     assert ingest.counters["quarantined"] == 2
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb", "memory"])
+def test_quarantine_many_keeps_every_row_in_one_go(tmp_path: Path, kind: str) -> None:
+    store = {"sqlite": lambda: SqliteStore(tmp_path / "ts.db"), "duckdb": lambda: DuckDbStore(tmp_path / "ts.duckdb"),
+             "memory": MemoryStore}[kind]()
+    rows = [Quarantined(ts=n, source="gw-icu", reason=f"reason {n}", raw=bytes([n]) * n) for n in range(1, 4)]
+    store.quarantine_many(rows)
+    store.quarantine_many([])
+    assert store.quarantine_count() == 3
+    assert store.quarantined() == rows[::-1]  # newest first, raw bytes and reasons as given
+    store.close()
