@@ -142,7 +142,7 @@ class AlertService:
         for_us = (topics.gateway_filter(self.site.id, "data"),)
         status = topics.gateway_filter(self.site.id, "status")
         status_decoder = msgspec.json.Decoder(GatewayStatus)
-        async for message in client.messages:
+        async for message in bus.messages(client):
             payload = message.payload
             if isinstance(payload, bytes) and payload and message.topic.matches(status):
                 try:
@@ -170,7 +170,7 @@ class AlertService:
         """The alarm lane: device alarms, processed as they arrive (published on the main connection)."""
         for_us = topics.gateway_filter(self.site.id, "alarm")
         presence = topics.presence_filter(self.site.id)
-        async for message in alarm_client.messages:
+        async for message in bus.messages(alarm_client):
             if isinstance(message.payload, bytes) and message.topic.matches(presence):
                 self.dispatch.presence(str(message.topic), message.payload)
                 continue

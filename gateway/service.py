@@ -270,7 +270,7 @@ class Gateway:
 
     async def _commits(self, client: aiomqtt.Client) -> None:
         decoder = msgspec.json.Decoder(Commit)
-        async for message in client.messages:
+        async for message in bus.messages(client):
             if str(message.topic) != self._commit_topic or not isinstance(message.payload, bytes):
                 continue  # only our own commits (a broker must not send others, but do not trust it)
             try:

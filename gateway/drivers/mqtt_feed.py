@@ -221,7 +221,7 @@ class MqttFeed:
                 self._subscribed()
                 ticker = asyncio.create_task(self._tick(), name=f"feed {self.spec.id} tick")
                 try:
-                    async for message in client.messages:
+                    async for message in bus.messages(client):
                         self._message(message)
                 finally:
                     ticker.cancel()
