@@ -80,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     common(bc)
 
     b = sub.add_parser("bench", help="run a benchmark and print its figures")
-    b.add_argument("name", choices=sorted(bench.BENCHES), help="which benchmark")
+    b.add_argument("name", choices=[*sorted(bench.BENCHES), "all"], help="which benchmark (all: every one in turn)")
+    b.add_argument("--write", type=Path, default=None,
+                   help="all: also write the machine header and summary table into this Markdown file's "
+                        "bench:all block (docs/benchmarks.md)")
     b.add_argument("--quick", action="store_true", help="a small run (seconds), for smoke tests")
     b.add_argument("--json", action="store_true", help="print one JSON object of figures")
     return parser
@@ -152,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     # pymodbus logs an error and a frame dump on every timeout; the drivers log once per burst instead.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL if not args.verbose else logging.INFO)
     try:
+        if args.command == "bench" and args.name == "all":
+            results = bench.run_all(args.quick)
+            block = bench.summary(results, args.quick)
+            if args.write is not None:
+                bench.write_block(args.write, block)
+            sys.stdout.write(json.dumps(results) + "\n" if args.json else block + "\n")
+            return 0 if all(isinstance(r, dict) for r in results.values()) else 1
         if args.command == "bench":
             figures = bench.BENCHES[args.name](args.quick)
             sys.stdout.write(json.dumps(figures) + "\n" if args.json else bench.table(args.name, figures) + "\n")
