@@ -32,6 +32,8 @@ from state.escalations import RECEIVER_STATUSES, Delivery, Escalations
 log = logging.getLogger(__name__)
 
 PING_S = 15.0
+ANSWERS_PER_S = 10  # a nurse's answers to deliveries: a few a minute; a client past this is flooding
+ANSWERS_BURST = 30
 
 
 class StaffIn(BaseModel):
@@ -252,9 +254,20 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access) -> 
             await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(item)})
 
     async def _answers(ws: WebSocket, staff: str) -> None:
-        """The client's answers to deliveries; unreadable or foreign ones get an error frame."""
+        """The client's answers to deliveries; unreadable or foreign ones get an error frame. A client sending
+        faster than :data:`ANSWERS_PER_S` (burst :data:`ANSWERS_BURST`) is flooding: it is disconnected (1008),
+        so it cannot keep the state busy while other nurses' alarms wait."""
+        tokens, last = float(ANSWERS_BURST), asyncio.get_running_loop().time()
         while True:
             message = await ws.receive_json()
+            now = asyncio.get_running_loop().time()
+            tokens = min(float(ANSWERS_BURST), tokens + (now - last) * ANSWERS_PER_S) - 1
+            last = now
+            if tokens < 0:
+                view.dropped_clients += 1
+                log.warning("staff stream of %s: more than %d messages a second; disconnected", staff, ANSWERS_PER_S)
+                await ws.close(code=1008, reason="too many messages")
+                return
             if not isinstance(message, dict) or message.get("type") != "status":
                 await ws.send_json({"type": "error", "detail": "expected {type: status, delivery, status}"})
                 continue

@@ -8,6 +8,7 @@ well past the deadline it would have had.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -281,3 +282,22 @@ async def test_assignments_are_data_the_api_changes(harness: Harness) -> None:
         assert as_nurse.status_code == 403  # assignments are the charge nurse's to make
     actions = [r.action for r in h.state.audit.records() if r.action.startswith(("assignment.", "staff."))]
     assert actions == ["staff.save", "assignment.create", "assignment.end"]
+
+
+async def test_a_flooding_client_is_disconnected_while_the_nurses_alarm_arrives(harness: Harness) -> None:
+    h = harness
+    ana, flooder = await h.stream("n-ana"), await h.stream("n-dev")
+    await wait_service_online(h)
+    garbage = json.dumps({"type": "status", "delivery": 1, "status": "read"})
+    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+        for _ in range(500):  # far past the 10 a second (burst 30) a nurse's answers need
+            await flooder.ws.send(garbage)
+    assert flooder.task is not None
+    done, _ = await asyncio.wait({flooder.task}, timeout=10)  # the server closed the flooder's stream
+    assert flooder.task in done
+    assert isinstance(flooder.task.exception(), websockets.exceptions.ConnectionClosedError)
+    assert flooder.ws.close_code == 1008
+    assert h.view.dropped_clients >= 1
+    await h.reading(85)
+    ((_, first),) = await ana.wait_for(1, 20)  # the other nurse's alarm still arrives
+    assert first["alert"]["type"] == "spo2_low"
