@@ -186,6 +186,9 @@ def create_app(parts: ApiParts) -> FastAPI:
         if bed:
             pool = [a for a in pool if a.bed == bed]
         pool.sort(key=lambda a: a.updated, reverse=True)
+        if principal.role in ("nurse", "charge_nurse"):  # beds and their values: patient-linked
+            await access.audited(principal, object="alerts", action="read", unit=unit,
+                                 detail={"state": state, "bed": bed, "count": len(pool)})
         return [schemas.AlertOut(**msgspec.to_builtins(a)) for a in pool]
 
     @app.websocket("/api/v1/alerts/stream")
@@ -198,6 +201,8 @@ def create_app(parts: ApiParts) -> FastAPI:
             await ws.close(code=1008, reason="sign in: a ticket from POST /api/v1/auth/ws-ticket")
             return
         await ws.accept()
+        if principal.role in ("nurse", "charge_nurse"):
+            await access.audited(principal, object="alerts stream", action="subscribe", unit=None)
         subscriber = view.subscribe()
         try:
             await ws.send_json({"type": "snapshot", "alerts": [
