@@ -32,6 +32,7 @@ from aiomqtt.exceptions import MqttConnectError
 from devices import bus, topics
 from devices.clock import now_ms
 from devices.contract import (
+    UNDECODABLE,
     Batch,
     Commit,
     ContractError,
@@ -295,7 +296,7 @@ class Ingest:
         if parsed.area == "gw" and parsed.channel == "commit":
             try:
                 commit = self._commit_decoder.decode(payload)
-            except (msgspec.DecodeError, RecursionError):  # msgspec: RecursionError past the interpreter's limit
+            except UNDECODABLE:
                 self.counters["commits_undecodable"] += 1
                 return
             self._forced.extend(self.gaps.observe(parsed.name, commit.ranges, now_ms() if now is None else now))
@@ -305,7 +306,7 @@ class Ingest:
                 return  # a cleared retained status
             try:
                 status = self._status_decoder.decode(payload)
-            except (msgspec.DecodeError, RecursionError):
+            except UNDECODABLE:
                 self.counters["statuses_undecodable"] += 1
                 return
             self.members.heard(status.instance, status.state == "online", status.ts)

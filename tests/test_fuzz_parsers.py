@@ -144,6 +144,26 @@ def test_nesting_past_the_recursion_limit_is_a_contract_error(where: str, deep: 
     assert "invalid item" in bad[0].reason
 
 
+@given(st.sampled_from([b'"gw-1"', b'"mon-1"', b'"numerics"', b'"%"']),
+       st.binary(min_size=1, max_size=4).filter(lambda b: not _is_utf8(b)))
+def test_bytes_that_are_not_utf8_inside_a_string_are_a_contract_error(where: bytes, bad: bytes) -> None:
+    # Found by atheris (make fuzz): msgspec raises UnicodeDecodeError, which escaped both decoders into ingest.
+    payload = encode(Batch(gateway="gw-1", sent=1, items=[_obs(1), _obs(2)])).replace(where, where[:-1] + bad + b'"', 1)
+    with pytest.raises(ContractError):
+        decode_batch(payload)
+    with contextlib.suppress(ContractError):
+        batch, bad_items = decode_batch_lenient(payload)
+        assert len(batch.items) + len(bad_items) == 2
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @settings(max_examples=30, deadline=None)
 @given(deep=DEEP)
 def test_device_payloads_nested_past_the_limit_are_refused_naming_the_device(deep: bytes) -> None:

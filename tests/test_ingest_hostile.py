@@ -79,7 +79,7 @@ def _one_bad(rng: random.Random, n: int, seqs: dict[str, itertools.count[int]]) 
     """
     item = _obs(f"fz-{n}", 1, stream="fuzz")  # a stream of its own
     good = _batch(item)
-    kind = n % 14
+    kind = n % 15
     if kind == 0:  # truncated JSON: any strict prefix of an object is unreadable
         return good[:rng.randrange(1, len(good))]
     if kind == 1:  # wrong type of an item field: the batch is read, the item set apart
@@ -109,6 +109,8 @@ def _one_bad(rng: random.Random, n: int, seqs: dict[str, itertools.count[int]]) 
         return _batch(_obs("x" * rng.randrange(10_000, 60_000), n, stream="fuzz"))
     if kind == 12:  # binary garbage
         return b"\xff" + rng.randbytes(rng.randrange(0, 2_000))
+    if kind == 13:  # bytes that are not UTF-8 inside a string
+        return good.replace(b'"fuzz"', b'"fu\xcb\xcbzz"')
     return good.replace(b'"seq":', b'"seq":-', 1)  # negative sequence number
 
 
@@ -210,15 +212,17 @@ async def test_a_hundred_thousand_hostile_payloads(mosquitto: Mosquitto, tmp_pat
     await _run(mosquitto, tmp_path, 100_000)
 
 
-def test_nesting_past_the_limit_on_commit_and_status_topics_is_counted_not_raised() -> None:
+def test_undecodable_commits_and_statuses_are_counted_not_raised() -> None:
     # Found by the fuzzing: the worker's commit and status decoders let msgspec's RecursionError out of dispatch,
     # which ended the session (and the gateway's and alert engine's decoders of their topics did the same).
     site = load(env={}).site
     ingest = Ingest(site, MemoryStore(), BrokerAddress("127.0.0.1", 1))
     deep = b'{"gateway":"gw-icu","ts":1,"x":' + b"[" * 100_000
-    ingest.dispatch(topics.gateway_topic(site.id, "gw-icu", "commit"), deep)
-    ingest.dispatch(topics.service_topic(site.id, "ingest", "ingest-2"), deep)
-    assert (ingest.counters["commits_undecodable"], ingest.counters["statuses_undecodable"]) == (1, 1)
+    not_utf8 = b'{"gateway":"gw-\xcb","ts":1}'
+    for payload in (deep, not_utf8):
+        ingest.dispatch(topics.gateway_topic(site.id, "gw-icu", "commit"), payload)
+        ingest.dispatch(topics.service_topic(site.id, "ingest", "ingest-2"), payload)
+    assert (ingest.counters["commits_undecodable"], ingest.counters["statuses_undecodable"]) == (2, 2)
 
 
 def test_a_huge_device_id_is_quarantined_but_not_echoed_in_the_commit() -> None:
