@@ -24,7 +24,7 @@ from alerts.channels.websocket import WebSocketChannel
 from alerts.escalation import NO_RECEIVER, Escalator
 from alerts.routing import Router, RoutingSettings
 from devices.clock import now_ms
-from devices.contract import Alert, Presence, Priority
+from devices.contract import UNDECODABLE, Alert, Presence, Priority
 from state.db import State
 from state.escalations import Delivery, Escalations, Fired
 
@@ -133,7 +133,7 @@ class Dispatcher:
             return
         try:
             live = self._presence.decode(payload)
-        except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting past the limit
+        except UNDECODABLE:
             log.warning("ignoring an unreadable presence message on %s", topic)
             return
         self._live[topic] = set(live.staff)

@@ -20,7 +20,16 @@ from alerts.rules import LimitRule
 from alerts.ruleset import RuleBook
 from devices import bus, topics
 from devices.clock import now_ms
-from devices.contract import Alert, ContractError, GatewayStatus, Priority, ServiceStatus, decode_batch, encode
+from devices.contract import (
+    UNDECODABLE,
+    Alert,
+    ContractError,
+    GatewayStatus,
+    Priority,
+    ServiceStatus,
+    decode_batch,
+    encode,
+)
 from devices.site import Site
 from devices.topics import GatewayChannel
 from state.db import State
@@ -147,7 +156,7 @@ class AlertService:
             if isinstance(payload, bytes) and payload and message.topic.matches(status):
                 try:
                     gateway = status_decoder.decode(payload)
-                except (msgspec.DecodeError, RecursionError):  # RecursionError: nesting past the limit
+                except UNDECODABLE:
                     self.counters["undecodable"] += 1
                     continue
                 for alert in self.engine.gateway_status(gateway, now_ms()):

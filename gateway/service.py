@@ -19,7 +19,7 @@ import aiomqtt
 import msgspec
 
 from devices import bus, topics
-from devices.contract import Commit, DeviceEvent, DeviceInfo, GatewayStatus, Item, Phase, Priority, encode
+from devices.contract import UNDECODABLE, Commit, DeviceEvent, DeviceInfo, GatewayStatus, Item, Phase, Priority, encode
 from devices.site import DeviceSpec, Site
 from gateway.driver import Driver, now_ms
 from gateway.drivers.registry import create
@@ -275,7 +275,7 @@ class Gateway:
                 continue  # only our own commits (a broker must not send others, but do not trust it)
             try:
                 commit = decoder.decode(message.payload)
-            except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nesting past the limit
+            except UNDECODABLE as exc:
                 log.warning("gateway %s: ignoring malformed commit on %s: %s", self.id, message.topic, exc)
                 continue
             self.released += await asyncio.to_thread(self.outbox.release, commit.ranges)

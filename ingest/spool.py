@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from devices.contract import Item
+from devices.contract import UNDECODABLE, Item
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Spool:
             return None
         try:
             return int(row[0]), self._decoder.decode(row[1])
-        except msgspec.DecodeError as exc:  # never stall the drain on one damaged record: quarantine it
+        except UNDECODABLE as exc:  # never stall the drain on one damaged record: quarantine it
             reason = f"spool {self.path}: record {row[0]} does not decode: {exc}"
             return int(row[0]), Record(rejected=[Rejected("ingest.spool", reason, bytes(row[1]))])
 

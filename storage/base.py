@@ -53,7 +53,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from devices.contract import DeviceEvent, DeviceInfo, Item, Observation, TagRead, WasteEvent
+from devices.contract import UNDECODABLE, DeviceEvent, DeviceInfo, Item, Observation, TagRead, WasteEvent
 
 StoredEvent = DeviceEvent | TagRead | WasteEvent | DeviceInfo
 """The item kinds kept in the events table (everything that is not an observation)."""
@@ -299,7 +299,7 @@ def decode_event(body: bytes) -> StoredEvent:
     """Decode a stored event back into its contract struct; a bad body raises :class:`StoreCorrupt`."""
     try:
         return _event_decoder.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    except UNDECODABLE as exc:  # ValidationError is a DecodeError
         raise StoreCorrupt(f"stored event does not decode: {exc}") from exc
 
 
