@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest services bench bench-all soak lock sbom clean screenshots
+.PHONY: run test lint typecheck pytest services bench bench-all soak fuzz lock sbom clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,21 @@ bench: $(VENV)/.installed services
 # the default `-m "not soak"` of pyproject.toml, so these are never silently skipped: they run here.
 soak: $(VENV)/.installed-dev services
 	$(BIN)/pytest -q -m soak -p no:cacheprovider --timeout 1500 -o log_cli=true -o log_cli_level=INFO
+
+# Coverage-guided fuzzing (atheris, libFuzzer) of every parser of untrusted bytes, FUZZ_SECONDS per target; a crash
+# or a hang (-timeout) stops it and leaves the input in build/fuzz/. atheris goes to build/atheris, apart from the
+# virtual environment, so the lock files stay what the suite runs with. Not part of `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := wlb1 hl7 batch rfid waste modbus files
+fuzz: $(VENV)/.installed-dev
+	@test -d build/atheris/atheris || $(BIN)/python -m pip install --quiet --target build/atheris 'atheris==3.0.0'
+	@for target in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$target && echo "fuzz $$target: $(FUZZ_SECONDS) s" && \
+	  PYTHONPATH=build/atheris:. $(BIN)/python tests/fuzz/fuzz_parsers.py $$target -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=5 -max_len=65536 -rss_limit_mb=2048 -artifact_prefix=build/fuzz/$$target- \
+	    build/fuzz/corpus-$$target 2>&1 | grep -E '^(Done|==|INFO: Seed)|Uncaught|Error|crash|timeout' || exit 1; \
+	  test -z "$$(ls build/fuzz/$$target-* 2>/dev/null)" || { echo "fuzz $$target: failing input in build/fuzz/"; exit 1; }; \
+	done
 
 # Every benchmark, and docs/benchmarks.md's machine header and summary table regenerated from the run.
 bench-all: $(VENV)/.installed services

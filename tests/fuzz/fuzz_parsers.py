@@ -20,7 +20,7 @@ import atheris  # type: ignore[import-not-found]
 with atheris.instrument_imports():
     import msgspec
 
-    from devices.contract import ContractError, check_item, decode_batch, decode_batch_lenient
+    from devices.contract import UNDECODABLE, ContractError, check_item, decode_batch, decode_batch_lenient
     from devices.mllp import MllpFramer
     from devices.site import DeviceSpec, SiteError, load_site
     from facilities.sitemap import SiteMapError, load_site_map
@@ -89,7 +89,7 @@ def modbus(data: bytes) -> None:
     """Register dumps (JSON) through the pump's map: only RegisterError (not JSON is not a dump: skipped)."""
     try:
         dump = msgspec.json.decode(data)
-    except (msgspec.DecodeError, RecursionError):
+    except UNDECODABLE:
         return
     with contextlib.suppress(RegisterError):
         for item in pump_parser.decode(PUMP, [dump], NOW):
