@@ -320,16 +320,27 @@ def report(soak: Soak, result: dict[str, float]) -> None:
 
 
 def check(soak: Soak, result: dict[str, float], alarm_bound_ms: float | None) -> None:
-    """The pass rule: alarms all seen, ingest keeping up, memory flat, and (in the soak) the alarm p99 bound."""
-    assert result["readings_per_s"] > 9_000, "the hospital's load was not offered"
-    assert result["alarms_seen"] >= 0.95 * soak.probes > 0, "probe alarms went missing"
-    assert result["ingest_lag_max_ms"] < 30_000, "ingest fell behind"  # bounded, not growing with the run
+    """The pass rule: alarms all seen, ingest keeping up, memory flat, and (in the soak) the alarm p99 bound.
+
+    Every broken rule is named at once (a soak is too long to rerun for the next message).
+    """
+    broken: list[str] = []
+    if result["readings_per_s"] < 9_000:
+        broken.append(f"the hospital's load was not offered: {result['readings_per_s']:,.0f} readings/s")
+    if not result["alarms_seen"] == soak.probes > 0:
+        broken.append(f"probe alarms went missing: {result['alarms_seen']:.0f} of {soak.probes}")
+    if result["ingest_lag_max_ms"] >= 30_000:  # bounded, not growing with the run
+        broken.append(f"ingest fell behind: lag up to {result['ingest_lag_max_ms']:,.0f} ms")
     steady_depths = [s["outbox_depth"] for s in soak.samples if s["t"] >= soak.seconds / 2]
-    assert max(steady_depths, default=0) < 10 * 10_600, "the gateways' backlog grew past 10 s of load"
+    if max(steady_depths, default=0) >= 10 * 10_600:
+        broken.append("the gateways' backlog grew past 10 s of load")
     for name in ("ingest", "alerts", "gateways"):
-        assert result[f"{name}_rss_slope_mb_per_min"] < 5.0, f"{name}: memory grows"
-    if alarm_bound_ms is not None:
-        assert result["alarm_p99_ms"] < alarm_bound_ms
+        if result[f"{name}_rss_slope_mb_per_min"] >= 5.0:
+            slope, end = result[f"{name}_rss_slope_mb_per_min"], result[f"{name}_rss_end_mb"]
+            broken.append(f"{name}: memory grows {slope:.1f} MB/min in the steady half (to {end:.0f} MB)")
+    if alarm_bound_ms is not None and not result["alarm_p99_ms"] < alarm_bound_ms:
+        broken.append(f"alarm latency p99 {result['alarm_p99_ms']:.1f} ms, over the {alarm_bound_ms:g} ms bound")
+    assert not broken, "; ".join(broken)
 
 
 @pytest.mark.slow
