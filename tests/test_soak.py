@@ -319,7 +319,7 @@ def report(soak: Soak, result: dict[str, float]) -> None:
     print(f"\nsoak {soak.seconds:.0f} s, 2,000 beds: " + ", ".join(f"{k} {v:,.2f}" for k, v in result.items()))
 
 
-def check(soak: Soak, result: dict[str, float], alarm_bound_ms: float | None) -> None:
+def check(soak: Soak, result: dict[str, float], alarm_bound_ms: float | None, memory: bool = True) -> None:
     """The pass rule: alarms all seen, ingest keeping up, memory flat, and (in the soak) the alarm p99 bound.
 
     Every broken rule is named at once (a soak is too long to rerun for the next message).
@@ -334,7 +334,7 @@ def check(soak: Soak, result: dict[str, float], alarm_bound_ms: float | None) ->
     steady_depths = [s["outbox_depth"] for s in soak.samples if s["t"] >= soak.seconds / 2]
     if max(steady_depths, default=0) >= 10 * 10_600:
         broken.append("the gateways' backlog grew past 10 s of load")
-    for name in ("ingest", "alerts", "gateways"):
+    for name in ("ingest", "alerts", "gateways") if memory else ():
         if result[f"{name}_rss_slope_mb_per_min"] >= 5.0:
             slope, end = result[f"{name}_rss_slope_mb_per_min"], result[f"{name}_rss_end_mb"]
             broken.append(f"{name}: memory grows {slope:.1f} MB/min in the steady half (to {end:.0f} MB)")
@@ -349,7 +349,9 @@ def test_hospital_for_one_minute(mosquitto: Mosquitto, tmp_path: Path) -> None:
     result = figures(soak)
     write_curve(soak, tmp_path / "soak.csv", tmp_path / "soak.svg")
     report(soak, result)
-    check(soak, result, alarm_bound_ms=None)  # a minute on a shared machine: the latency bound is the soak's
+    # A minute is warm-up for the services' memory, and too short on a shared machine for a latency bound: those
+    # two rules are the soak's.
+    check(soak, result, alarm_bound_ms=None, memory=False)
 
 
 @pytest.mark.soak
