@@ -231,9 +231,9 @@ def run_all(quick: bool = False) -> dict[str, dict[str, float] | str]:
 def summary(results: dict[str, dict[str, float] | str], quick: bool) -> str:
     """The Markdown block ``bench all`` writes: machine header and every figure with its same-run baseline ratio."""
     lines = [BLOCK_START, "", "## Summary of every benchmark (`wardlink bench all`)", "",
-             "Written by `wardlink bench all" + (" --quick" if quick else "") + " --write docs/benchmarks.md` "
-             "(`make bench-all`); do not edit by hand. " + ("A quick (smoke) run: short measurements, noisy figures. "
-                                                            if quick else ""),
+             ("Written by `wardlink bench all" + (" --quick" if quick else "") + " --write docs/benchmarks.md` "
+              "(`make bench-all`); do not edit by hand." + (" A quick (smoke) run: short measurements, noisy figures."
+                                                           if quick else "")),
              "", machine(), "",
              "A ratio compares a figure with the baseline measured in the same run (the benchmark's own, a "
              "`baseline*` figure = 1.00; alerts: loaded over idle); the sections below say what each baseline is.", "",
