@@ -93,6 +93,7 @@ async def test_disk_quota_full_during_uplink_outage_sheds_tag_reads_first_and_ne
                 raised += 1
             tick += 1
             await asyncio.sleep(0.002)
+        await asyncio.sleep(2.5)  # the outage outlasts uplink_alarm_s: "uplink lost" goes into the full outbox too
         shed = gateway.outbox.shed_total
         assert shed > 0, "the quota was never reached"
         file_bytes = sum(p.stat().st_size for p in tmp_path.glob("outbox.db*") if not p.name.endswith("-shm"))
