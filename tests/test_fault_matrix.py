@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,13 @@ async def until(done: Callable[[], bool], within: float, step: float = 0.05) -> 
             return time.monotonic() - started
         await asyncio.sleep(step)
     return within
+
+
+async def cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the test's tasks and wait for them to end."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def alarm(device: str, n: int, ts: int) -> DeviceEvent:
@@ -105,9 +113,7 @@ async def test_disk_quota_full_during_uplink_outage_sheds_tag_reads_first_and_ne
         await drained(outbox, tmp_path / "ts.db", within=60)
         await until(lambda: gateway.outbox.depth() == 0, 60, step=0.5)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel(tasks)
     trends = check(outbox, tmp_path / "ts.db", ("numerics",))
     tags = check(outbox, tmp_path / "ts.db", ("tags",), table="events")  # tag reads are stored as events
     alarms_history = check(outbox, tmp_path / "ts.db", ("alarms",), table="events")
@@ -154,9 +160,7 @@ async def test_alarms_raised_while_the_broker_is_down_arrive_within_5_s_of_recov
         await tasks[2]
         await drained(outbox, tmp_path / "ts.db", within=60)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel(tasks)
     history = check(outbox, tmp_path / "ts.db")
     alarms_history = check(outbox, tmp_path / "ts.db", ("alarms",), table="events")
     store.close()
@@ -201,9 +205,7 @@ async def test_device_clocks_at_1970_a_year_ahead_and_jumping_are_stored_with_ga
         ended = now_ms()
         await drained(outbox, tmp_path / "ts.db", within=30)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel(tasks)
     history = check(outbox, tmp_path / "ts.db")
     store.close()
     db = sqlite3.connect(tmp_path / "ts.db")
@@ -253,9 +255,7 @@ async def test_a_whole_outbox_replayed_duplicates_nothing(mosquitto: Mosquitto, 
         await until(lambda: replay.outbox.depth() == 0, 60, step=0.2)  # every replayed row committed again
         replayed_depth = replay.outbox.depth()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel(tasks)
     history = check(outbox, tmp_path / "ts.db")
     alarms_history = check(outbox, tmp_path / "ts.db", ("alarms",), table="events")
     store.close()
@@ -298,9 +298,7 @@ async def test_ingest_killed_mid_batch_loses_and_duplicates_nothing(mosquitto: M
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGKILL)
             worker.wait(10)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel(tasks)
     history = check(outbox, store_path)
     print(f"\ningest killed 3 times (store WAL at kill: {kills} bytes): {produced} produced, {history}")
     assert history.accepted == produced
