@@ -104,7 +104,7 @@ class Outbox:
             # Debian's SQLite zeroes every freed page (SECURE_DELETE): a released row's page is then written
             # to the WAL a second time, about half the cost of a release. FAST still zeroes deleted rows on
             # the pages a delete writes anyway; freed pages keep their bytes until an insert reuses them.
-            pass  # TEMP
+            self._db.execute("PRAGMA secure_delete=FAST")
             self._db.executescript(_SCHEMA)
             if max_bytes > 0:
                 page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
