@@ -35,7 +35,8 @@ from wardlink.users import DEMO_FILE
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.slow
 # Never skipped: `make test` installs Debian's chromium and chromium-driver (the services target).
-assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "install chromium and chromium-driver: make services"
+assert CHROMIUM.exists(), "install chromium: make services"
+assert CHROMEDRIVER.exists(), "install chromium-driver: make services"
 WAIT_S = 60  # generous: the machine is shared; nothing below asserts on speed
 
 
