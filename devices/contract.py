@@ -207,6 +207,7 @@ class ServiceStatus(msgspec.Struct, omit_defaults=True):
     ts: int
     lag_ms: int | None = None
     counters: dict[str, int] = {}
+    since: int | None = None  # when this instance's broker session began (ms): a new value is a new session
     v: int = SCHEMA_VERSION
 
 

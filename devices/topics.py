@@ -51,9 +51,10 @@ def service_topic(site: str, service: str, instance: str) -> str:
     return f"{ROOT}/{check_name(site, 'site')}/svc/{check_name(service, 'service')}/{check_name(instance)}/status"
 
 
-def service_filter(site: str) -> str:
-    """Subscription filter for every service status."""
-    return f"{ROOT}/{check_name(site, 'site')}/svc/+/+/status"
+def service_filter(site: str, service: str = "+") -> str:
+    """Subscription filter for every service's status, or every instance of one ``service``."""
+    kind = service if service == "+" else check_name(service, "service")
+    return f"{ROOT}/{check_name(site, 'site')}/svc/{kind}/+/status"
 
 
 def alert_topic(site: str, alert_id: str) -> str:

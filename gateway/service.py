@@ -19,7 +19,18 @@ import aiomqtt
 import msgspec
 
 from devices import bus, topics
-from devices.contract import UNDECODABLE, Commit, DeviceEvent, DeviceInfo, GatewayStatus, Item, Phase, Priority, encode
+from devices.contract import (
+    UNDECODABLE,
+    Commit,
+    DeviceEvent,
+    DeviceInfo,
+    GatewayStatus,
+    Item,
+    Phase,
+    Priority,
+    ServiceStatus,
+    encode,
+)
 from devices.site import DeviceSpec, Site
 from gateway.driver import Driver, now_ms
 from gateway.drivers.registry import create
@@ -73,6 +84,9 @@ class Gateway:
                        LANE_TRENDS: topics.gateway_topic(site.id, gateway_id, "data")}
         self._status_topic = topics.gateway_topic(site.id, gateway_id, "status")
         self._commit_topic = topics.gateway_topic(site.id, gateway_id, "commit")
+        self._ingest_filter = topics.service_filter(site.id, "ingest")
+        self._ingest_sessions: dict[str, int | None] = {}  # ingest instance -> the session it last announced
+        self._resend = False  # set when an ingest worker starts a new session: resend from the oldest row
         self._prefix = b'{"gateway":"' + gateway_id.encode() + b'","sent":'
 
     # -- the sink drivers write into -------------------------------------------------------------
@@ -184,6 +198,7 @@ class Gateway:
         client = bus.client(self.address, f"wardlink-gw-{self.id}", will=will, clean_session=False)
         async with client:
             await client.subscribe(self._commit_topic, qos=1)
+            await client.subscribe(self._ingest_filter, qos=1)
             self.uplink_up = True
             log.info("gateway %s: connected to %s", self.id, self.address.url)
             try:
@@ -215,6 +230,9 @@ class Gateway:
         next_check = time.monotonic() + self.settings.resend_after_s
         try:
             while True:
+                if self._resend:
+                    self._resend = False
+                    cursor = dict.fromkeys(lanes, 0)
                 if time.monotonic() > next_check:
                     next_check = time.monotonic() + self.settings.resend_after_s
                     oldest = self.outbox.oldest()
@@ -270,8 +288,14 @@ class Gateway:
 
     async def _commits(self, client: aiomqtt.Client) -> None:
         decoder = msgspec.json.Decoder(Commit)
+        statuses = msgspec.json.Decoder(ServiceStatus)
         async for message in bus.messages(client):
-            if str(message.topic) != self._commit_topic or not isinstance(message.payload, bytes):
+            if not isinstance(message.payload, bytes):
+                continue
+            if message.topic.matches(self._ingest_filter):
+                self._ingest_status(message.payload, statuses, retained=message.retain)
+                continue
+            if str(message.topic) != self._commit_topic:
                 continue  # only our own commits (a broker must not send others, but do not trust it)
             try:
                 commit = decoder.decode(message.payload)
@@ -280,6 +304,28 @@ class Gateway:
                 continue
             self.released += await asyncio.to_thread(self.outbox.release, commit.ranges)
             self._last_commit = time.monotonic()
+
+    def _ingest_status(self, payload: bytes, decoder: msgspec.json.Decoder[ServiceStatus], *, retained: bool) -> None:
+        """Resend from the oldest uncommitted row as soon as an ingest worker starts a new broker session.
+
+        A worker's new session has lost whatever was sent while it was away (a restarted broker, or a
+        shared subscription with nobody in it), so waiting ``resend_after_s`` would only delay those rows,
+        alarms among them. A retained status is the state at our own (re)connect, which resends anyway.
+        """
+        if not payload:
+            return  # a cleared retained status
+        try:
+            status = decoder.decode(payload)
+        except UNDECODABLE:
+            log.warning("gateway %s: ignoring a malformed ingest status", self.id)
+            return
+        known = self._ingest_sessions.get(status.instance, 0)
+        self._ingest_sessions[status.instance] = status.since if status.state == "online" else None
+        if status.state == "online" and not retained and status.since != known:
+            log.info("gateway %s: ingest %s started a new session; resending what is uncommitted",
+                     self.id, status.instance)
+            self._resend = True
+            self._wake.set()
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -170,6 +170,7 @@ class Ingest:
         self._forced: list[Gap] = []
         self._v3_only = not self.settings.mqtt5
         self._probed = False
+        self._since: int | None = None  # start of the current broker session (ms), announced in the status
         self._session_now: Session | None = None
         self._topics: dict[str, topics.Topic] = {}
 
@@ -202,7 +203,7 @@ class Ingest:
         self.counters["gaps_filled_late"] = self.gaps.filled_late
         return ServiceStatus(service="ingest", instance=self.instance,
                              state="online" if state == "online" else "offline", ts=now,
-                             lag_ms=self.lag_ms, counters=self.metrics.flat())
+                             lag_ms=self.lag_ms, counters=self.metrics.flat(), since=self._since)
 
     async def _session(self) -> None:
         if not self._v3_only and self.settings.share_group is not None and not self._probed:
@@ -210,6 +211,7 @@ class Ingest:
             self._probed = True
         mqtt5 = not self._v3_only and self.settings.share_group is not None  # MQTT 5 only to share
         share = self.settings.share_group if mqtt5 else None
+        self._since = now_ms()  # gateways resend what is uncommitted when they see a new session begin
         will = (self._status_topic, encode(self.status("offline")))
         # Shared: a fresh session each time, so a dead worker's session never holds the group's messages.
         session = Session(self.address, f"wardlink-{self.instance}", will=will, mqtt5=mqtt5, clean=mqtt5,

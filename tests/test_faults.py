@@ -145,3 +145,45 @@ def test_history_check_sees_loss_and_duplicates(tmp_path: Path) -> None:
     history = check(tmp_path / "o.db", tmp_path / "s.db")
     assert (history.accepted, history.stored, history.duplicated, history.lost) == (5, 2, 1, 3)
     assert history.missing == ["d/numerics: 3 missing, first 3"]
+
+
+async def test_a_restarted_ingest_worker_gets_what_was_sent_while_it_was_away_at_once(mosquitto: Mosquitto,
+                                                                                     tmp_path: Path) -> None:
+    """A shared subscription with nobody in it drops messages; the gateway resends on the worker's new session.
+
+    The resend timer is set to a minute, so only the new-session resend can deliver within the bound.
+    """
+    site = load(env={}).site
+    devices = [d.id for d in site.devices_of("gw-icu")]
+    store = SqliteStore(tmp_path / "ts.db")
+    outbox = tmp_path / "outbox.db"
+    gateway = Gateway(site, "gw-icu", outbox, mosquitto.address, GatewaySettings(resend_after_s=60.0), drivers=False)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(gateway.run()),
+             asyncio.create_task(produce(gateway, devices, per_tick=5, tick_s=0.02, stop=stop))]
+    ingest_task = asyncio.create_task(Ingest(site, store, mosquitto.address).run())
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.sleep(3)
+        ingest_task.cancel()
+        await asyncio.gather(ingest_task, return_exceptions=True)
+        released_before = gateway.released
+        await asyncio.sleep(3)  # the gateway publishes into the group with no member: the broker drops it
+        assert gateway.outbox.depth() > 0
+        ingest_task = asyncio.create_task(Ingest(site, store, mosquitto.address).run())
+        stop.set()
+        produced = await tasks[1]
+        back = loop.time()
+        await drained(outbox, tmp_path / "ts.db", within=30)
+        took = loop.time() - back
+    finally:
+        for task in (*tasks, ingest_task):
+            task.cancel()
+        await asyncio.gather(*tasks, ingest_task, return_exceptions=True)
+    history = check(outbox, tmp_path / "ts.db")
+    store.close()
+    print(f"\ningest away 3 s: everything stored {took:.2f} s after it came back")
+    assert gateway.released > released_before
+    assert history.accepted == produced
+    assert (history.lost, history.duplicated, history.missing) == (0, 0, [])
+    assert took < 10, "not stored before the resend timer: the new ingest session did not trigger a resend"

@@ -9,7 +9,8 @@ What it writes into one directory (RELIABILITY.md item 23):
   own ``$7$`` format (the plain passwords go to ``credentials/<identity>.password``, mode 0600, for
   the process that uses it, and nowhere else);
 - ``acl``: deny by default; a gateway may publish only its own data, alarm and status topics and read
-  only its own commits; ingest reads every gateway's data, alarms and commits and publishes commits;
+  only its own commits and the ingest workers' statuses (a new ingest session makes it resend); ingest
+  reads every gateway's data, alarms and commits and publishes commits;
   alerts read gateway data and alarms and publish alerts; the API reads alerts and statuses;
 - ``tls/``: with ``--tls self-signed``, a CA, the broker's certificate for ``--host`` names, and with
   ``--client-certs`` a certificate per identity (CN = identity; the broker then takes the identity from
@@ -96,7 +97,8 @@ def acl_rules(site: str, identity: Identity) -> list[str]:
     if identity.role == "gateway":
         own = f"{gw}/{identity.name}"
         return [f"topic write {own}/data", f"topic write {own}/alarm", f"topic write {own}/status",
-                f"topic read {own}/commit"]
+                f"topic read {own}/commit",
+                f"topic read {svc}/ingest/+/status"]  # a new ingest session: resend what is uncommitted
     own_status = f"topic write {svc}/{identity.role}/{identity.name}/status"
     if identity.role == "ingest":
         return [f"topic read {gw}/+/data", f"topic read {gw}/+/alarm", f"topic readwrite {gw}/+/commit",
