@@ -49,13 +49,14 @@ class BedsideSim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Hl7Bed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A monitor behind a vendor HL7 gateway: its bed, equipment id and patient."""
+    """A monitor behind a vendor HL7 gateway: its bed, equipment id, patient and firmware revision."""
 
     bed: str
     eui64: str
     unit: str
     profile: str = "stable"
     seed: int = 0
+    firmware: str = ""  # "": the monitor reports none
 
 
 class Hl7Sim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -234,7 +235,7 @@ async def start(scenario: Scenario, broker: BrokerAddress, hl7_targets: dict[str
         for hl7 in scenario.hl7:
             if hl7.listener not in hl7_targets:
                 raise ScenarioError(f"hl7: listener {hl7.listener!r} is not an hl7_pcd listener of the site")
-            monitors = [Monitor(m.bed, m.eui64, PatientModel(m.profile, seed=m.seed), unit=m.unit)
+            monitors = [Monitor(m.bed, m.eui64, PatientModel(m.profile, seed=m.seed), unit=m.unit, firmware=m.firmware)
                         for m in hl7.monitors]
             running.tasks.append(asyncio.create_task(_hl7_sender(hl7, monitors, hl7_targets[hl7.listener]),
                                                      name=f"sim hl7 -> {hl7.listener}"))

@@ -53,13 +53,14 @@ STYLES: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Monitor:
-    """One monitor at one bed: where it is (PV1-3), its EUI-64 (OBX-18) and its patient."""
+    """One monitor at one bed: where it is (PV1-3), its EUI-64 (OBX-18), its patient and its firmware revision."""
 
     bed: str
     eui64: str
     patient: PatientModel
     unit: str = "ICU"
     room: str = ""
+    firmware: str = ""  # sent as the MDS's MDC_ID_PROD_SPEC_FW row when set
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +120,19 @@ class MessageBuilder:
 
     def vitals(self, control_id: str, monitor: Monitor, t_s: float, ms: int, *, demo: bool = False,
                unknown_param: bool = False) -> bytes:
-        """ORU^R01 with the monitor's device row and one NM row per vital (and one Wardlink does not know)."""
+        """ORU^R01 with the monitor's device row (and firmware row) and one NM row per vital (and one Wardlink does
+        not know)."""
         values = monitor.patient.vitals(t_s)
+        enc = self.style.encoding
         flag = "DEMO" if demo else ""
         segments = [*self._head(control_id, ms, "R01", monitor),
                     f"OBR|1|{control_id}^{self.application}|{control_id}^{self.application}|"
                     f"182777000^monitoring of patient^SCT|||{hl7_time(ms)}",
                     f"OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||"
                     f"{monitor.eui64}^EUI-64"]
+        if monitor.firmware:  # the MDS's production specification: its firmware revision (IEEE 11073 PROD_SPECN)
+            segments.append(f"OBX|2|ST|531976^MDC_ID_PROD_SPEC_FW^MDC|1.0.0.0.1|{escape(monitor.firmware, enc)}"
+                            "||||||R")
         for name, code, refid, unit_code, unit_refid, where in VITALS:
             segments.append(f"OBX|{len(segments) - 3}|NM|{code}^{refid}^MDC|1.{where}.{code}|{values[name]:.1f}|"
                             f"{unit_code}^{unit_refid}^MDC||{flag}|||R|||{hl7_time(ms)}")

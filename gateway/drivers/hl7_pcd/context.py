@@ -95,11 +95,23 @@ class Decoded:
 
     header: Header | None
     items: list[Item] = field(default_factory=list)
+    # Identities to announce: devices first seen, and the firmware a message reports (``revision``).
     discovered: list[DeviceInfo] = field(default_factory=list)
     error: Hl7Error | None = None
     warnings: list[Hl7Error] = field(default_factory=list)  # rows left out; the rest of the message is kept
     skipped: int = 0  # rows that are not numeric readings (enumerations, waveforms, empty values)
     containment: list[str] = field(default_factory=list)  # OBX-4 of each item, in item order
+
+
+def changed(previous: DeviceInfo | None, info: DeviceInfo) -> DeviceInfo | None:
+    """``info`` to announce after ``previous`` (the device's last announcement), or None when nothing changed:
+    bed, identifiers or firmware (a message that does not report the firmware leaves it as it was)."""
+    if previous is None:
+        return info
+    same = (previous.bed, previous.identifiers) == (info.bed, info.identifiers)
+    if same and info.firmware in ("", previous.firmware):
+        return None
+    return info if info.firmware else msgspec.structs.replace(info, firmware=previous.firmware)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +207,19 @@ class MessageContext:
                 identifiers={found.kind: found.value}, discovered=True,
             ))
         return device, bed
+
+    def revision(self, found: Equipment | None, version: str, *, firmware: bool) -> None:
+        """The firmware (or, with ``firmware`` false, software) revision of a row's device, announced with its
+        identity; a firmware revision wins over a software one."""
+        device, bed = self.route(found)
+        infos = self.result.discovered
+        for n, info in enumerate(infos):
+            if info.device == device:
+                if firmware or not info.firmware:
+                    infos[n] = msgspec.structs.replace(info, firmware=version)
+                return
+        infos.append(DeviceInfo(device=device, stream="device", seq=0, ts=self.received, driver=DRIVER_KIND, bed=bed,
+                                firmware=version))
 
     def time_of(self, segment: Segment, number: int, fallback: int | None) -> int | None:
         """Device time of a row: OBX-14, else ``fallback`` (OBR-7), else MSH-7; a bad OBX-14 is warned about."""

@@ -34,6 +34,7 @@ from devices.contract import DeviceHealth, DeviceInfo
 from devices.site import DeviceSpec
 from gateway.driver import Link, Sink, now_ms
 from gateway.drivers.hl7_pcd.config import load_settings
+from gateway.drivers.hl7_pcd.context import changed
 from gateway.drivers.hl7_pcd.mllp import Frame, MllpFramer, wrap
 from gateway.drivers.hl7_pcd.pcd import Decoded, answer, decode
 from gateway.outbox import OutboxError
@@ -193,15 +194,18 @@ class Hl7PcdDriver:
         return answer(decoded, step.control_id, step.received)
 
     def _register(self, infos: list[DeviceInfo]) -> None:
-        """Announce devices before their readings; again only when their identity or bed changed."""
-        for info in infos:
-            previous = self._registered.get(info.device)
-            if previous is not None and (previous.bed, previous.identifiers) == (info.bed, info.identifiers):
+        """Announce devices before their readings; again only when their identity, bed or firmware changed."""
+        for found in infos:
+            info = changed(self._registered.get(found.device), found)
+            if info is None:
                 continue
             self.sink.register(info)
             self._registered[info.device] = info
-            log.info("device %s: discovered %s (%s) at bed %s", self.spec.id, info.device,
-                     ", ".join(f"{k}={v}" for k, v in info.identifiers.items()), info.bed)
+            if info.discovered:
+                log.info("device %s: discovered %s (%s) at bed %s, firmware %s", self.spec.id, info.device,
+                         ", ".join(f"{k}={v}" for k, v in info.identifiers.items()), info.bed, info.firmware or "?")
+            else:
+                log.info("device %s: %s reports firmware %s", self.spec.id, info.device, info.firmware)
 
     def _throttled(self, key: str, message: str, *args: object) -> None:
         """Log a warning at most once per burst (every LOG_EVERY_S) per kind of trouble."""

@@ -13,9 +13,11 @@ from typing import Any
 
 import msgspec
 
+from devices.contract import DeviceInfo
 from gateway.drivers.golden import GOLDEN_TS, case_spec, normalise
 from gateway.drivers.hl7_pcd.ack import ack_fields
 from gateway.drivers.hl7_pcd.config import load_settings
+from gateway.drivers.hl7_pcd.context import changed
 from gateway.drivers.hl7_pcd.mllp import START, Frame, MllpFramer
 from gateway.drivers.hl7_pcd.pcd import answer, decode
 
@@ -33,13 +35,13 @@ def run(case_dir: Path) -> list[dict[str, Any]]:
     framer = MllpFramer(settings.max_message_bytes)
     frames = framer.feed(data) if START in data else [Frame(data)]
     out: list[dict[str, Any]] = []
-    registered: set[tuple[str, str | None, str]] = set()
+    registered: dict[str, DeviceInfo] = {}
     for number, frame in enumerate(frames, start=1):
         decoded = decode(frame.payload, routing, GOLDEN_TS, oversize=frame.oversize)
         ack = answer(decoded, f"WL{number}", GOLDEN_TS)
-        # The driver registers a device again only when its bed or identifiers change; so does this.
-        infos = [i for i in decoded.discovered if (i.device, i.bed, str(i.identifiers)) not in registered]
-        registered.update((i.device, i.bed, str(i.identifiers)) for i in infos)
+        # The driver registers a device again only when its bed, identifiers or firmware change; so does this.
+        infos = [i for i in (changed(registered.get(d.device), d) for d in decoded.discovered) if i is not None]
+        registered.update((i.device, i) for i in infos)
         out += normalise([*infos, *decoded.items])
         out.append({"ack": ack_fields(ack), "skipped": decoded.skipped, "containment": decoded.containment})
     mllp = {"frames_ok": framer.frames_ok, "frames_bad": framer.frames_bad, "bytes_discarded": framer.bytes_discarded,

@@ -4,7 +4,8 @@ PCD-01 rows: ``NM`` rows become ``Observation``s on the ``numerics`` stream, key
 (unknown codes pass through with their code and unit). Rows with a blank OBX-2 describe the
 MDS/VMD/channel tree and are not readings, but their OBX-18 names the equipment of the rows under
 them. ``ST``/``CWE``/``NA`` rows (enumerations, waveforms) and empty values are counted as skipped:
-the contract has no item for them, and turning them into events would crowd the alarm lane. A row
+the contract has no item for them, and turning them into events would crowd the alarm lane. An MDS's
+firmware revision row is skipped too, and announced with its device's identity (:mod:`.revision`). A row
 that cannot be read is left out and named in the ACK (ERR severity W); the rest of the message is kept.
 
 Times: ``device_ts`` is OBX-14, else OBR-7, else MSH-7 (a time without zone is UTC); ``ts`` is the
@@ -23,7 +24,7 @@ import math
 import msgspec
 
 from devices.contract import FLAG_IMPLAUSIBLE, Observation
-from gateway.drivers.hl7_pcd import alarms
+from gateway.drivers.hl7_pcd import alarms, revision
 from gateway.drivers.hl7_pcd.ack import build_ack, salvage_header
 from gateway.drivers.hl7_pcd.context import Decoded, MessageContext, Routing, sender_of
 from gateway.drivers.hl7_pcd.parser import (
@@ -117,6 +118,7 @@ def _observations(ctx: MessageContext) -> None:
                 current = row.own or current
             else:
                 result.skipped += 1
+                revision.note(ctx, fields, row.containment, row.own or current)  # an MDS's firmware row
             continue
         # OBX-5 as Segment.get reads it: a number's text is its value when no delimiter can be in a number.
         # Digits with at most one dot are what NUMBER matches most often; the test is cheaper than the regex.
