@@ -11,12 +11,17 @@ whichever reader heard it loudest last would move it back and forth all day. The
 * **margin, sustained**: a challenger room must beat the current room by ``margin_db`` on ``sustain_reads``
   consecutive evaluations (reads of the asset, by any reader) spanning at least ``sustain_ms`` before the
   asset moves; one evaluation without the lead starts over;
+* **first placement, same evidence**: an asset not placed yet (or lost) is placed in the best fresh room
+  once it leads the next best by ``margin_db`` on ``sustain_reads`` evaluations spanning ``sustain_ms``,
+  as a move would; a neighbour's reader that happens to report first, faintly, never places it. An asset
+  heard for ``stale_ms`` with no room that far ahead (halfway between two readers) is placed in the
+  stronger room, with the low confidence a small lead gives;
 * **plausible speed**: a move of ``d`` metres is accepted only ``d / max_speed_mps`` after its old room last
   held the asset (no challenger ahead by the margin) (a person pushing a bed does not teleport one floor up);
 * **lost**: :meth:`LocationEngine.tick` marks an asset lost when none of its tags was read for its type's
   timeout.
 
-Transitions are :class:`LocationEvent` s: ``entered`` (first placement, a move, or found again after
+Transitions are :class:`LocationEvent` s: ``entered`` (first placement, a move, or placed again after
 being lost), ``left`` (before ``entered`` on a move) and ``lost``. Each asset's current location is an
 :class:`~state.assets.AssetLocation` (room, zone, floor, confidence, since, last seen, source).
 
@@ -110,6 +115,7 @@ class _Track:
         "challenger_since",
         "confidence",
         "count",
+        "heard_since",
         "held_at",
         "last_seen",
         "lost",
@@ -133,6 +139,7 @@ class _Track:
         self.challenger: str | None = None
         self.challenger_since = 0
         self.count = 0
+        self.heard_since: int | None = None  # not placed (or lost): when it was first heard again
         self.signals: dict[str, _Signal] = {}
 
 
@@ -240,41 +247,53 @@ class LocationEngine:
         now = ts if ts > track.last_seen else track.last_seen
         track.last_seen = now
         self.dirty.add(track.asset)
-        if track.room is None or track.lost:
-            self._enter(track, room, now, signal.reader, events)
-            return
-        # The current room's level (no signal once stale) against the best fresh challenger.
+        # Placed: the current room's level (no signal once stale) against the best fresh challenger.
+        # Not placed yet (or lost): the best fresh room against the next best; the same sustained lead
+        # places it, so a neighbour's reader that happens to report first never places the asset.
+        held = None if track.lost else track.room  # the room it is placed in (None: not placed yet, or lost)
+        heard = track.heard_since
+        if held is None and heard is None:
+            heard = track.heard_since = now
         horizon, hold = now - settings.stale_ms, now - settings.hold_ms
         fade = settings.fade_db_per_s / 1000
-        current = track.signals.get(track.room)
-        if current is None or current.last < horizon:
-            current_level = NO_SIGNAL
-        else:
-            current_level = current.level if current.last >= hold else current.level - fade * (hold - current.last)
+        current_level = NO_SIGNAL
+        if held is not None:
+            current = track.signals.get(held)
+            if current is not None and current.last >= horizon:
+                current_level = current.level if current.last >= hold else current.level - fade * (hold - current.last)
         best_room, best_level, second = None, NO_SIGNAL, NO_SIGNAL
         for other, sig in track.signals.items():
-            if sig.last < horizon or other == track.room:
+            if sig.last < horizon or other == held:
                 continue
             level = sig.level if sig.last >= hold else sig.level - fade * (hold - sig.last)
             if level > best_level:
                 best_room, best_level, second = other, level, best_level
             elif level > second:
                 second = level
-        if best_room is None or best_level < current_level + settings.margin_db:
-            track.challenger, track.count, track.held_at = None, 0, now
-            track.confidence = self._confidence(current_level, best_level)
+        if best_room is None or best_level < (second if held is None else current_level) + settings.margin_db:
+            track.challenger, track.count = None, 0
+            if held is not None:
+                track.held_at = now
+                track.confidence = self._confidence(current_level, best_level)
+            elif best_room is not None and heard is not None and now - heard >= settings.stale_ms:
+                # Heard for a whole staleness bound with no room clearly ahead (halfway between two
+                # readers): place it in the stronger room, with the low confidence that small lead gives.
+                self._enter(track, best_room, now, track.signals[best_room].reader, events, runner_up=second)
             return
         if best_room != track.challenger:
             track.challenger, track.count, track.challenger_since = best_room, 0, now
         track.count += 1
         if track.count < settings.sustain_reads or now - track.challenger_since < settings.sustain_ms:
             return
-        metres = self.distance(track.room, best_room)
+        reader = track.signals[best_room].reader
+        if held is None:
+            self._enter(track, best_room, now, reader, events, runner_up=second)
+            return
+        metres = self.distance(held, best_room)
         if metres is not None and (now - track.held_at) * settings.max_speed_mps < metres * 1000:
             return  # too fast to be true (yet): keep counting, decide on a later read
         self._leave(track, now, events)
-        self._enter(track, best_room, now, track.signals[best_room].reader, events,
-                    runner_up=max(current_level, second))
+        self._enter(track, best_room, now, reader, events, runner_up=max(current_level, second))
 
     def _confidence(self, level: float, runner_up: float) -> float:
         settings = self.settings
@@ -291,7 +310,7 @@ class LocationEngine:
             runner_up = max((s.level for r, s in track.signals.items() if r != room and s.last >= horizon),
                             default=NO_SIGNAL)
         track.room, track.since, track.held_at, track.source, track.lost = room, ts, ts, reader, False
-        track.challenger, track.count = None, 0
+        track.challenger, track.count, track.heard_since = None, 0, None
         track.confidence = self._confidence(track.signals[room].level, runner_up)
         events.append(self._event(track, "entered", ts))
 

@@ -85,15 +85,15 @@ async def test_where_is_it_now_and_at_a_time_from_the_service(site: Site, state:
     service.flush()
     now = (await client.get("/api/v1/facilities/assets/pump-7/location", headers=auth("fm-1"))).json()
     assert (now["room"], now["zone"], now["floor"], now["source"], now["since"], now["last_seen"], now["status"]) == (
-        "W3-R01", "W3", "3", "rdr-1", start, start + 9000, "in_use")
-    assert now["dwell_ms"] >= 120_000 - 1000
+        "W3-R01", "W3", "3", "rdr-1", start + 5000, start + 9000, "in_use")  # placed after 3 reads over 5 s
+    assert now["dwell_ms"] >= 115_000 - 1000
     assert now["confidence"] > 0.5
     before = (await client.get("/api/v1/facilities/assets/pump-7/location", params={"at": start - 1},
                                headers=auth("fm-1"))).json()
     assert before["room"] is None
-    then = (await client.get("/api/v1/facilities/assets/pump-7/location", params={"at": start + 3000},
+    then = (await client.get("/api/v1/facilities/assets/pump-7/location", params={"at": start + 7000},
                              headers=auth("rn-w3"))).json()
-    assert (then["room"], then["since"], then["at"]) == ("W3-R01", start, start + 3000)
+    assert (then["room"], then["since"], then["at"]) == ("W3-R01", start + 5000, start + 7000)
     never = (await client.get("/api/v1/facilities/assets/pump-8/location", headers=auth("fm-1"))).json()
     assert never["room"] == "W3-R03"
 

@@ -30,6 +30,15 @@ def feed(located: LocationEngine, reads: list[tuple[str, float, int]]) -> list[L
     return events
 
 
+def settle(located: LocationEngine, reader: str, start: int, tag: str = "TAG1", rssi: float = -50.0) -> int:
+    """Reads of one reader, a second apart, until the asset is placed (6 reads over 5 s); the last read's ts."""
+    events: list[LocationEvent] = []
+    for i in range(6):
+        located.read(tag, reader, rssi, start + i * 1000, events)
+    assert [e.kind for e in events] == ["entered"]
+    return start + 5000
+
+
 def alternating(a: tuple[str, float], b: tuple[str, float], start: int, count: int, every_ms: int = 1000,
                 noise: list[float] | None = None) -> list[tuple[str, float, int]]:
     """Two readers reporting the tag in turn, ``every_ms`` apart, with optional noise per read."""
@@ -40,17 +49,45 @@ def alternating(a: tuple[str, float], b: tuple[str, float], start: int, count: i
     return out
 
 
-def test_first_read_places_the_asset_with_the_whole_contract() -> None:
+def test_sustained_reads_place_the_asset_with_the_whole_contract() -> None:
     located = engine()
-    events = located.process([TagRead(device="rb", stream="tags", seq=1, ts=T0, tag="TAG1", rssi=-52.0)])
+    reads = [TagRead(device="rb", stream="tags", seq=i, ts=T0 + i * 1000, tag="TAG1", rssi=-52.0) for i in range(6)]
+    assert located.process(reads[:5]) == []  # 3 reads, but not yet spanning 5 s: not placed
+    assert located.location("pump-1") is None
+    events = located.process(reads[5:])
     assert [(e.kind, e.room, e.zone, e.floor, e.source) for e in events] == [("entered", "W3-R02", "W3", "3", "rb")]
     where = located.location("pump-1")
     assert where is not None
     assert (where.room, where.zone, where.floor, where.since, where.last_seen, where.source, where.lost) == (
-        "W3-R02", "W3", "3", T0, T0, "rb", False)
+        "W3-R02", "W3", "3", T0 + 5000, T0 + 5000, "rb", False)
     assert 0.5 < where.confidence <= 1.0  # strong and unchallenged
     assert located.take_dirty() == [where]
     assert located.take_dirty() == []
+
+
+def test_halfway_between_two_readers_it_is_placed_after_the_staleness_bound_with_low_confidence() -> None:
+    located = engine()
+    events = feed(located, alternating(("ra", -65.0), ("rb", -66.0), T0, 40))
+    assert [(e.kind, e.room, e.ts) for e in events] == [("entered", "W3-R01", T0 + 15_000)]
+    assert events[0].confidence < 0.5  # a 1 dB lead, a middling signal
+
+
+def test_a_neighbour_heard_first_never_places_the_asset() -> None:
+    # The tag stands in room 1. Room 2's reader happens to report first, faintly (it hears the tag
+    # through the wall); room 1's reader reports half a second later, loudly. The first placement must
+    # wait for the same sustained evidence as a move, so the asset is never shown next door.
+    located = engine()
+    reads = []
+    for i in range(12):
+        reads.append(("rb", -76.0 + (i % 3), T0 + i * 1000))
+        reads.append(("ra", -50.0 - (i % 2), T0 + i * 1000 + 500))
+    events = feed(located, reads)
+    assert [(e.kind, e.room) for e in events] == [("entered", "W3-R01")]
+    assert events[0].ts >= T0 + 500 + 5_000  # 3 reads spanning 5 s with room 1 ahead by the margin
+    where = located.location("pump-1")
+    assert where is not None
+    assert (where.room, where.since, where.source) == ("W3-R01", events[0].ts, "ra")
+    assert where.confidence > 0.5
 
 
 def test_unknown_tags_and_readers_are_counted_and_ignored() -> None:
@@ -67,7 +104,8 @@ def test_no_flapping_between_two_adjacent_readers_within_the_margin(noise: list[
     # Halfway between two readers, equal mean signal: bounded noise can never open a 6 dB lead.
     located = engine()
     events = feed(located, alternating(("ra", -65.0), ("rb", -65.0), T0, len(noise), every_ms, noise))
-    assert [e.kind for e in events] == ["entered"]
+    # No room leads: placed once, after the staleness bound (15 s) of reads, then never moved.
+    assert [e.kind for e in events] == (["entered"] if (len(noise) - 1) * every_ms >= 15_000 else [])
 
 
 def test_no_flapping_with_gaussian_noise_over_a_day_of_reads() -> None:
@@ -111,21 +149,21 @@ def test_implausible_speed_waits_until_the_move_could_have_happened() -> None:
     # The ICU room is another floor: 40 m + walks, at 3 m/s at least ~16 s. A reader there hearing the
     # tag strongly at once (a tag read through a floor, a misplaced reader) does not move the asset early.
     located = engine()
-    feed(located, [("ra", -50.0, T0)])
-    events = feed(located, [("ricu", -40.0, T0 + 1000 + i * 1000) for i in range(30)])
+    last = settle(located, "ra", T0)
+    events = feed(located, [("ricu", -40.0, last + 1000 + i * 1000) for i in range(30)])
     entered = [e for e in events if e.kind == "entered"]
     assert len(entered) == 1
     assert entered[0].room == "ICU-R01"
     distance = corridor_distance(ROOMS)("W3-R01", "ICU-R01")
     assert distance is not None
-    assert entered[0].ts - T0 >= distance / 3.0 * 1000
+    assert entered[0].ts - last >= distance / 3.0 * 1000
 
 
 def test_stale_reads_of_the_old_room_do_not_hold_the_asset() -> None:
     located = engine(stale_ms=5_000)
-    feed(located, [("ra", -50.0, T0)])
+    last = settle(located, "ra", T0)
     # 10 s later only rb hears it, faintly: the old room's signal is stale, so no margin is needed.
-    events = feed(located, [("rb", -85.0, T0 + 10_000 + i * 1000) for i in range(8)])
+    events = feed(located, [("rb", -85.0, last + 10_000 + i * 1000) for i in range(8)])
     assert [(e.kind, e.room) for e in events] == [("left", "W3-R01"), ("entered", "W3-R02")]
 
 
@@ -134,9 +172,8 @@ def test_lost_after_the_type_timeout_then_found_again() -> None:
                                                               lost_after_ms_by_type={"wheelchair": 10_000}))
     located.track("pump-1", "TAG1", "infusion_pump")
     located.track("wc-1", "TAG2", "wheelchair")
-    events: list[LocationEvent] = []
-    located.read("TAG1", "ra", -50.0, T0, events)
-    located.read("TAG2", "rb", -50.0, T0, events)
+    settle(located, "ra", T0 - 5000)
+    settle(located, "rb", T0 - 5000, tag="TAG2")
     assert located.tick(T0 + 9_999) == []
     lost = located.tick(T0 + 10_000)
     assert [(e.asset, e.kind, e.room) for e in lost] == [("wc-1", "lost", "W3-R02")]
@@ -148,30 +185,36 @@ def test_lost_after_the_type_timeout_then_found_again() -> None:
     assert [(e.asset, e.kind) for e in located.tick(T0 + 60_000)] == [("pump-1", "lost")]
     found: list[LocationEvent] = []
     located.read("TAG2", "rc", -50.0, T0 + 70_000, found)
+    assert found == []  # heard again: placed on the same evidence as a first placement
+    where = located.location("wc-1")
+    assert where is not None
+    assert (where.lost, where.last_seen) == (True, T0 + 70_000)
+    for i in range(1, 6):
+        located.read("TAG2", "rc", -50.0, T0 + 70_000 + i * 1000, found)
     assert [(e.kind, e.room) for e in found] == [("entered", "W3-R03")]
     where = located.location("wc-1")
     assert where is not None
     assert not where.lost
-    assert where.since == T0 + 70_000
+    assert where.since == T0 + 75_000
 
 
 def test_restore_does_not_enter_the_room_again() -> None:
     first = engine()
-    feed(first, [("ra", -50.0, T0)])
+    last = settle(first, "ra", T0)
     stored = first.location("pump-1")
     assert stored is not None
     second = engine()
     second.restore(stored)
-    assert feed(second, [("ra", -51.0, T0 + 1000)]) == []
+    assert feed(second, [("ra", -51.0, last + 1000)]) == []
     where = second.location("pump-1")
     assert where is not None
-    assert where.since == T0
-    assert where.last_seen == T0 + 1000
+    assert where.since == last
+    assert where.last_seen == last + 1000
 
 
 def test_retagging_keeps_the_asset_and_drops_the_old_tag() -> None:
     located = engine()
-    feed(located, [("ra", -50.0, T0)])
+    settle(located, "ra", T0)
     located.track("pump-1", "TAG9", "infusion_pump")
     assert located.tracked() == {"TAG9": "pump-1"}
     events: list[LocationEvent] = []

@@ -82,8 +82,8 @@ async def test_readers_walk_a_pump_through_rooms_and_out_of_the_exit(mosquitto: 
                                                   *(sim.run(0.5) for sim in sims))]
     try:
         await wait_for(lambda: room_of("pump-7") == ROOMS[0] and room_of("pump-8") == ROOMS[1], 20, "placed")
-        # The first read places an asset at once, whichever reader sent it (a neighbour, faintly, may be
-        # first); from here on both assets are where they stand.
+        # The first placement waits for a sustained lead, so a neighbour's reader that reports first,
+        # faintly, never places an asset; from here on both assets are where they stand.
         settled = now_ms()
         ward.assets[0].room = 1  # wheeled next door
         await wait_for(lambda: room_of("pump-7") == ROOMS[1], 25, "pump followed into room 2")

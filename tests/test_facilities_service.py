@@ -105,23 +105,23 @@ def test_locations_and_history_reach_the_state(site: Site, state: State) -> None
 def test_exit_lost_and_battery_alerts_raise_and_resolve(site: Site, state: State) -> None:
     service = FacilitiesService(site, state, settings=SETTINGS)
     stored = service.stored  # the core step the bus adapter runs
-    assert stored(lambda: service.handle(walk("rdr-1", "AC233F000001", T0, 5), T0)) == []
-    exit_alerts = stored(lambda: service.handle(walk("rdr-exit", "AC233F000001", T0 + 5_000, 12), T0))
+    assert stored(lambda: service.handle(walk("rdr-1", "AC233F000001", T0, 6), T0)) == []
+    exit_alerts = stored(lambda: service.handle(walk("rdr-exit", "AC233F000001", T0 + 6_000, 14), T0))
     assert [(a.type, a.state, a.priority, a.source, a.unit) for a in exit_alerts] == [
         ("asset.exit", "active", "high", "wc-1", "W3")]
     assert "A1-MAIN-EXIT" in exit_alerts[0].message
-    back = stored(lambda: service.handle(walk("rdr-1", "AC233F000001", T0 + 17_000, 12), T0))
+    back = stored(lambda: service.handle(walk("rdr-1", "AC233F000001", T0 + 20_000, 14), T0))
     assert [(a.type, a.state) for a in back] == [("asset.exit", "resolved")]
-    # Not seen for the wheelchair timeout (60 s): lost once, found again on the next read.
-    last = T0 + 28_000
+    # Not seen for the wheelchair timeout (60 s): lost once, found again on reads that place it.
+    last = T0 + 33_000
     assert stored(lambda: service.tick(last + 59_000)) == []
     lost = stored(lambda: service.tick(last + 60_000))
     assert [(a.type, a.state, a.source) for a in lost] == [("asset.lost", "active", "wc-1")]
     assert stored(lambda: service.tick(last + 120_000)) == []
-    found = stored(lambda: service.handle([tag("rdr-2", "AC233F000001", last + 130_000)], T0))
+    found = stored(lambda: service.handle(walk("rdr-2", "AC233F000001", last + 130_000, 6), T0))
     assert [(a.type, a.state) for a in found] == [("asset.lost", "resolved")]
     # Battery: low once (not per read), resolved once charged again.
-    low = stored(lambda: service.handle([tag("rdr-2", "AC233F000001", last + 131_000 + i, battery=15)
+    low = stored(lambda: service.handle([tag("rdr-2", "AC233F000001", last + 136_000 + i, battery=15)
                                          for i in range(3)], T0))
     assert [(a.type, a.state, a.value) for a in low] == [("tag.battery_low", "active", 15.0)]
     assert stored(lambda: service.handle([tag("rdr-2", "AC233F000001", last + 140_000, battery=25)], T0)) == []
@@ -135,7 +135,7 @@ def test_par_level_shortfall_raises_and_clears(site: Site, state: State) -> None
     service = FacilitiesService(site, state, settings=SETTINGS)
     state.assets.set_par("W3", "wheelchair", 2, now=T0)
     state.assets.set_par("ICU", "infusion_pump", 1, now=T0)
-    service.handle(walk("rdr-icu", "E2000007", T0, 3), T0)  # the W3 pump is in the ICU: counts for the ICU
+    service.handle(walk("rdr-icu", "E2000007", T0, 6), T0)  # the W3 pump is in the ICU: counts for the ICU
     service.flush()
     alerts = {a.id: a for a in service.stored(lambda: service.check_par(T0 + 1))}
     assert set(alerts) == {"fac.par.W3.wheelchair"}
@@ -151,11 +151,11 @@ def test_par_level_shortfall_raises_and_clears(site: Site, state: State) -> None
 
 def test_restart_keeps_locations_and_open_alerts(site: Site, state: State) -> None:
     first = FacilitiesService(site, state, settings=SETTINGS)
-    first.stored(lambda: first.handle(walk("rdr-exit", "E2000007", T0, 3), T0))
+    first.stored(lambda: first.handle(walk("rdr-exit", "E2000007", T0, 6), T0))
     first.flush()
     second = FacilitiesService(site, state, settings=SETTINGS)
     assert set(second.alarms.open) == {"fac.exit.pump-7"}
-    assert second.handle(walk("rdr-exit", "E2000007", T0 + 3000, 3), T0) == []  # no new entry, no new alert
+    assert second.handle(walk("rdr-exit", "E2000007", T0 + 6000, 3), T0) == []  # no new entry, no new alert
     second.flush()
     assert [e.event for e in state.assets.history(start=T0, end=T0 + 10_000, asset="pump-7")] == ["entered"]
 
