@@ -46,6 +46,7 @@ class BedsideSim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     period_s: float = 60.0
     interval_s: float = 1.0
     firmware: str = "1.4.2"
+    ident_interval_s: float = 30.0  # IDENT (model, serial number, firmware) on start and this often (WLB/1: 30 s)
 
 
 class Hl7Bed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -189,7 +190,8 @@ async def start(scenario: Scenario, broker: BrokerAddress, hl7_targets: dict[str
         for sim in scenario.bedside:
             patient = PatientModel(sim.profile, seed=sim.seed, onset_s=sim.onset_s, period_s=sim.period_s)
             monitor = SimulatedMonitor(serial_number=f"SIM-{sim.device}", model="WLB-100", firmware=sim.firmware,
-                                       patient=patient, interval_s=sim.interval_s)
+                                       patient=patient, interval_s=sim.interval_s,
+                                       ident_interval_s=sim.ident_interval_s)
             running.monitors[sim.device] = monitor
             running.connections[sim.device] = {"port": monitor.port}
             running.tasks.append(asyncio.create_task(monitor.run(), name=f"sim {sim.device}"))

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from devices.contract import FLAG_CLOCK_SKEW, DeviceEvent, Item, Observation
+from devices.contract import FLAG_CLOCK_SKEW, DeviceEvent, DeviceInfo, Item, Observation
 from devices.site import DeviceSpec
 from gateway.drivers.bedside_serial.driver import BedsideSerialDriver
 from simulators.bedside.monitor import SimulatedMonitor
@@ -20,6 +20,7 @@ class ListSink:
 
     def __init__(self) -> None:
         self.items: list[Item] = []
+        self.infos: list[DeviceInfo] = []
 
     def accept(self, items: Sequence[Item]) -> None:
         self.items.extend(items)
@@ -29,6 +30,9 @@ class ListSink:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    def register(self, info: DeviceInfo) -> None:
+        self.infos.append(info)
 
     def observations(self) -> list[Observation]:
         return [i for i in self.items if isinstance(i, Observation)]
@@ -78,6 +82,9 @@ async def test_readings_are_normalised_to_mdc_and_ucum() -> None:
     assert driver.health().state == "connected"
     assert driver.ident is not None
     assert driver.ident.serial_number == "SN1"
+    # The IDENT frame is announced: model, serial number and firmware.
+    infos = [(i.device, i.model, i.serial_number, i.firmware) for i in sink.infos]
+    assert infos == [("mon-t", "WLB-100", "SN1", "1.0")]
     assert all(o.device_ts is not None and abs(o.ts - o.device_ts) < 5000 for o in sink.observations())
 
 

@@ -14,7 +14,15 @@ from typing import ClassVar
 import serial
 
 from devices import mdc
-from devices.contract import FLAG_CLOCK_SKEW, FLAG_IMPLAUSIBLE, DeviceEvent, DeviceHealth, Item, Observation
+from devices.contract import (
+    FLAG_CLOCK_SKEW,
+    FLAG_IMPLAUSIBLE,
+    DeviceEvent,
+    DeviceHealth,
+    DeviceInfo,
+    Item,
+    Observation,
+)
 from devices.site import DeviceSpec
 from gateway.driver import Link, Sink, now_ms
 from gateway.drivers.bedside_serial import mapping
@@ -117,19 +125,29 @@ class BedsideSerialDriver:
             self._log_bad()
         if not frames:
             return False
+        received = now_ms()
         for frame in frames:
             if isinstance(frame, IdentFrame):
-                if self.ident is None or (self.ident.serial_number, self.ident.firmware) != (
-                        frame.serial_number, frame.firmware):
-                    log.info("device %s: %s serial %s firmware %s", self.spec.id, frame.model,
-                             frame.serial_number, frame.firmware)
-                self.ident = frame
-        items = frames_to_items(self.spec, frames, now_ms())
+                self._identify(frame, received)
+        items = frames_to_items(self.spec, frames, received)
         self.link.seen(len(frames))
         if items:
             # Nobody acknowledges a serial monitor, so its readings can share the loop iteration's group commit.
             self.sink.accept_soon(items)
         return True
+
+    def _identify(self, frame: IdentFrame, received: int) -> None:
+        """Announce the monitor's identity (model, serial number, firmware) when it first says it or it changes."""
+        known = self.ident
+        self.ident = frame
+        if known is not None and (known.model, known.serial_number, known.firmware) == (
+                frame.model, frame.serial_number, frame.firmware):
+            return
+        log.info("device %s: %s serial %s firmware %s", self.spec.id, frame.model, frame.serial_number, frame.firmware)
+        if self.spec.serial_number and frame.serial_number != self.spec.serial_number:
+            log.warning("device %s: monitor reports serial %s, the site file says %s (device swapped?)", self.spec.id,
+                        frame.serial_number, self.spec.serial_number)
+        self.sink.register(ident_info(self.spec, frame, received))
 
     def _log_bad(self) -> None:
         """Log rejected frames once per burst (at most every 10 s), naming the device."""
@@ -149,6 +167,14 @@ def frames_to_items(spec: DeviceSpec, frames: list[Frame], received: int) -> lis
         elif isinstance(frame, AlarmFrame):
             items.append(_alarm(spec, frame, received))
     return items
+
+
+def ident_info(spec: DeviceSpec, frame: IdentFrame, received: int) -> DeviceInfo:
+    """The identity an IDENT frame gives, as the gateway announces it (the site file fills what it lacks)."""
+    serial = frame.serial_number or spec.serial_number
+    return DeviceInfo(device=spec.id, stream="device", seq=0, ts=received, driver=BedsideSerialDriver.kind,
+                      bed=spec.bed, manufacturer=spec.manufacturer, model=frame.model or spec.model,
+                      serial_number=serial, firmware=frame.firmware, identifiers={"serial": serial} if serial else {})
 
 
 def _skew(device_time_ms: int, received: int) -> int:
