@@ -4,7 +4,8 @@ Roles (every route declares them; an object of another unit answers 404 exactly 
 
 - acknowledge, silence, comment: ``nurse`` and ``charge_nurse`` assigned to the alert's unit now;
 - an alert's alarm log: those, and the ``auditor`` (site-wide, for incident review); every read is audited;
-- a unit's or bed's alarm settings (read): ``nurse``, ``charge_nurse`` of the unit, ``auditor``; audited;
+- a unit's or bed's alarm settings and a bed's changes (read): ``nurse``, ``charge_nurse`` of the unit,
+  ``auditor``; audited;
 - a bed's override (change): ``nurse`` or ``charge_nurse`` of the unit;
 - a unit's rule set and unit-wide overrides (change): ``charge_nurse`` of the unit only, as they move
   every bed of the unit.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from api import schemas
@@ -33,6 +34,7 @@ from devices.contract import Alert
 from devices.site import Site
 from state.alarm_settings import DEFAULT_RULESET, OVERRIDABLE, LimitOverride
 from state.alerts import NotAllowed
+from state.audit import AuditRecord
 from state.db import State
 from state.errors import StateError
 
@@ -245,6 +247,20 @@ def alerts_router(site: Site, state: State, access: Access, catalogue: Catalogue
         await access.audited(principal, object=f"alarm settings of bed {bed}", action="read", unit=unit)
         return {"bed": bed, "unit": unit, "ruleset": ruleset, "rules": rules,
                 "overrides": [override_out(o, ruleset) for o in layers]}
+
+    @router.get("/beds/{bed}/alarm-settings/changes")
+    async def bed_setting_changes(bed: str, principal: Annotated[Principal, readers],
+                                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+        """The changes that touched a bed's alarm settings, newest first, from the audit trail: the unit's rule
+        set, unit-wide overrides and the bed's own (who, when, old and new settings)."""
+        unit = access.unit_of_bed(principal, bed)
+        records: list[AuditRecord] = await call(state.audit.records, unit=unit, limit=100_000,
+                                                actions=("alarm.override.change", "alarm.ruleset.change"))
+        changes = [{"at": r.at, "by": r.actor, "role": r.role, "action": r.action, "rule": r.detail.get("rule"),
+                    "bed": r.detail.get("bed"), "old": r.detail.get("old"), "new": r.detail.get("new")}
+                   for r in reversed(records) if r.detail.get("bed") in (None, bed)][:limit]
+        await access.audited(principal, object=f"alarm settings changes of bed {bed}", action="read", unit=unit)
+        return changes
 
     @router.put("/beds/{bed}/alarm-settings/rules/{rule}")
     async def set_bed_override(bed: str, rule: str, body: OverrideIn,

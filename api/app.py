@@ -36,7 +36,7 @@ from api.view import LiveView
 from api.waste_routes import waste_router
 from devices import mdc
 from devices.clock import now_ms
-from devices.contract import Alert, DeviceInfo
+from devices.contract import Alert, DeviceInfo, Notification
 from devices.site import Site
 from facilities.sitemap import SiteMap
 from facilities.waste import WasteSettings
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 _STEP = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
 _STEP_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
 GATEWAY_STALE_MS = 20_000
+Start = Annotated[str | None, Query(description="epoch ms or ISO 8601; default one hour ago")]
+End = Annotated[str | None, Query(description="epoch ms or ISO 8601; default now")]
+Step = Annotated[str | None, Query(description="bucket width (60s, 1m, 1h): mean/min/max per bucket")]
 
 
 def parse_step(value: str | None) -> int | None:
@@ -84,6 +87,9 @@ class ApiParts:
     site_map: SiteMap | None = None
     waste: WasteSettings | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # Priority -> escalation steps as (target, timeout_s), from alerts.delivery.routing (plain data, like the
+    # catalogue): the console shows when an unacknowledged alert escalates next and to whom.
+    ladders: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 def sees_alert(access: Access, principal: Principal, alert: Alert) -> bool:
@@ -144,26 +150,30 @@ def create_app(parts: ApiParts) -> FastAPI:
     @app.get("/api/v1/beds/{bed}/vitals/{metric}", response_model=schemas.History)
     async def bed_history(
         bed: str, metric: str, principal: Annotated[Principal, clinical],
-        start: Annotated[str | None, Query(description="epoch ms or ISO 8601; default one hour ago")] = None,
-        end: Annotated[str | None, Query(description="epoch ms or ISO 8601; default now")] = None,
-        step: Annotated[str | None, Query(description="bucket width (60s, 1m, 1h): mean/min/max per bucket")] = None,
+        start: Start = None, end: End = None, step: Step = None,
     ) -> schemas.History:
         """History of one metric at a bed, downsampled when ``step`` is given (audited)."""
         unit = access.unit_of_bed(principal, bed)
+        return await history(principal, unit, {"bed": bed}, metric, start, end, step)
+
+    async def history(principal: Principal, unit: str | None, where: dict[str, str], metric: str,
+                      start: str | None, end: str | None, step: str | None) -> schemas.History:
+        """One metric's history at a bed or of a device (``where``), downsampled when ``step`` is given; audited."""
         refid = mdc.resolve(metric)
         end_ms = parse_time(end, now_ms() + 1)
         start_ms = parse_time(start, end_ms - 3_600_000)
         if start_ms >= end_ms:
             raise HTTPException(422, "start must be before end")
         step_ms = parse_step(step)
-        points = await in_thread(store.history, bed=bed, metric=refid, start_ms=start_ms, end_ms=end_ms,
+        points = await in_thread(store.history, **where, metric=refid, start_ms=start_ms, end_ms=end_ms,
                                  step_ms=step_ms)
-        await access.audited(principal, object=f"bed {bed} {refid}", action="read", unit=unit,
-                             detail={"start": start_ms, "end": end_ms})
+        await access.audited(principal, object=f"{' '.join(next(iter(where.items())))} {refid}", action="read",
+                             unit=unit, detail={"start": start_ms, "end": end_ms})
         known = mdc.BY_REFID.get(refid)
-        return schemas.History(bed=bed, metric=refid, code=known.code if known else None,
-                               unit=known.unit if known else None, start=iso(start_ms), end=iso(end_ms),
-                               step_ms=step_ms, points=[_point(p, step_ms is not None) for p in points])
+        return schemas.History(bed=where.get("bed"), device=where.get("device"), metric=refid,
+                               code=known.code if known else None, unit=known.unit if known else None,
+                               start=iso(start_ms), end=iso(end_ms), step_ms=step_ms,
+                               points=[_point(p, step_ms is not None) for p in points])
 
     @app.get("/api/v1/alerts", response_model=list[schemas.AlertOut])
     async def list_alerts(
@@ -209,14 +219,19 @@ def create_app(parts: ApiParts) -> FastAPI:
                 msgspec.to_builtins(a) for a in view.alerts.values() if sees_alert(access, principal, a)]})
             while True:
                 try:
-                    alert = await asyncio.wait_for(subscriber.queue.get(), timeout=15)
+                    item = await asyncio.wait_for(subscriber.queue.get(), timeout=15)
                 except TimeoutError:
                     if subscriber.overflowed:
                         break
                     await ws.send_json({"type": "ping", "ts": now_ms()})
                     continue
-                if sees_alert(access, principal, alert):
-                    await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(alert)})
+                if isinstance(item, Notification):  # an escalation step fired: who has the alert now
+                    if sees_alert(access, principal, item.alert) and principal.role in ("nurse", "charge_nurse"):
+                        await ws.send_json({"type": "escalation", "alert_id": item.alert.id, "step": item.step,
+                                            "target": item.target, "staff": item.staff, "reason": item.reason,
+                                            "sent": item.sent})
+                elif sees_alert(access, principal, item):
+                    await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(item)})
                 if subscriber.overflowed and subscriber.queue.empty():
                     break
         except WebSocketDisconnect:
@@ -258,6 +273,14 @@ def create_app(parts: ApiParts) -> FastAPI:
         """A device's unit: its bed's, else its gateway's."""
         return (access.bed_units.get(device.bed) if device.bed else None) or access.gateway_units.get(device.gateway)
 
+    async def scoped_device(principal: Principal, device: str) -> str | None:
+        """A device's unit when the caller may see the device; 404 alike for missing and out of scope."""
+        found = (await registry()).get(device)
+        unit = device_unit(found) if found is not None else None
+        if found is None or not principal.sees_unit(unit):
+            raise not_found(f"device {device!r}")
+        return unit
+
     @app.get("/api/v1/devices", response_model=list[schemas.DeviceOut])
     async def list_devices(principal: Annotated[Principal, device_roles]) -> list[schemas.DeviceOut]:
         """Devices (declared and discovered) with identifiers, bed, gateway, firmware and link state: every
@@ -267,13 +290,19 @@ def create_app(parts: ApiParts) -> FastAPI:
     @app.get("/api/v1/devices/{device}/vitals", response_model=list[schemas.Vital])
     async def device_vitals(device: str, principal: Annotated[Principal, device_roles]) -> list[schemas.Vital]:
         """Latest value per metric of one device (audited)."""
-        found = (await registry()).get(device)
-        unit = device_unit(found) if found is not None else None
-        if found is None or not principal.sees_unit(unit):
-            raise not_found(f"device {device!r}")
+        unit = await scoped_device(principal, device)
         latest = await in_thread(store.latest, device=device)
         await access.audited(principal, object=f"device {device} vitals", action="read", unit=unit)
         return [_vital(v) for v in latest]
+
+    @app.get("/api/v1/devices/{device}/vitals/{metric}", response_model=schemas.History)
+    async def device_history(
+        device: str, metric: str, principal: Annotated[Principal, device_roles],
+        start: Start = None, end: End = None, step: Step = None,
+    ) -> schemas.History:
+        """History of one metric of a device (its telemetry wherever it was bound), downsampled with ``step``."""
+        unit = await scoped_device(principal, device)
+        return await history(principal, unit, {"device": device}, metric, start, end, step)
 
     @app.get("/api/v1/health", response_model=schemas.Health)
     async def health(principal: Annotated[Principal, operations]) -> schemas.Health:
@@ -313,7 +342,7 @@ def create_app(parts: ApiParts) -> FastAPI:
     app.include_router(auth_router(access))
     app.include_router(console_router(access, parts.site_map))
     app.include_router(audit_router(access))
-    app.include_router(routing_router(site, state, view, access))
+    app.include_router(routing_router(site, state, view, access, ladders=parts.ladders))
     app.include_router(alerts_router(site, state, access, parts.catalogue, default_ruleset=parts.default_ruleset))
     app.include_router(reports_router(site, access))
     app.include_router(facilities_router(site, state, store, access, site_map=parts.site_map))

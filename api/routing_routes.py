@@ -11,7 +11,7 @@ own (the member of staff is the authenticated principal, never a parameter).
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -74,9 +74,12 @@ def _delivery(delivery: Delivery) -> dict[str, object]:
     return body
 
 
-def routing_router(site: Site, state: State, view: LiveView, access: Access) -> APIRouter:
-    """The routing endpoints over the relational state and the live view."""
+def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
+                   ladders: Mapping[str, Sequence[tuple[str, float]]] | None = None) -> APIRouter:
+    """The routing endpoints over the relational state and the live view; ``ladders``: each priority's
+    escalation steps as (target, timeout_s), to say where an unacknowledged alert goes next."""
     router = APIRouter(prefix="/api/v1", tags=["routing"])
+    ladder_of = dict(ladders or {})
     assignments = state.assignments
     escalations = Escalations(state.sessions)
     units = {unit.id for unit in site.units}
@@ -171,6 +174,43 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access) -> 
         deliveries = await call(escalations.deliveries, alert_id=alert_id)
         return {"escalation": msgspec.to_builtins(escalation), "steps": msgspec.to_builtins(steps),
                 "deliveries": [_delivery(d) for d in deliveries]}
+
+    def holders(target: str, unit: str | None, bed: str | None, at: int) -> list[str]:
+        """Who holds a step's target now, read from the assignments as the alert service reads them."""
+        if target == "team":
+            return [r.staff for r in assignments.team(unit, at)] if unit else []
+        try:
+            route = assignments.route(bed, at) if bed else assignments.unit_route(unit, at) if unit else []
+        except KeyError:
+            route = []
+        return [r.staff for r in route if r.role == target]
+
+    def escalation_rows(alerts: list[Alert], at: int) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for alert in alerts:
+            escalation = escalations.get(alert.id)
+            if escalation is None:
+                continue  # not routed yet: the stream says when its first step fires
+            fired = escalations.steps(alert.id)
+            ladder = list(ladder_of.get(escalation.priority) or ladder_of.get("medium") or [])
+            following = None
+            if escalation.next_at is not None:  # the next step somebody holds now (vacant ones are skipped)
+                for index in range(escalation.step + 1, len(ladder)):
+                    people = holders(ladder[index][0], escalation.unit, escalation.bed, at)
+                    if people:
+                        following = {"step": index, "target": ladder[index][0], "staff": people}
+                        break
+            rows.append({**msgspec.to_builtins(escalation), "target": fired[-1].target if fired else None,
+                         "staff": fired[-1].recipients if fired else [], "steps": len(ladder), "next": following})
+        return rows
+
+    @router.get("/escalations")
+    async def list_escalations(principal: Annotated[Principal, clinical]) -> list[dict[str, object]]:
+        """Where each open alert of the caller's units is in its escalation: the step, who has it, when the next
+        step fires (``next_at``, None when stopped or at its last step) and who would get it now (``next``)."""
+        alerts = [a for a in view.alerts.values()
+                  if a.state == "active" and principal.sees_unit(access.unit_of_alert(a))]
+        return await call(escalation_rows, alerts, now_ms())  # type: ignore[no-any-return]
 
     @router.get("/deliveries")
     async def list_deliveries(principal: Annotated[Principal, clinical]) -> list[dict[str, object]]:

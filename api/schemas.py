@@ -50,9 +50,10 @@ class Point(BaseModel):
 
 
 class History(BaseModel):
-    """History of one metric at one bed."""
+    """History of one metric at one bed, or of one device."""
 
-    bed: str
+    bed: str | None = None
+    device: str | None = None
     metric: str
     code: int | None
     unit: str | None

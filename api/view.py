@@ -33,9 +33,9 @@ CLIENT_QUEUE = 256
 
 @dataclass(slots=True, eq=False)
 class Subscriber:
-    """One live WebSocket client."""
+    """One live WebSocket client: alert transitions, and notifications (an escalation step fired)."""
 
-    queue: asyncio.Queue[Alert] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    queue: asyncio.Queue[Alert | Notification] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
     overflowed: bool = False
 
 
@@ -137,9 +137,12 @@ class LiveView:
             for stream in list(streams):
                 if alert.id in stream.alerts:
                     self._offer(stream, alert)
+        self._broadcast(alert)
+
+    def _broadcast(self, item: Alert | Notification) -> None:
         for subscriber in list(self.subscribers):
             try:
-                subscriber.queue.put_nowait(alert)
+                subscriber.queue.put_nowait(item)
             except asyncio.QueueFull:
                 subscriber.overflowed = True  # the handler closes this client
                 self.subscribers.discard(subscriber)
@@ -149,6 +152,7 @@ class LiveView:
         for stream in list(self.staff_streams.get(notification.staff, ())):
             stream.alerts.add(notification.alert.id)
             self._offer(stream, notification)
+        self._broadcast(notification)  # the alert streams show each alert's escalation as it moves
 
     def _offer(self, stream: StaffSubscriber, item: Alert | Notification) -> None:
         try:

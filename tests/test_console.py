@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -26,6 +27,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from alerts.routing import StepSpec
 from tests.conftest import Mosquitto
 from tests.test_end_to_end import running, ward_config
 from wardlink.config import Config
@@ -38,6 +40,19 @@ pytestmark = pytest.mark.slow
 assert CHROMIUM.exists(), "install chromium: make services"
 assert CHROMEDRIVER.exists(), "install chromium-driver: make services"
 WAIT_S = 60  # generous: the machine is shared; nothing below asserts on speed
+
+
+ESCALATE_S = 6.0  # the console tests' first step: long enough to read the countdown, short enough to watch it fire
+
+
+def quick_escalation(config: Config) -> Config:
+    """The ward with a short first escalation step and limit changes picked up within a second."""
+    routing = msgspec.structs.replace(config.alerts.delivery.routing, schedules={
+        priority: [StepSpec(steps[0].target, ESCALATE_S), *steps[1:]]
+        for priority, steps in config.alerts.delivery.routing.schedules.items()})
+    alerts = msgspec.structs.replace(config.alerts, settings_poll_s=1.0, delivery=msgspec.structs.replace(
+        config.alerts.delivery, routing=routing))
+    return msgspec.structs.replace(config, alerts=alerts)
 
 
 class Background:
@@ -98,7 +113,7 @@ def ward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Background,
     root = tmp_path_factory.mktemp("console")
     broker = Mosquitto(root)
     broker.start()
-    system = Background(ward_config(root / "data", broker.address.url))
+    system = Background(quick_escalation(ward_config(root / "data", broker.address.url)))
     system.start()
     yield system, broker
     system.stop()  # the restart test swaps a new system into this object

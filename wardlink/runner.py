@@ -113,7 +113,9 @@ def build_api(config: Config, site: Site, store: TimeSeriesStore, view: LiveView
     return create_app(ApiParts(site=site, store=store, view=view, state=relational,
                                auth=Authenticator(relational, local, oidc), catalogue=catalogue(),
                                default_ruleset=config.alerts.ruleset, site_map=site_map,
-                               waste=config.facilities.waste, limits=limits))
+                               waste=config.facilities.waste, limits=limits,
+                               ladders={priority: [(step.target, step.timeout_s) for step in steps]
+                                        for priority, steps in config.alerts.delivery.routing.schedules.items()}))
 
 
 def api_server(config: Config, app: FastAPI) -> ApiServer:

@@ -72,7 +72,7 @@ async function route() {
   }
   if (entry.roles.some((r) => SECTIONS.alerts.roles.includes(r)) && SECTIONS.alerts.roles.includes(ctx.me.role)
       && !ctx.stream) {
-    ctx.stream = new AlertStream();
+    ctx.stream = new AlertStream(ctx.me.role);
   }
   try {
     cleanup = (await entry.view.render(main, ctx, params)) || null;

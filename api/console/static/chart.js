@@ -1,4 +1,8 @@
-// A trend chart in SVG: the mean line with its min-max band per bucket and the alarm limits as dashed lines.
+// Trend charts in SVG: the mean line with its min-max band per bucket and the alarm limits as dashed lines, and
+// the window picker with one chart per metric that the bed page and the device page share.
+import { api } from "./api.js";
+import { h } from "./dom.js";
+
 const NS = "http://www.w3.org/2000/svg";
 
 function s(tag, attrs) {
@@ -48,4 +52,32 @@ export function trendChart(history, { title, limits = [], width = 640, height = 
     svg.append(label);
   }
   return svg;
+}
+
+const WINDOWS = [[1, "1 h"], [4, "4 h"], [12, "12 h"]];
+const BUCKETS = 120;  // points per chart whatever the window: the store downsamples (mean, min, max per bucket)
+
+// A window picker and a chart per metric: ``metrics()`` gives [metric, label] pairs, ``path(metric)`` the history
+// route, ``limits(metric)`` the lines to draw. ``draw()`` (re)draws with the current window.
+export function trends({ metrics, path, limits = () => [] }) {
+  const charts = h("div", { class: "charts" });
+  let hours = 1;
+  async function draw() {
+    const end = Date.now();
+    const step = `${Math.max(5, Math.round((hours * 3600) / BUCKETS))}s`;
+    const drawn = await Promise.all(metrics().map(async ([metric, label]) => {
+      const history = await api(path(metric), { query: { start: end - hours * 3_600_000, end, step } });
+      return h("figure", { class: "trend", dataset: { metric } },
+        h("figcaption", {}, `${label} (${history.unit || ""}) — last ${hours} h, mean and min–max per ${step}`),
+        trendChart(history, { title: label, limits: limits(metric) }));
+    }));
+    charts.replaceChildren(...(drawn.length ? drawn : [h("p", {}, "No telemetry to chart.")]));
+  }
+  const picker = h("div", { class: "window", role: "group", "aria-label": "Time window" }, WINDOWS.map(([n, label]) =>
+    h("button", { type: "button", "aria-pressed": String(n === hours), onclick: async (event) => {
+      hours = n;
+      for (const b of picker.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b === event.target));
+      await draw();
+    } }, label)));
+  return { el: h("div", { class: "trends" }, picker, charts), draw };
 }

@@ -9,7 +9,7 @@ const REASONS = ["Patient being repositioned", "Clinician at the bedside", "Proc
 function silenceForm(alert, stream) {
   const reason = h("select", { id: `reason-${alert.id}`, class: "silence-reason" },
     REASONS.map((r) => h("option", {}, r)));
-  const minutes = h("select", { id: `minutes-${alert.id}` }, [1, 2, 5, 10].map((m) => h("option", { value: m * 60 },
+  const minutes = h("select", { id: `minutes-${alert.id}`, class: "silence-minutes" }, [1, 2, 5, 10].map((m) => h("option", { value: m * 60 },
     `${m} min`)));
   return h("form", { class: "silence", onsubmit: async (event) => {
     event.preventDefault();
@@ -24,7 +24,32 @@ function silenceForm(alert, stream) {
   h("button", { type: "submit", class: "silence-button" }, "Silence"));
 }
 
-function alertItem(alert, ctx) {
+const TARGETS = { primary: "primary nurse", buddy: "buddy nurse", charge: "charge nurse", team: "unit team" };
+const holder = (target, staff) => `${TARGETS[target] || target} ${(staff || []).join(", ")}`.trim();
+
+export function countdown(nextAt, now = Date.now()) {
+  const left = Math.ceil((nextAt - now) / 1000);
+  if (left <= 0) return "now…";
+  return `in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")} (${time(nextAt)})`;
+}
+
+// Where an open alert is in its escalation: who has it, and when it goes further and to whom (ticking).
+function escalationLine(alert, e) {
+  if (!e || alert.state !== "active") return null;
+  const parts = [e.target ? `With ${holder(e.target, e.staff)}` : "Routed", " · "];
+  if (alert.silenced_until && alert.silenced_until > Date.now()) {
+    parts.push(`escalation paused until ${time(alert.silenced_until)} (silenced)`);
+  } else if (e.state === "running" && e.next_at) {
+    parts.push(e.next ? `escalates to ${holder(e.next.target, e.next.staff)} ` : "nobody further is assigned; last step ",
+      h("span", { class: "countdown", "aria-live": "off", dataset: { nextAt: e.next_at } }, countdown(e.next_at)));
+  } else {
+    parts.push(e.state === "accepted" ? "accepted: escalation stopped" : "last step: no further escalation");
+  }
+  return h("p", { class: "escalation", dataset: { step: e.step, state: e.state, target: e.target || "",
+    next: e.next ? e.next.target : "" } }, "⏱ ", ...parts);
+}
+
+function alertItem(alert, ctx, escalation) {
   const clinical = CLINICAL.includes(ctx.me.role);
   const acked = alert.state === "acknowledged";
   const silenced = alert.silenced_until && alert.silenced_until > Date.now();
@@ -35,6 +60,7 @@ function alertItem(alert, ctx) {
     h("span", { class: "alert-type" }, alert.type), h("span", { class: "alert-state" }, acked
       ? `✓ Acknowledged by ${alert.acknowledged_by} ${time(alert.acknowledged_at)}` : "Active")),
   h("p", {}, alert.message, ` — since ${time(alert.onset)}`),
+  escalationLine(alert, escalation),
   silenced ? h("p", { class: "silenced" }, `🔕 Silenced until ${time(alert.silenced_until)}: ${alert.silence_reason}`)
     : null,
   clinical && !acked ? h("div", { class: "alert-actions" },
@@ -47,14 +73,36 @@ function alertItem(alert, ctx) {
     } }, "Acknowledge"), silenceForm(alert, ctx.stream)) : null);
 }
 
+// Items are kept while their alert and escalation are unchanged and only moved when the order changes, so
+// a keyboard user's focus survives the live updates (a rebuilt item gets the focus back on the same control).
 export function alertList(ctx, { bed } = {}) {
   const list = h("ul", { class: "alerts", id: "alert-list", "aria-live": "polite" });
+  const items = new Map();  // alert id -> { key, el }
   const off = ctx.stream.on((stream) => {
     const shown = stream.list().filter((a) => !bed || a.bed === bed);
-    list.replaceChildren(...(shown.length ? shown.map((a) => alertItem(a, ctx))
-      : [h("li", { class: "empty" }, stream.state === "live" ? "No open alerts." : "Connecting…")]));
+    const active = list.contains(document.activeElement) ? document.activeElement : null;
+    const focused = active && { id: active.closest("li")?.dataset.alertId, cls: active.classList[0] };
+    for (const id of [...items.keys()]) if (!shown.some((a) => a.id === id)) items.delete(id);
+    const els = shown.length ? shown.map((a) => {
+      const e = stream.escalations.get(a.id);
+      const key = JSON.stringify([a.updated, a.state, a.silenced_until, e && [e.step, e.state, e.next_at, e.next]]);
+      const known = items.get(a.id);
+      if (known && known.key === key) return known.el;
+      const el = alertItem(a, ctx, e);
+      items.set(a.id, { key, el });
+      return el;
+    }) : [h("li", { class: "empty" }, stream.state === "live" ? "No open alerts." : "Connecting…")];
+    els.forEach((el, i) => { if (list.children[i] !== el) list.insertBefore(el, list.children[i] || null); });
+    while (list.children.length > els.length) list.lastChild.remove();
+    if (focused && focused.id && !list.contains(document.activeElement)) {
+      const again = items.get(focused.id)?.el.querySelector(focused.cls ? `.${focused.cls}` : "button");
+      if (again) again.focus();
+    }
   });
-  return { el: list, off };
+  const ticker = setInterval(() => {
+    for (const el of list.querySelectorAll(".countdown")) el.textContent = countdown(Number(el.dataset.nextAt));
+  }, 1000);
+  return { el: list, off: () => { off(); clearInterval(ticker); } };
 }
 
 export async function render(main, ctx) {
