@@ -23,12 +23,13 @@ from api.security import Principal
 from devices.clock import now_ms
 from devices.site import Site
 from facilities.assets import shortfalls, utilisation
+from facilities.history import placement_at
 from facilities.location import corridor_distance
 from facilities.sitemap import SiteMap, SiteMapError, load_site_map
 from facilities.wayfinding import RouteError, Wayfinder
 from state.assets import Asset, AssetStatus
 from state.db import State
-from storage.base import TimeSeriesStore
+from storage.base import StoreError, TimeSeriesStore
 
 SITE_WIDE = ("facilities", "biomed")
 ALL = ("facilities", "biomed", "nurse", "charge_nurse")
@@ -119,10 +120,9 @@ def facilities_router(site: Site, state: State, store: TimeSeriesStore, access: 
                       site_map: SiteMap | None = None) -> APIRouter:
     """The facilities routes under ``/api/v1/facilities``.
 
-    ``store`` is accepted for raw tag-read queries (the location history itself is in the state's
-    ``asset_events``); ``site_map`` defaults to the shipped demo map when it holds every room of the site.
+    ``store`` holds the location history (the facilities service's placements: "where was it at T");
+    ``site_map`` defaults to the shipped demo map when it holds every room of the site.
     """
-    del store  # raw tag reads are not served yet: the location history answers "at time T"
     router = APIRouter(prefix="/api/v1/facilities", tags=["facilities"])
     distances = default_distance(site, site_map if site_map is not None else _site_map(site))
     rooms = site.room_index()
@@ -149,7 +149,10 @@ def facilities_router(site: Site, state: State, store: TimeSeriesStore, access: 
         asset = await asset_for(principal, asset_id)
         base = LocationOut(asset=asset.id, type=asset.type, unit=asset.unit, status=asset.status, room=None, at=at)
         if at is not None:
-            line = await asyncio.to_thread(state.assets.location_at, asset_id, at)
+            try:
+                line = await asyncio.to_thread(placement_at, store, asset_id, at)
+            except StoreError as exc:
+                raise HTTPException(503, f"store unavailable: {exc}") from exc
             if line is None or line.event == "left":
                 return base
             return base.model_copy(update={"room": line.room, "zone": line.zone, "floor": line.floor,

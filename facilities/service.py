@@ -1,22 +1,26 @@
 """The facilities service: gateway batches in; asset locations, asset status and facilities alerts out.
 
-It subscribes to the gateways' data topics like the alert service does (it never waits on the store).
-Tag reads go to the :class:`~facilities.location.LocationEngine`; observations of devices that are
-assets set their status (a pump infusing is in use); waste scans and waste-storage readings go to the
-:class:`~facilities.waste.WasteTracker`. Current locations are written to the relational state every
-``flush_s`` together with the location history (``asset_events``: entered, left, lost, status); alerts
-are stored with ``state.alerts.save`` and published retained on the alert topic, as the alert service
-does.
+It subscribes to the gateways' data topics like the alert service does (its alerts never wait on the
+store). Tag reads go to the :class:`~facilities.location.LocationEngine`; observations of devices that
+are assets set their status (a pump infusing is in use); waste scans and waste-storage readings go to
+the :class:`~facilities.waste.WasteTracker`. Current locations are written to the relational state every
+``flush_s``; the location history (entered, left, lost, with confidence and source) goes to the
+time-series store as placements (:mod:`facilities.history`) from a bounded buffer, written apart from
+the lock the alerts take, so a slow or absent store delays only the history; status changes stay in the
+state's ``asset_events`` (utilisation reads them). Alerts are stored with ``state.alerts.save`` and
+published retained on the alert topic, as the alert service does.
 
 The synchronous core (:meth:`FacilitiesService.handle`, :meth:`FacilitiesService.tick`,
-:meth:`FacilitiesService.flush`) is usable without a broker; the bus adapter runs it under one lock.
+:meth:`FacilitiesService.flush`, :meth:`FacilitiesService.write_history`) is usable without a broker;
+the bus adapter runs the first three under one lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import threading
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from functools import cache, partial
 
@@ -39,12 +43,14 @@ from devices.contract import (
 from devices.site import Room, Site
 from facilities.alarms import FacilityAlarms
 from facilities.assets import shortfalls, status_from
+from facilities.history import Sequencer
 from facilities.location import Distance, LocationEngine, LocationEvent, LocationSettings, corridor_distance
 from facilities.sitemap import SiteMap, SiteMapError, load_site_map
 from facilities.waste import WasteSettings, WasteTracker
 from facilities.wayfinding import RouteError, Wayfinder
-from state.assets import Asset, AssetEvent
+from state.assets import Asset
 from state.db import State
+from storage.base import Placement, StoreError, TimeSeriesStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,8 @@ class FacilitiesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     site_map: str = "demo"  # the wayfinding site map: "demo" (shipped) or a path; "" for none
     heartbeat_s: float = 5.0
     tick_s: float = 1.0  # lost assets, waste timers
-    flush_s: float = 2.0  # locations and history written to the state this often
+    flush_s: float = 2.0  # locations written to the state, and the history to the store, this often
+    history_buffer: int = 100_000  # placements waiting for the store; beyond it the oldest are dropped (counted)
     registry_poll_s: float = 10.0  # the asset registry (new assets, new tags) reloaded this often
     par_check_s: float = 30.0
     battery_low_pct: float = 20.0
@@ -121,9 +128,11 @@ class FacilitiesService:
 
     def __init__(self, site: Site, state: State, address: bus.BrokerAddress | None = None,
                  settings: FacilitiesSettings | None = None, instance: str = "facilities-1",
-                 site_map: SiteMap | None = None) -> None:
-        """Load the asset registry, stored locations and open facilities alerts (``address`` None: no bus)."""
+                 site_map: SiteMap | None = None, store: TimeSeriesStore | None = None) -> None:
+        """Load the asset registry, stored locations and open facilities alerts (``address`` None: no bus;
+        ``store`` None: no location history is kept, logged)."""
         self.site, self.state, self.address, self.instance = site, state, address, instance
+        self.store = store
         self.settings = settings or FacilitiesSettings()
         self.site_map = site_map if site_map is not None else site_map_for(site, self.settings.site_map)
         self.rooms: dict[str, Room] = site.room_index()
@@ -132,11 +141,13 @@ class FacilitiesService:
                                      walking_distance(site, self.site_map))
         self.alarms = FacilityAlarms(self.rooms, self.settings.battery_low_pct)
         self.alarms.restore(state.alerts.open())
-        self.waste = WasteTracker(site, state, self.settings.waste)
+        self.waste = WasteTracker(site, state, self.settings.waste, site_map=self.site_map)
         self.assets: dict[str, Asset] = {}
         self.by_tag: dict[str, Asset] = {}
         self.by_device: dict[str, Asset] = {}
-        self.pending: list[AssetEvent] = []
+        self.sequencer = Sequencer()
+        self.history: deque[Placement] = deque()  # placements not yet in the store (oldest first)
+        self._history_lock = threading.Lock()  # handle/tick append, write_history takes, in other threads
         self.counters: dict[str, int] = defaultdict(int)
         self._lock = asyncio.Lock()
         self._status_topic = topics.service_topic(site.id, "facilities", instance)
@@ -196,10 +207,25 @@ class FacilitiesService:
 
     def _transitions(self, events: list[LocationEvent]) -> list[Alert]:
         for event in events:
-            self.pending.append(AssetEvent(event.asset, event.ts, event.kind, event.room, event.zone, event.floor,
-                                           event.confidence, event.source))
             self.counters[f"location_{event.kind}"] += 1
+        if self.store is not None:
+            self._keep([self.sequencer.placement(event) for event in events])
         return self.alarms.location(events, self.assets)
+
+    def _keep(self, placements: list[Placement], *, first: bool = False) -> None:
+        """Buffer placements for the store (``first``: put back at the front); drop the oldest past capacity."""
+        with self._history_lock:
+            if first:
+                self.history.extendleft(reversed(placements))
+            else:
+                self.history.extend(placements)
+            over = len(self.history) - self.settings.history_buffer
+            for _ in range(max(0, over)):
+                self.history.popleft()
+        if over > 0:
+            self.counters["history_dropped"] += over
+            log.warning("facilities: location history buffer full (%d): %d oldest placements dropped",
+                        self.settings.history_buffer, over)
 
     def tick(self, now: int) -> list[Alert]:
         """Timers: assets lost, the waste tracker's checks."""
@@ -215,17 +241,46 @@ class FacilitiesService:
                                {u.id for u in self.site.units}, now)
 
     def flush(self) -> int:
-        """Write changed locations and pending history lines to the state; return how many locations."""
+        """Write changed locations to the state; return how many."""
         locations = self.engine.take_dirty()
-        events, self.pending = self.pending, []
-        if not locations and not events:
+        if not locations:
             return 0
         try:
-            return self.state.assets.save_locations(locations, events)
+            return self.state.assets.save_locations(locations)
         except BaseException:
-            self.pending = events + self.pending  # written next time (the locations are rewritten anyway)
-            self.engine.dirty.update(loc.asset for loc in locations)
+            self.engine.dirty.update(loc.asset for loc in locations)  # written next time
             raise
+
+    def write_history(self, batch: int = 5000) -> int:
+        """Write buffered placements to the store, oldest first; return how many were written.
+
+        A retryable store error puts them back for the next call; a refused batch is dropped, counted
+        and logged (the store names why).
+        """
+        if self.store is None:
+            return 0
+        written = 0
+        while True:
+            with self._history_lock:
+                taken = [self.history.popleft() for _ in range(min(batch, len(self.history)))]
+            if not taken:
+                return written
+            try:
+                self.store.write(taken)
+            except StoreError as exc:
+                if exc.retryable:
+                    self._keep(taken, first=True)
+                    self.counters["history_retry"] += 1
+                    raise
+                self.counters["history_refused"] += len(taken)
+                log.error("facilities: the store refused %d placements (dropped): %s", len(taken), exc)
+                continue
+            except ValueError as exc:  # a placement the store's check refuses (ContractError)
+                self.counters["history_refused"] += len(taken)
+                log.error("facilities: %d placements refused (dropped): %s", len(taken), exc)
+                continue
+            written += len(taken)
+            self.counters["history_written"] += len(taken)
 
     def save(self, alert: Alert) -> Alert:
         """Store an alert transition; return what was stored (committed staff actions win)."""
@@ -252,13 +307,15 @@ class FacilitiesService:
             await client.subscribe(topics.gateway_filter(self.site.id, "data"), qos=1)
             for alert in list(self.alarms.open.values()):
                 await client.publish(topics.alert_topic(self.site.id, alert.id), encode(alert), qos=1, retain=True)
-            log.info("facilities %s: %d assets, %d readers placed, %d open alerts", self.instance,
-                     len(self.assets), len(self.engine.readers), len(self.alarms.open))
+            log.info("facilities %s: %d assets, %d readers placed, %d open alerts, location history %s",
+                     self.instance, len(self.assets), len(self.engine.readers), len(self.alarms.open),
+                     "to the store" if self.store is not None else "not kept (no store)")
             async with asyncio.TaskGroup() as group:
                 group.create_task(bus.heartbeat(client, self._status_topic, lambda: self._status("online"),
                                                 self.settings.heartbeat_s))
                 group.create_task(self._receive(client))
                 group.create_task(self._clock(client))
+                group.create_task(self._record())
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         data = topics.gateway_filter(self.site.id, "data")
@@ -294,6 +351,15 @@ class FacilitiesService:
                     last_par = loop.time()
                     alerts += await asyncio.to_thread(self.stored, partial(self.check_par, now))
             await self._announce(client, alerts)
+
+    async def _record(self) -> None:
+        """Write the location history to the store, apart from the lock the alerts take."""
+        while True:
+            await asyncio.sleep(self.settings.flush_s)
+            try:
+                await asyncio.to_thread(self.write_history)
+            except StoreError as exc:  # retryable: kept, tried again next time
+                log.warning("facilities: location history not written yet (%d waiting): %s", len(self.history), exc)
 
     def stored(self, step: Callable[[], list[Alert]]) -> list[Alert]:
         """Run one step of the core and store the alerts it raised (in a worker thread, under the lock)."""

@@ -49,14 +49,48 @@ rolled up is stored again (the key is gone) and would be counted twice in its mi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from devices.contract import UNDECODABLE, DeviceEvent, DeviceInfo, Item, Observation, TagRead, WasteEvent
+from devices.contract import (
+    UNDECODABLE,
+    ContractError,
+    DeviceEvent,
+    DeviceInfo,
+    Item,
+    Observation,
+    TagRead,
+    WasteEvent,
+    check_item,
+)
 
-StoredEvent = DeviceEvent | TagRead | WasteEvent | DeviceInfo
+
+class Placement(msgspec.Struct, tag_field="kind", tag="loc", omit_defaults=True):
+    """One line of an asset's location history: it entered or left a room, or was lost there.
+
+    Written by the facilities service (never by a gateway: not a contract :data:`~devices.contract.Item`),
+    keyed like every event: ``device`` is the asset id, ``stream`` is ``location``, ``seq`` is derived
+    from ``ts`` so a retried write is a duplicate. ``source`` is the reader that placed it.
+    """
+
+    device: str
+    stream: str
+    seq: int
+    ts: int
+    event: Literal["entered", "left", "lost"]
+    room: str
+    zone: str | None = None
+    floor: str | None = None
+    confidence: float = 0.0
+    source: str = ""
+
+
+StoredEvent = DeviceEvent | TagRead | WasteEvent | DeviceInfo | Placement
 """The item kinds kept in the events table (everything that is not an observation)."""
+
+Record = Item | Placement
+"""What ``write`` takes: the contract's items, and the facilities service's placements."""
 
 Key = tuple[str, str, int]
 """The identity of an item: ``(device, stream, seq)``."""
@@ -138,11 +172,11 @@ class StoreStats(msgspec.Struct, frozen=True):
 class TimeSeriesStore(Protocol):
     """What ingest writes through and the API reads from; every method is synchronous."""
 
-    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
+    def write(self, items: Sequence[Record], *, checked: bool = False) -> WriteResult:
         """Store a batch atomically; keys already stored are counted as duplicates, not stored again.
 
-        ``checked=True`` says the caller has already run :func:`devices.contract.check_item` on every
-        item (ingest does), so the store skips that second pass; the default checks.
+        ``checked=True`` says the caller has already run :func:`check_record` on every item (ingest
+        does), so the store skips that second pass; the default checks.
         """
         ...
 
@@ -176,7 +210,7 @@ class TimeSeriesStore(Protocol):
         limit: int = 1000,
         kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev, loc)."""
         ...
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
@@ -273,12 +307,22 @@ _event_encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[StoredEvent] = msgspec.json.Decoder(StoredEvent)
 
 
-def key_of(item: Item) -> Key:
+def key_of(item: Record) -> Key:
     """The idempotency key of an item."""
     return (item.device, item.stream, item.seq)
 
 
-def item_bed(item: Item) -> str | None:
+def check_record(item: Record) -> None:
+    """:func:`devices.contract.check_item`, and for a placement a confidence in 0..1; raise ``ContractError``."""
+    if isinstance(item, Placement):
+        if not 0.0 <= item.confidence <= 1.0 or item.seq < 0:  # NaN fails the comparison too
+            raise ContractError(f"asset {item.device}: field confidence {item.confidence!r} not in 0..1, "
+                                f"or seq {item.seq} negative")
+        return
+    check_item(item)
+
+
+def item_bed(item: Record) -> str | None:
     """The bed an item is about, when its kind carries one."""
     if isinstance(item, Observation | DeviceEvent | DeviceInfo):
         return item.bed

@@ -45,7 +45,7 @@ from typing import Any, Final
 import duckdb
 import numpy as np
 
-from devices.contract import Item, Observation, check_item
+from devices.contract import Observation
 
 from .base import (
     MINUTE_MS,
@@ -54,6 +54,7 @@ from .base import (
     Latest,
     MaintenanceResult,
     Quarantined,
+    Record,
     Retention,
     StoreClosed,
     StoreCorrupt,
@@ -63,6 +64,7 @@ from .base import (
     StoreUnavailable,
     WriteResult,
     check_range,
+    check_record,
     check_target,
     decode_event,
     encode_event,
@@ -545,16 +547,16 @@ class DuckDbStore:
                         self.path, exc)
             self._snapshot_at = time.monotonic()  # not at every write while the file misbehaves
 
-    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
+    def write(self, items: Sequence[Record], *, checked: bool = False) -> WriteResult:
         """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice.
 
-        ``checked=True``: the caller has run ``check_item`` on every item, so it is not run again.
+        ``checked=True``: the caller has run ``check_record`` on every item, so it is not run again.
         """
         obs: list[Observation] = []
         evt: dict[Key, tuple[object, ...]] = {}
         for item in items:
             if not checked:
-                check_item(item)
+                check_record(item)
             if isinstance(item, Observation):
                 obs.append(item)
                 continue
@@ -681,7 +683,7 @@ class DuckDbStore:
         limit: int = 1000,
         kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev, loc)."""
         sql, params = events_query(bed=bed, device=device, start_ms=start_ms, end_ms=end_ms, limit=limit, kind=kind)
         with self._reading("events") as cursor:
             bodies = [row[0] for row in cursor.execute(sql, params).fetchall()]

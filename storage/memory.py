@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 
-from devices.contract import Item, Observation, check_item
+from devices.contract import Observation
 
 from .base import (
     MINUTE_MS,
@@ -15,6 +15,7 @@ from .base import (
     Latest,
     MaintenanceResult,
     Quarantined,
+    Record,
     Retention,
     StoreClosed,
     StoredEvent,
@@ -22,6 +23,7 @@ from .base import (
     WriteResult,
     bucket_start,
     check_range,
+    check_record,
     check_target,
     decode_event,
     encode_event,
@@ -60,11 +62,11 @@ class MemoryStore:
         if self._closed:
             raise StoreClosed("store is closed")
 
-    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
+    def write(self, items: Sequence[Record], *, checked: bool = False) -> WriteResult:
         """Store a batch atomically; keys already stored are counted as duplicates, not stored again."""
         if not checked:
             for item in items:
-                check_item(item)
+                check_record(item)
         stored = 0
         with self._lock:
             self._check_open()
@@ -204,7 +206,7 @@ class MemoryStore:
         limit: int = 1000,
         kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev, loc)."""
         check_range(start_ms, end_ms, None, limit)
         with self._lock:
             self._check_open()

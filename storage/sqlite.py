@@ -33,12 +33,13 @@ from typing import Final, Literal
 
 from msgspec.structs import astuple
 
-from devices.contract import Item, Observation, check_item
+from devices.contract import Observation
 
 from .base import (
     HistoryPoint,
     Latest,
     Quarantined,
+    Record,
     StoreClosed,
     StoreCorrupt,
     StoredEvent,
@@ -47,6 +48,7 @@ from .base import (
     StoreUnavailable,
     WriteResult,
     check_range,
+    check_record,
     check_target,
     decode_event,
     encode_event,
@@ -264,13 +266,13 @@ class SqliteStore:
             self._open_readers.discard(conn)
         conn.close()
 
-    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
+    def write(self, items: Sequence[Record], *, checked: bool = False) -> WriteResult:
         """Store a batch in one transaction; a key already stored counts as a duplicate, not stored twice."""
         obs_rows: list[tuple[object, ...]] = []
         evt_rows: list[tuple[object, ...]] = []
         for item in items:
             if not checked:
-                check_item(item)
+                check_record(item)
             if isinstance(item, Observation):
                 obs_rows.append(astuple(item))
             else:
@@ -383,7 +385,7 @@ class SqliteStore:
         limit: int = 1000,
         kind: str | None = None,
     ) -> list[StoredEvent]:
-        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev)."""
+        """Stored non-observation items in ``[start_ms, end_ms)`` (of one ``kind`` tag: evt, tag, waste, dev, loc)."""
         sql, params = events_query(bed=bed, device=device, start_ms=start_ms, end_ms=end_ms, limit=limit, kind=kind)
         with self._reading("events") as conn:
             bodies = [row[0] for row in conn.execute(sql, params)]

@@ -52,12 +52,13 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from devices.contract import Item, Observation, check_item
+from devices.contract import Observation
 
 from .base import (
     HistoryPoint,
     Latest,
     Quarantined,
+    Record,
     StoreClosed,
     StoredEvent,
     StoreError,
@@ -67,6 +68,7 @@ from .base import (
     WriteResult,
     bucket_start,
     check_range,
+    check_record,
     check_target,
 )
 from .sqlite import SqliteStore
@@ -276,15 +278,15 @@ class VictoriaStore:
                 retryable=False,
             )
 
-    def write(self, items: Sequence[Item], *, checked: bool = False) -> WriteResult:
+    def write(self, items: Sequence[Record], *, checked: bool = False) -> WriteResult:
         """Store a batch (observations to VM, other items to SQLite); refuse it whole on a bad item.
 
         ``duplicates`` counts repeats of a key within the batch and events already stored; an
         observation replayed from an earlier batch is counted as stored (VM collapses it onto the
         stored sample; it cannot tell which samples it already had). ``checked=True``: the caller has
-        run ``check_item`` on every item.
+        run ``check_record`` on every item.
         """
-        others: list[Item] = []
+        others: list[Record] = []
         lines: list[str] = []
         seen: set[tuple[str, str, int]] = set()
         slot: dict[tuple[tuple[str, str, str], int], int] = {}  # (series, ts) -> seq within this batch
@@ -297,7 +299,7 @@ class VictoriaStore:
             prefixes, newest = self._prefixes, self._newest
             for item in items:
                 if not checked:
-                    check_item(item)
+                    check_record(item)
                 if not isinstance(item, Observation):
                     others.append(item)
                     continue

@@ -63,9 +63,14 @@ def state(tmp_path: Path, site: Site) -> Iterator[State]:
 
 
 @pytest.fixture
-async def client(site: Site, state: State) -> AsyncIterator[httpx.AsyncClient]:
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+async def client(site: Site, state: State, store: MemoryStore) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.include_router(facilities_router(site, state, MemoryStore(), Access(site, state, Authenticator(state, TOKENS))))
+    app.include_router(facilities_router(site, state, store, Access(site, state, Authenticator(state, TOKENS))))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
         yield http
 
@@ -74,15 +79,16 @@ def auth(staff: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS.issue(staff)}"}
 
 
-async def test_where_is_it_now_and_at_a_time_from_the_service(site: Site, state: State,
+async def test_where_is_it_now_and_at_a_time_from_the_service(site: Site, state: State, store: MemoryStore,
                                                             client: httpx.AsyncClient) -> None:
-    service = FacilitiesService(site, state, settings=FacilitiesSettings(site_map=""))
+    service = FacilitiesService(site, state, settings=FacilitiesSettings(site_map=""), store=store)
     start = now_ms() - 120_000
     service.handle([TagRead(device="rdr-1", stream="tags", seq=i, ts=start + i * 1000, tag="T7", rssi=-50.0)
                     for i in range(10)], start)
     service.handle([Observation(device="pump-w3-01", stream="p", seq=1, ts=start + 5000,
                                 metric="WARDLINK_PUMP_STATE", value=1.0, unit="1")], start)
     service.flush()
+    service.write_history()  # "at" is answered from the time-series store
     now = (await client.get("/api/v1/facilities/assets/pump-7/location", headers=auth("fm-1"))).json()
     assert (now["room"], now["zone"], now["floor"], now["source"], now["since"], now["last_seen"], now["status"]) == (
         "W3-R01", "W3", "3", "rdr-1", start + 5000, start + 9000, "in_use")  # placed after 3 reads over 5 s

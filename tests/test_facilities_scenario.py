@@ -1,4 +1,4 @@
-"""Scenario through a real Mosquitto: RFID readers (simulators) -> gateway -> facilities service -> state and alerts.
+"""Scenario through a real Mosquitto: RFID readers (simulators) -> gateway -> facilities -> state, store, alerts.
 
 Three rooms along a corridor, a reader in each (each hears its own room loudly and the next rooms
 faintly, with noise); the third room is an exit. A tagged pump is wheeled from room to room and out;
@@ -18,10 +18,12 @@ from devices import topics
 from devices.clock import now_ms
 from devices.contract import Alert
 from devices.site import Site, site_from_dict
+from facilities.history import placements
 from facilities.service import FacilitiesService, FacilitiesSettings
 from gateway.service import Gateway, GatewaySettings
 from simulators.mqtt_devices.rfid import Asset, RfidReaderSim, Ward
 from state.db import open_state
+from storage.sqlite import SqliteStore
 from tests.conftest import Mosquitto
 
 ROOMS = ("A3-W3-R01", "A3-W3-R02", "A1-MAIN-EXIT")
@@ -63,8 +65,9 @@ async def test_readers_walk_a_pump_through_rooms_and_out_of_the_exit(mosquitto: 
     sims = [RfidReaderSim(ward, i, f"SpeedwayR-{i}", f"00:16:25:00:00:0{i}", host="127.0.0.1", port=mosquitto.port,
                           topic=f"edge/readers/rdr-{i}") for i in range(3)]
     gateway = Gateway(site, "gw-w3", tmp_path / "outbox.db", mosquitto.address, GatewaySettings(linger_s=0.05))
+    store = SqliteStore(tmp_path / "timeseries.db")
     service = FacilitiesService(site, state, mosquitto.address,
-                                FacilitiesSettings(site_map="", tick_s=0.2, flush_s=0.2, heartbeat_s=1.0))
+                                FacilitiesSettings(site_map="", tick_s=0.2, flush_s=0.2, heartbeat_s=1.0), store=store)
     alerts: list[Alert] = []
 
     async def watch() -> None:
@@ -91,14 +94,17 @@ async def test_readers_walk_a_pump_through_rooms_and_out_of_the_exit(mosquitto: 
         await wait_for(lambda: any(a.type == "asset.exit" and a.source == "pump-7" for a in alerts), 25,
                        "exit alert on the bus")
         await wait_for(lambda: room_of("pump-7") == ROOMS[2], 5, "exit room flushed to the state")
-        history = state.assets.history(start=settled, end=2**62, asset="pump-7")
+        await wait_for(lambda: len(placements(store, "pump-7", settled, 2**62)) == 4, 5, "history in the store")
+        history = placements(store, "pump-7", settled, 2**62)
         assert [(e.event, e.room) for e in history] == [
             ("left", ROOMS[0]), ("entered", ROOMS[1]), ("left", ROOMS[1]), ("entered", ROOMS[2])]
         # pump-8 stood still, heard by its own reader and both neighbours, the whole time: never moved.
-        assert state.assets.history(start=settled, end=2**62, asset="pump-8") == []
+        assert placements(store, "pump-8", settled, 2**62) == []
+        assert [p.room for p in placements(store, "pump-8", 0, 2**62)] == [ROOMS[1]]  # placed once, next door never
         assert [a.id for a in state.alerts.open()] == ["fac.exit.pump-7"]
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         state.close()
+        store.close()

@@ -10,9 +10,11 @@ import pytest
 from devices.contract import Observation, TagRead
 from devices.site import Site, site_from_dict
 from facilities.assets import utilisation
+from facilities.history import placement_at, placements
 from facilities.service import FacilitiesService, FacilitiesSettings
 from state.assets import Asset, AssetEvent
 from state.db import State, open_state
+from storage.memory import MemoryStore
 
 T0 = 1_767_225_600_000
 SITE = {
@@ -81,8 +83,9 @@ def test_a_pump_infusing_is_in_use_then_dirty_and_utilisation_follows(site: Site
     assert (pumps.unit, pumps.assets, pumps.in_use_ms, pumps.ratio) == ("W3", 1, 30_000, 0.3)
 
 
-def test_locations_and_history_reach_the_state(site: Site, state: State) -> None:
-    service = FacilitiesService(site, state, settings=SETTINGS)
+def test_locations_reach_the_state_and_history_the_store(site: Site, state: State) -> None:
+    store = MemoryStore()  # the twin; tests/test_facilities_history.py runs DuckDB, SQLite and VictoriaMetrics
+    service = FacilitiesService(site, state, settings=SETTINGS, store=store)
     assert service.handle(walk("rdr-1", "E2000007", T0, 20) + walk("rdr-2", "E2000007", T0 + 20_000, 20), T0) == []
     assert service.flush() == 1
     where = state.assets.location("pump-7")
@@ -91,13 +94,14 @@ def test_locations_and_history_reach_the_state(site: Site, state: State) -> None
                                                                                  False)
     assert T0 + 20_000 < where.since < T0 + 35_000
     assert where.last_seen == T0 + 39_000
-    history = state.assets.history(start=T0, end=T0 + 60_000, asset="pump-7")
+    assert service.write_history() == 3
+    history = placements(store, "pump-7", T0, T0 + 60_000)
     assert [(e.event, e.room) for e in history] == [("entered", "A3-W3-R01"), ("left", "A3-W3-R01"),
                                                     ("entered", "A3-W3-R02")]
-    was = state.assets.location_at("pump-7", T0 + 15_000)
+    was = placement_at(store, "pump-7", T0 + 15_000)
     assert was is not None
     assert (was.event, was.room) == ("entered", "A3-W3-R01")
-    assert state.assets.location_at("pump-7", T0 - 1) is None
+    assert placement_at(store, "pump-7", T0 - 1) is None
     assert [a.id for a in state.assets.list(room="A3-W3-R02")] == ["pump-7"]
     assert state.assets.location("wc-1") is None  # never seen
 
@@ -150,14 +154,17 @@ def test_par_level_shortfall_raises_and_clears(site: Site, state: State) -> None
 
 
 def test_restart_keeps_locations_and_open_alerts(site: Site, state: State) -> None:
-    first = FacilitiesService(site, state, settings=SETTINGS)
+    store = MemoryStore()
+    first = FacilitiesService(site, state, settings=SETTINGS, store=store)
     first.stored(lambda: first.handle(walk("rdr-exit", "E2000007", T0, 6), T0))
     first.flush()
-    second = FacilitiesService(site, state, settings=SETTINGS)
+    first.write_history()
+    second = FacilitiesService(site, state, settings=SETTINGS, store=store)
     assert set(second.alarms.open) == {"fac.exit.pump-7"}
     assert second.handle(walk("rdr-exit", "E2000007", T0 + 6000, 3), T0) == []  # no new entry, no new alert
     second.flush()
-    assert [e.event for e in state.assets.history(start=T0, end=T0 + 10_000, asset="pump-7")] == ["entered"]
+    second.write_history()
+    assert [e.event for e in placements(store, "pump-7", T0, T0 + 10_000)] == ["entered"]
 
 
 def test_utilisation_counts_time_in_use_within_the_period() -> None:

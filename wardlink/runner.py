@@ -71,7 +71,7 @@ class System:
 
 
 def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
-    """The configured time-series store in the data directory (``reader``: a process that only reads)."""
+    """The configured time-series store in the data directory (``reader``: a second process beside ingest)."""
     data = config.data_path
     if config.store.engine == "sqlite":
         return SqliteStore(data / "timeseries.db")
@@ -80,8 +80,8 @@ def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
         return VictoriaStore(config.store.url, data / "events.db",
                              retention_ms=config.store.retention_days * 86_400_000)
     if reader:
-        raise ConfigError('store.engine "duckdb" lets one process open the store; a separate API process needs '
-                          'store.engine = "sqlite"')
+        raise ConfigError('store.engine "duckdb" lets one process open the store; a separate API or facilities '
+                          'process needs store.engine = "sqlite" or "victoria"')
     return DuckDbStore(data / "timeseries.duckdb")  # chosen by measurement: docs/storage.md
 
 
@@ -173,7 +173,7 @@ async def run_system(config: Config, stop: asyncio.Event,
         gateways = [Gateway(site, g.id, data / f"outbox-{g.id}.db", address, config.gateway) for g in site.gateways]
         ingest = Ingest(site, store, address, settings=config.ingest, spool_path=data / "spool-ingest-1.db")
         alerts = AlertService(site, relational, address, config.alerts)
-        facilities = FacilitiesService(site, relational, address, config.facilities)
+        facilities = FacilitiesService(site, relational, address, config.facilities, store=store)
         view = LiveView(site.id, address, embedded_broker=embedded is not None)
         if scenario is not None and scenario.tags:
             added = await asyncio.to_thread(seed_demo_assets, relational, site, scenario.tags)

@@ -84,9 +84,11 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                 finally:
                     relational.close()
             elif service == "facilities":
+                store = open_store(config, reader=True)  # the location history; ingest writes the rest
                 relational = await asyncio.to_thread(open_relational, config, site)
                 try:
-                    await _run_until(stop, FacilitiesService(site, relational, address, config.facilities).run())
+                    await _run_until(stop, FacilitiesService(site, relational, address, config.facilities,
+                                                             store=store).run())
                 finally:
                     relational.close()
             elif service == "api":
