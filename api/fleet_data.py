@@ -199,7 +199,8 @@ class FleetData:
         return str(heard[1].state) if heard is not None else "unknown"
 
     def health(self, device: Device, now: int, window_ms: int) -> dict[str, Any]:
-        """One device's health: link, last seen, battery, error and technical-alarm counts, frames, clock."""
+        """One device's health: link, last seen, battery, error and technical-alarm counts, frames and retries,
+        clock."""
         live = self.live().get(device.id)
         latest = self.store.latest(device=device.id)
         battery = next((x for m in BATTERY_METRICS for x in latest if x.metric == m), None)
@@ -221,6 +222,7 @@ class FleetData:
             "frames_ok": health.frames_ok if health is not None else None,
             "frames_rejected": health.frames_bad if health is not None else None,
             "rejected_ratio": round(health.frames_bad / frames, 4) if health is not None and frames else None,
+            "retries": health.retries if health is not None else None,
             "clock_skew_flagged": any(x.flags & FLAG_CLOCK_SKEW for x in latest),
             "clock_skew_ms": skews[-1] if skews else None,
             "window_ms": window_ms,

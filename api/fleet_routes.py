@@ -136,6 +136,12 @@ class FleetGauges:
         for gateway in data.gateways(devices, now):
             gateways[gateway["state"]] += 1
         out += [("wardlink_fleet_gateways", "gateways by state", {"state": s}, float(n)) for s, n in gateways.items()]
+        for heard, (via, health) in sorted(live.items()):  # communication quality, as its gateway last said it
+            labels = {"device": heard, "gateway": via}
+            out.append(("wardlink_fleet_frames_rejected", "frames (messages, replies) a device link rejected since its "
+                        "gateway started", labels, float(health.frames_bad)))
+            out.append(("wardlink_fleet_link_retries", "requests a device link sent again since its gateway started",
+                        labels, float(health.retries)))
         due = figures.due_items(devices, data.state.fleet.plans(), data.state.fleet.last_completed())
         for kind in ("pm", "calibration"):
             out.append(("wardlink_fleet_maintenance_overdue", "planned maintenance items past their due date",

@@ -183,6 +183,7 @@ class DeviceHealth(msgspec.Struct, omit_defaults=True):
     last_seen: int | None = None
     frames_ok: int = 0
     frames_bad: int = 0
+    retries: int = 0  # requests the driver sent again after a failed attempt (drivers that retry: Modbus)
 
 
 class GatewayStatus(msgspec.Struct, omit_defaults=True):

@@ -7,6 +7,7 @@ parser; connection states are GatewayStatus messages through the API's live view
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections import defaultdict
@@ -26,14 +27,16 @@ from api.view import LiveView
 from devices import topics
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
-from devices.contract import DeviceHealth, GatewayStatus, Item, encode
+from devices.contract import DeviceHealth, DeviceInfo, GatewayStatus, Item, encode
 from devices.site import DeviceSpec, Site
 from gateway.drivers.bedside_serial.driver import frames_to_items
 from gateway.drivers.bedside_serial.parser import FrameParser
 from gateway.drivers.modbus_common.decode import MapState, identity, to_items
+from gateway.drivers.modbus_pump.driver import ModbusPumpDriver
 from gateway.drivers.modbus_pump.parser import KIND, pump_map
 from simulators.bedside import protocol
 from simulators.modbus.pump import PumpModel
+from simulators.modbus.server import ModbusSimulator
 from state.assets import AssetLocation
 from state.db import State, open_state
 from state.fleet import LinkChange, MaintenancePlan, Recall, WorkOrder
@@ -304,6 +307,67 @@ async def test_devices_going_offline_give_uptime_gateway_health_and_metrics(
     lost = fleet.state.fleet.links(start=t0, end=now_ms() + 1, subjects=["mon-icu-02"])
     assert [c.state for c in lost] == ["connected", "lost", "connected", "gateway_offline", "connected", "lost",
                                        "gateway_offline"]
+
+
+class HealthSink:
+    """A driver's sink for a test that looks only at the link's health (readings and identity are dropped)."""
+
+    def accept(self, items: Iterable[Item]) -> None:
+        """Drop readings."""
+
+    def register(self, info: DeviceInfo) -> None:
+        """Drop identities."""
+
+
+async def test_modbus_retries_of_dropped_replies_are_counted_in_fleet_health_and_metrics(
+        fleet: Fleet, client: httpx.AsyncClient) -> None:
+    # A real pump unit on pymodbus over TCP, read by the pump driver with a budget of 2 retries per request.
+    # A late reply (0.45 s against a 0.3 s timeout) is a dropped one: the driver times out and asks again. The unit
+    # answers in order, so the attempt after the late ones is answered 0.15 s after it was sent, within its timeout.
+    pump = PumpModel(unit=1)
+    async with ModbusSimulator([pump], transport="tcp") as sim:
+        spec = DeviceSpec(id="pump-icu-01", kind="modbus_pump", gateway="gw-icu", bed="ICU-01", connection={
+            "transport": "tcp", "host": sim.host, "port": sim.port, "unit": 1, "poll_s": 0.05, "timeout_s": 0.3,
+            "retries": 2, "lost_after": 3, "backoff_s": 0.1, "backoff_max_s": 0.3})
+        driver = ModbusPumpDriver(spec, HealthSink())
+        task = asyncio.create_task(driver.run())
+        try:
+            await settle(lambda: driver.polls_ok >= 2)
+            # 1: two replies dropped while the unit is healthy: each is retried, the third attempt is answered.
+            sim.answer_late(1, 0.45, replies=2)
+            await settle(lambda: sim.faults[1].late_replies == 0)
+            ok = driver.polls_ok
+            await settle(lambda: driver.polls_ok >= ok + 2)
+            assert (driver.retries, driver.errors["ModbusTimeout"]) == (2, 2)
+            # 2: four dropped: 2 retries, the poll fails; after a failed poll a unit gets one attempt per poll (no
+            # retries): two more failed polls, then the next is answered. Truth: 2 more retries, 4 more rejected.
+            sim.answer_late(1, 0.45, replies=4)
+            await settle(lambda: sim.faults[1].late_replies == 0)
+            ok = driver.polls_ok
+            await settle(lambda: driver.polls_ok >= ok + 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert (driver.retries, driver.errors["ModbusTimeout"], driver.link.state) == (4, 6, "connected")
+    # The gateway's status carries the driver's health; the API hears it on the bus.
+    status = GatewayStatus(gateway="gw-icu", state="online", ts=now_ms(), devices=[driver.health()])
+    fleet.view.apply(topics.gateway_topic(fleet.site.id, "gw-icu", "status"), encode(status))
+    health = await get(client, "/api/v1/fleet/devices/pump-icu-01/health")
+    assert (health["retries"], health["frames_rejected"], health["frames_ok"]) == (4, 6, driver.polls_ok)
+    listed = {h["device"]: h for h in await get(client, "/api/v1/fleet/health", unit="ICU")}
+    assert (listed["pump-icu-01"]["retries"], listed["mon-icu-01"]["retries"]) == (4, None)  # never heard: None
+    await fleet.gauges.refresh()
+    text = (await client.get("/metrics")).text
+    assert 'wardlink_fleet_link_retries{device="pump-icu-01",gateway="gw-icu"} 4' in text
+    assert 'wardlink_fleet_frames_rejected{device="pump-icu-01",gateway="gw-icu"} 6' in text
+
+
+async def settle(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until ``check`` holds (a failure names nothing: the assertions after it do)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the scenario did not reach its next step in time"
+        await asyncio.sleep(0.02)
 
 
 # --- registry ----------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Per poll every block of the map is read; a poll succeeds only when every block d
 value scaled by an exponent in another block is never combined with a stale one). A failed attempt is
 retried ``retries`` times while the unit is healthy; once a poll has failed, the unit gets one attempt per
 poll and waits ``backoff_s`` doubling up to ``backoff_max_s`` between polls, so a dead unit costs the line
-one timeout per backoff period instead of holding it. ``lost_after`` failed polls in a row raise the
+one timeout per backoff period instead of holding it. Every request sent again within a poll is counted
+(``retries``, reported in the device's health). ``lost_after`` failed polls in a row raise the
 ``device.disconnected`` technical event (:class:`gateway.driver.Link`); the next good poll ends it.
 """
 
@@ -111,14 +112,15 @@ class ModbusDevice:
         self.link = Link(spec, sink, stream="link")
         self.state = MapState()
         self.errors: Counter[str] = Counter()  # failed attempts by error class name
+        self.retries = 0  # requests sent again after a failed attempt (communication quality, in the health)
         self.polls_ok = 0
         self.info: DeviceInfo | None = None
         self._failures = 0  # failed polls in a row
         self._identified = not regmap.identity_blocks
 
     def health(self) -> DeviceHealth:
-        """Link state; frames_ok counts good polls, frames_bad failed attempts."""
-        return self.link.health()
+        """Link state; frames_ok counts good polls, frames_bad failed attempts, retries the requests sent again."""
+        return msgspec.structs.replace(self.link.health(), retries=self.retries)
 
     async def run(self) -> None:
         """Poll until cancelled; never raises for anything the line or the device does."""
@@ -213,6 +215,7 @@ class ModbusDevice:
                 if final:
                     raise
                 attempt += 1
+                self.retries += 1
 
     def _failed(self, bus: Bus, exc: ModbusError) -> None:
         self._failures += 1
