@@ -87,6 +87,23 @@ class AcceptResult:
     shed: int
 
 
+def merge_ranges(ranges: Iterable[SeqRange]) -> list[tuple[str, str, int, int]]:
+    """``(device, stream, first, last)`` per stream, ranges that touch or overlap merged (their union is committed)."""
+    merged: list[tuple[str, str, int, int]] = []
+    for r in sorted(ranges, key=_range_order):
+        if merged:
+            device, stream, first, last = merged[-1]
+            if r.device == device and r.stream == stream and r.first <= last + 1:
+                merged[-1] = (device, stream, first, max(last, r.last))
+                continue
+        merged.append((r.device, r.stream, r.first, r.last))
+    return merged
+
+
+def _range_order(r: SeqRange) -> tuple[str, str, int]:
+    return (r.device, r.stream, r.first)
+
+
 class Outbox:
     """A bounded, durable, two-lane outbox with per-stream sequence numbers."""
 
@@ -236,8 +253,12 @@ class Outbox:
         return out
 
     def release(self, ranges: Iterable[SeqRange]) -> int:
-        """Delete the runs that ingest reported committed in full; return how many items left the outbox."""
-        params = [(r.device, r.stream, r.first, r.last) for r in ranges]
+        """Delete the runs that ingest reported committed in full; return how many items left the outbox.
+
+        Ranges of one stream that touch or overlap (several commits released together) are merged first:
+        one DELETE per stream, and a row that straddles two commits' ranges is released too.
+        """
+        params = merge_ranges(ranges)
         if not params:
             return 0
         with self._lock:
@@ -246,9 +267,11 @@ class Outbox:
                 released = 0
                 gone: list[tuple[str, str, int]] = []
                 for device, stream, first, last in params:
+                    # first_seq <= last is implied by last_seq <= last, but the index walk needs it as its upper
+                    # bound: without it the DELETE visits every later row of the stream (the whole backlog).
                     rows = self._db.execute(
-                        "DELETE FROM outbox WHERE device = ? AND stream = ? AND first_seq >= ? AND last_seq <= ? "
-                        "RETURNING count, last_seq", (device, stream, first, last)).fetchall()
+                        "DELETE FROM outbox WHERE device = ? AND stream = ? AND first_seq BETWEEN ? AND ? "
+                        "AND last_seq <= ? RETURNING count, last_seq", (device, stream, first, last, last)).fetchall()
                     released += sum(r[0] for r in rows)
                     if rows:
                         gone.append((device, stream, max(r[1] for r in rows)))

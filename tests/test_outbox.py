@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from devices.contract import DeviceEvent, Observation, SeqRange, TagRead
-from gateway.outbox import DATA_LANES, LANE_ALARM, LANE_TRENDS, Outbox, Pending
+from gateway.outbox import DATA_LANES, LANE_ALARM, LANE_TRENDS, Outbox, Pending, merge_ranges
 
 
 def o(device: str = "mon-1") -> Observation:
@@ -62,6 +62,22 @@ def test_release_deletes_only_runs_committed_in_full(tmp_path: Path) -> None:
     assert left == [5, 6, 8, 9, 10]  # 5-6 was only half committed: it stays, whole
     assert box.depth() == 5
     assert box.release([SeqRange("mon-1", "numerics", 1, 4)]) == 0  # a repeated commit is harmless
+
+
+def test_commits_released_together_merge_only_ranges_that_touch(tmp_path: Path) -> None:
+    """The gateway releases several commits in one go: a run committed in two halves leaves, a gap stays."""
+    box = Outbox(tmp_path / "o.db")
+    for size in (4, 2, 1, 3):  # runs 1-4, 5-6, 7, 8-10 of mon-1
+        box.accept([o() for _ in range(size)])
+    box.accept([o("mon-2") for _ in range(3)])  # run 1-3 of mon-2
+    committed = [SeqRange("mon-1", "numerics", 6, 6), SeqRange("mon-2", "numerics", 1, 1),
+                 SeqRange("mon-1", "numerics", 1, 5), SeqRange("mon-2", "numerics", 3, 3),
+                 SeqRange("mon-1", "numerics", 9, 10)]
+    assert merge_ranges(committed) == [("mon-1", "numerics", 1, 6), ("mon-1", "numerics", 9, 10),
+                                       ("mon-2", "numerics", 1, 1), ("mon-2", "numerics", 3, 3)]
+    assert box.release(committed) == 6  # 1-4 and 5-6; 8-10 and mon-2's 1-3 were not committed in full
+    assert [(i["device"], i["seq"]) for i in items_of(box.pending(LANE_TRENDS, 0, 100))] == [
+        ("mon-1", 7), ("mon-1", 8), ("mon-1", 9), ("mon-1", 10), ("mon-2", 1), ("mon-2", 2), ("mon-2", 3)]
 
 
 def test_full_outbox_sheds_lowest_priority_first_and_never_alarms(tmp_path: Path) -> None:
