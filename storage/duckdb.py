@@ -312,14 +312,19 @@ class DuckDbStore:
     preferred_batch: Final = 20_000  # items per write: 2.4-2.8 µs each here, 3-4 at 5,000 (docs/benchmarks.md)
 
     def __init__(self, path: str | os.PathLike[str], retention: Retention | None = None, *,
-                 snapshot_rows: int = 2_000_000, snapshot_s: float = 60.0) -> None:
+                 snapshot_rows: int = 2_000_000, snapshot_s: float = 60.0, memory_limit_mb: int = 512) -> None:
         """Open (creating the directory, file and tables if needed, upgrading schema 1) the store at ``path``.
 
         ``snapshot_rows`` and ``snapshot_s`` bound how many stored rows, or how long, the key index and
         the latest cache may run ahead of their tables (what the next open re-reads from the rows).
+        ``memory_limit_mb`` bounds DuckDB's buffer pool (its default is 80% of the machine's memory, which a
+        process that only appends fills with cached blocks); past it DuckDB evicts, or spills to the directory
+        ``<file>.tmp`` beside the file.
         """
         if str(path) in ("", ":memory:"):
             raise ValueError("DuckDbStore needs a file path; use MemoryStore for an in-memory store")
+        if memory_limit_mb < 64:
+            raise ValueError(f"store memory_limit_mb must be at least 64, not {memory_limit_mb}")
         self.path = Path(path)
         self.retention = retention or Retention()
         self.snapshot_rows = snapshot_rows
@@ -341,7 +346,7 @@ class DuckDbStore:
         except OSError as exc:
             raise StoreError(f"cannot create the directory of {self.path}: {exc}") from exc
         try:
-            self._conn = duckdb.connect(str(self.path))
+            self._conn = duckdb.connect(str(self.path), config={"memory_limit": f"{memory_limit_mb}MB"})
             self._conn.execute(_QUIET).fetchall()
         except duckdb.Error as exc:
             raise _store_error(exc, "open", self.path) from exc

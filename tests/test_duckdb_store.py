@@ -77,6 +77,17 @@ def test_key_index_filter_keeps_the_first_of_each_new_key(batches: list[list[tup
 # --- duplicates ---------------------------------------------------------------------------------
 
 
+def test_the_buffer_pool_is_bounded_as_configured(tmp_path: Path) -> None:
+    store = DuckDbStore(tmp_path / "ts.duckdb", memory_limit_mb=128)
+    try:
+        limit = store._conn.execute("SELECT current_setting('memory_limit')").fetchone()
+    finally:
+        store.close()
+    assert limit == ("122.0 MiB",)  # 128 MB (10^6 bytes), as DuckDB prints it
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        DuckDbStore(tmp_path / "small.duckdb", memory_limit_mb=8)
+
+
 def test_duplicates_within_a_batch_across_batches_and_after_reopen(tmp_path: Path) -> None:
     path = tmp_path / "dups.duckdb"
     store = DuckDbStore(path)

@@ -82,7 +82,8 @@ def open_store(config: Config, *, reader: bool = False) -> TimeSeriesStore:
     if reader:
         raise ConfigError('store.engine "duckdb" lets one process open the store; a separate API or facilities '
                           'process needs store.engine = "sqlite" or "victoria"')
-    return DuckDbStore(data / "timeseries.duckdb")  # chosen by measurement: docs/storage.md
+    # Chosen by measurement: docs/storage.md.
+    return DuckDbStore(data / "timeseries.duckdb", memory_limit_mb=config.store.memory_limit_mb)
 
 
 def open_relational(config: Config, site: Site) -> State:
