@@ -346,7 +346,7 @@ def create_app(parts: ApiParts) -> FastAPI:
     app.include_router(alerts_router(site, state, access, parts.catalogue, default_ruleset=parts.default_ruleset))
     app.include_router(reports_router(site, access))
     app.include_router(facilities_router(site, state, store, access, site_map=parts.site_map))
-    app.include_router(waste_router(site, state, access, parts.waste))
+    app.include_router(waste_router(site, state, access, parts.waste, store=store, site_map=parts.site_map))
     app.include_router(fleet_router(site, state, store, view, access))
     if parts.site_map is not None:
         app.include_router(navigation_router(parts.site_map, state, access))

@@ -1,4 +1,5 @@
-"""Medical-waste records: a bag's custody chain, weights per department and category, the handover register.
+"""Medical-waste records: a bag's custody chain, weights per department and category, the handover register,
+and the waste store now (its temperature loggers' newest readings, the bags it holds, its open alerts).
 
 Facilities see the whole site; nurses and charge nurses only their units' bags (another unit's bag
 answers 404 exactly like a missing one); the auditor reads the register. Nothing here writes: custody
@@ -23,24 +24,34 @@ from api.access import Access, not_found
 from api.security import Principal
 from devices.clock import now_ms
 from devices.site import Site
-from facilities.waste import WasteSettings, retained_until
+from facilities.sitemap import SiteMap
+from facilities.waste import WasteSettings, retained_until, storage_loggers
 from state.db import State
 from state.waste import RegisterLine
+from storage.base import StoreError, TimeSeriesStore
 
 REGISTER_FIELDS = ("time", "department", "category", "bag", "weight_kg", "from", "to", "handed_over_by",
                    "received_by", "manifest", "weight_check", "sealed_at", "sealed_weight_kg", "scanner")
 """The handover register's columns: source, category, weight, time, destination and both signatures."""
 MAX_DAYS = 400
+STORE_ALERTS = ("waste.storage_temperature", "waste.storage_overdue")
+"""The open alerts the waste store's view shows."""
 
 
 def _local(ms: int, zone: timezone) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone)
 
 
-def waste_router(site: Site, state: State, access: Access, settings: WasteSettings | None = None) -> APIRouter:
-    """Waste routes: chain lookup, weight reports and the register (JSON and CSV)."""
+def waste_router(site: Site, state: State, access: Access, settings: WasteSettings | None = None, *,
+                 store: TimeSeriesStore | None = None, site_map: SiteMap | None = None) -> APIRouter:
+    """Waste routes: chain lookup, weight reports, the register (JSON and CSV) and the store's state.
+
+    ``store`` holds the storage loggers' readings (ingest writes them); ``site_map`` names the loggers in
+    the waste-storage room, as it does for the facilities service's waste tracker.
+    """
     router = APIRouter(prefix="/api/v1/waste", tags=["waste"])
     limits = settings or WasteSettings()
+    loggers = sorted(storage_loggers(site, limits, site_map))
     zone = timezone(timedelta(minutes=limits.utc_offset_min))
     readers = Depends(access.allow("facilities", "charge_nurse", "nurse", "auditor"))
     register_readers = Depends(access.allow("facilities", "auditor"))
@@ -144,5 +155,32 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
         name = f"waste-register-{site.id}-{first.isoformat()}-{last.isoformat()}.csv"
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @router.get("/storage")
+    async def storage(principal: Annotated[Principal, register_readers]) -> dict[str, Any]:
+        """The waste store now: each logger's probes (newest Cel reading), the bags held, its open alerts."""
+        del principal  # site-wide: facilities and the auditor
+
+        def read() -> dict[str, Any]:
+            rows = []
+            for device in loggers:
+                probes = [p for p in store.latest(device=device) if p.unit == "Cel"] if store is not None else []
+                warmest = max((p.value for p in probes), default=None)
+                rows.append({"device": device, "temperature_c": warmest,
+                             "ts": max((p.ts for p in probes), default=None),
+                             "above_limit": warmest is not None and warmest > limits.storage_max_c,
+                             "probes": [{"metric": p.metric, "value": p.value, "ts": p.ts} for p in probes]})
+            held = state.waste.holding("storage")
+            alerts = [{"id": a.id, "type": a.type, "source": a.source, "priority": a.priority, "state": a.state,
+                       "onset": a.onset, "value": a.value, "message": a.message}
+                      for a in state.alerts.open() if a.type in STORE_ALERTS]
+            return {"limit_c": limits.storage_max_c, "max_hours": limits.storage_max_h, "loggers": rows,
+                    "bags_held": len(held), "oldest_since": min((h.at for h in held), default=None),
+                    "alerts": alerts}
+
+        try:
+            return await asyncio.to_thread(read)
+        except StoreError as exc:
+            raise HTTPException(503, f"store unavailable: {exc}") from exc
 
     return router

@@ -72,6 +72,16 @@ class WasteSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("escalate_after_min: the hospital level must come after the department head level")
 
 
+def storage_loggers(site: Site, settings: WasteSettings, site_map: SiteMap | None) -> frozenset[str]:
+    """The waste store's temperature loggers: ``storage_loggers``, and the devices the site map puts in a
+    waste-storage room that are not the site's scan points."""
+    loggers = set(settings.storage_loggers)
+    if site_map is not None:
+        scan_points = {d.id for d in site.devices if d.kind == "waste_mqtt"}
+        loggers.update(d for room in site_map.rooms_of("waste_storage") for d in room.devices if d not in scan_points)
+    return frozenset(loggers)
+
+
 def retained_until(sealed_at: int, settings: WasteSettings) -> int:
     """The earliest time a bag's records may be archived away (never deleted by Wardlink itself)."""
     return sealed_at + settings.retention_years * YEAR_MS
@@ -98,14 +108,12 @@ class WasteTracker:
                  site_map: SiteMap | None = None) -> None:
         """Track the site's waste in ``state``; the site map (when given) names the storage room's loggers."""
         self.site, self.state, self.settings = site, state, settings or WasteSettings()
-        loggers = set(self.settings.storage_loggers)
-        if site_map is not None:
-            loggers.update(d for room in site_map.rooms_of("waste_storage") for d in room.devices)
-        self.loggers = frozenset(loggers)
+        self.loggers = storage_loggers(site, self.settings, site_map)
         self.units = self.settings.units if self.settings.units is not None else [u.id for u in site.units]
         self.zone = timezone(timedelta(minutes=self.settings.utc_offset_min))
         self.open: dict[str, _Open] = {}
-        self.storage_temperature: dict[str, float] = {}
+        self.storage_temperature: dict[str, float] = {}  # logger -> its warmest probe's newest reading
+        self._probes: dict[str, dict[str, float]] = {}  # logger -> metric -> newest reading
 
     # -- events -------------------------------------------------------------------------------------
 
@@ -174,9 +182,18 @@ class WasteTracker:
                                     f"+/-{self.settings.weight_tolerance * 100:g}%): intake flagged")]
 
     def _temperature(self, obs: Observation, now: int) -> list[Alert]:
-        if obs.device not in self.loggers or obs.unit != "Cel" or obs.flags & FLAG_NO_ALARM:
+        """A logger's probes (air, product) each report; the store is as warm as its warmest probe."""
+        if obs.device not in self.loggers or obs.unit != "Cel":
             return []
-        self.storage_temperature[obs.device] = obs.value
+        probes = self._probes.setdefault(obs.device, {})
+        if obs.flags & FLAG_NO_ALARM:  # a probe error: that probe no longer counts
+            probes.pop(obs.metric, None)
+        else:
+            probes[obs.metric] = obs.value
+        if probes:
+            self.storage_temperature[obs.device] = max(probes.values())
+        else:
+            self.storage_temperature.pop(obs.device, None)
         return self._check_temperature(now)
 
     def _check_temperature(self, now: int) -> list[Alert]:

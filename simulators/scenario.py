@@ -23,7 +23,7 @@ from simulators.bedside.monitor import SimulatedMonitor
 from simulators.bedside.patient import PatientModel
 from simulators.hl7.messages import Monitor
 from simulators.hl7.sender import Hl7Sender, TcpWire
-from simulators.modbus.devices import FridgeLogger, O2Detector, WasteScale
+from simulators.modbus.devices import FridgeLogger, O2Detector, WasteScale, WasteStoreLogger
 from simulators.modbus.pump import PumpModel
 from simulators.modbus.server import ModbusSimulator, UnitModel
 from simulators.mqtt_devices.rfid import BleGatewaySim, RfidReaderSim, Ward
@@ -74,7 +74,7 @@ class ModbusUnit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One unit on a Modbus line."""
 
     device: str
-    model: Literal["pump", "waste_scale", "fridge", "o2"]
+    model: Literal["pump", "waste_scale", "fridge", "waste_store", "o2"]
     unit: int
 
 
@@ -157,7 +157,8 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise ScenarioError(f"scenario {name_or_path}: {exc}") from exc
 
 
-_MODELS: dict[str, type] = {"pump": PumpModel, "waste_scale": WasteScale, "fridge": FridgeLogger, "o2": O2Detector}
+_MODELS: dict[str, type] = {"pump": PumpModel, "waste_scale": WasteScale, "fridge": FridgeLogger,
+                            "waste_store": WasteStoreLogger, "o2": O2Detector}
 
 
 @dataclass

@@ -111,6 +111,7 @@ POLICY: dict[str, set[str]] = {
     "GET /api/v1/waste/register": {"facilities", "auditor"},
     "GET /api/v1/waste/register.csv": {"facilities", "auditor"},
     "GET /api/v1/waste/reports/weights": CLINICAL | {"facilities", "auditor"},
+    "GET /api/v1/waste/storage": {"facilities", "auditor"},
 }
 
 PEOPLE = {"nurse": "n-icu", "charge_nurse": "c-icu", "facilities": "f-fac", "biomed": "b-bio", "admin": "a-adm",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import itertools
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from fastapi import FastAPI
 
@@ -20,10 +22,17 @@ from api.security import Authenticator, LocalTokens
 from api.waste_routes import waste_router
 from devices.clock import now_ms
 from devices.contract import WasteEvent
+from facilities.service import FacilitiesService, FacilitiesSettings
 from facilities.sitemap import SiteMap, load_site_map
 from facilities.waste import WasteTracker
+from gateway.service import Gateway, GatewaySettings
+from ingest.service import Ingest
+from simulators.modbus.devices import WasteStoreLogger
+from simulators.scenario import Scenario, load_scenario, start
 from state.assets import AssetLocation
 from state.db import State, open_state
+from storage.sqlite import SqliteStore
+from tests.conftest import Mosquitto
 from wardlink.config import load
 
 HOUR = 3_600_000
@@ -55,7 +64,14 @@ def state(tmp_path: Path) -> Iterator[State]:
 
 
 @pytest.fixture
-async def api(state: State) -> AsyncIterator[Api]:
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "timeseries.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+async def api(state: State, store: SqliteStore) -> AsyncIterator[Api]:
     now = now_ms()
     for staff_id, name, role, unit, duty, bed in STAFF:
         state.assignments.add_staff(staff_id, name, role)
@@ -65,7 +81,7 @@ async def api(state: State) -> AsyncIterator[Api]:
     access = Access(SITE, state, Authenticator(state, tokens))
     app = FastAPI()
     app.include_router(navigation_router(MAP, state, access))
-    app.include_router(waste_router(SITE, state, access))
+    app.include_router(waste_router(SITE, state, access, store=store, site_map=MAP))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wardlink") as client:
         yield Api(client, state, tokens)
 
@@ -286,3 +302,71 @@ async def test_handover_register_csv_for_the_regulator(api: Api, state: State) -
     assert (await api.get("/api/v1/waste/register", "n-wes")).status_code == 403
     exports = state.audit.records(after=0, limit=100, actor="a-aud")
     assert [r.action for r in exports] == ["waste.register.export"]
+
+
+# -- the waste store's temperature logger in the demo hospital -------------------------------------------
+
+async def test_the_demo_waste_store_logger_shows_in_the_waste_api_with_its_alert(
+        api: Api, state: State, store: SqliteStore, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The demo scenario's logger (Modbus, fridge_logger map) -> gateway gw-w3 -> ingest and facilities -> API."""
+    config = load(env={})
+    lines = [line for line in load_scenario(config.simulation.scenario).modbus
+             if "temp-waste-store" in {u.device for u in line.units}]
+    assert len(lines) == 1, "the demo scenario simulates the waste store's logger"
+    running = await start(Scenario(modbus=lines), mosquitto.address, {})
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        logger = next(m for server in running.modbus for m in server.units.values()
+                      if isinstance(m, WasteStoreLogger))
+        logger.cycle_s = 0  # the test drives the cooling
+        # The demo site's devices on that line (the logger and the ward's scale), polled quickly.
+        devices = [msgspec.structs.replace(d, connection={**d.connection, **running.connections[d.id], "poll_s": 0.2})
+                   for d in config.site.devices if d.id in running.connections]
+        line = msgspec.structs.replace(config.site, devices=devices)  # what the gateway reads here
+        assert {d.gateway for d in devices} == {"gw-w3"}
+        gateway = Gateway(line, "gw-w3", tmp_path / "outbox.db", mosquitto.address, GatewaySettings(linger_s=0.05))
+        ingest = Ingest(line, store, mosquitto.address)
+        service = FacilitiesService(config.site, state, mosquitto.address,
+                                    FacilitiesSettings(tick_s=0.2, flush_s=0.2, heartbeat_s=1.0), store=store)
+        assert service.waste.loggers == {"temp-waste-store"}, "the demo site map puts the logger in the store"
+        now = now_ms()
+        for step, point in enumerate(("ward", "collector", "storage")):  # one bag arrives in the store
+            service.handle([WasteEvent(device=f"wst-{point}", stream="waste", seq=step, ts=now + step, bag="B-1",
+                                       category="infectious", weight_g=1500.0, point=point, handler=f"H-{point}",
+                                       unit="W3")], now + step)
+        tasks = [asyncio.create_task(run()) for run in (gateway.run, ingest.run, service.run)]
+
+        async def storage() -> dict[str, Any]:
+            answer = await api.get("/api/v1/waste/storage", "f-fay")
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+        async def until(check: Any, seconds: float, what: str) -> dict[str, Any]:
+            deadline = asyncio.get_running_loop().time() + seconds
+            while not check(view := await storage()):
+                assert asyncio.get_running_loop().time() < deadline, f"{what} not within {seconds} s: {view}"
+                await asyncio.sleep(0.2)
+            return view
+
+        cool = await until(lambda v: v["loggers"][0]["temperature_c"] is not None, 15, "the logger's readings")
+        assert (cool["bags_held"], cool["limit_c"], cool["alerts"]) == (1, 20.0, [])
+        assert cool["loggers"][0]["device"] == "temp-waste-store"
+        assert 14.0 <= cool["loggers"][0]["temperature_c"] <= 16.0
+        assert {p["metric"] for p in cool["loggers"][0]["probes"]} == {"WARDLINK_TEMP_FRIDGE_AIR",
+                                                                        "WARDLINK_TEMP_FRIDGE_PRODUCT"}
+        assert (await api.get("/api/v1/waste/storage", "n-wes")).status_code == 403
+
+        logger.setpoint_c = logger.air_c = 24.0  # the cooling has failed: the air is at 24 C
+        warm = await until(lambda v: v["alerts"], 15, "the storage-temperature alert")
+        assert [(a["type"], a["source"], a["state"]) for a in warm["alerts"]] == [
+            ("waste.storage_temperature", "temp-waste-store", "active")]
+        assert warm["alerts"][0]["value"] >= 20.0
+        assert warm["loggers"][0]["above_limit"]
+
+        logger.setpoint_c = logger.air_c = logger.product_c = 15.0  # cooled again
+        await until(lambda v: not v["alerts"] and not v["loggers"][0]["above_limit"], 15, "the alert resolved")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await running.stop()

@@ -17,6 +17,7 @@ from devices.site import Site, Unit
 from facilities.sitemap import load_site_map
 from facilities.waste import HOUR_MS, WasteSettings, WasteTracker, retained_until
 from gateway.drivers.waste_mqtt.driver import WasteMqttDriver
+from simulators.modbus.devices import WasteStoreLogger
 from simulators.mqtt_devices.waste import JOURNEY, ScanPointSim, WasteRound
 from state.db import State, open_state
 from tests.conftest import Mosquitto
@@ -245,9 +246,9 @@ def test_storage_room_above_20_c_while_holding_waste(state: State) -> None:
     tracker = WasteTracker(SITE, state, site_map=load_site_map())  # the demo map puts temp-waste-store there
     t0 = at(5, 8)
 
-    def reading(value: float, ts: int, device: str = "temp-waste-store") -> Observation:
-        return Observation(device=device, stream="numerics", seq=0, ts=ts, metric="WARDLINK_TEMP_FRIDGE_AIR",
-                           value=value, unit="Cel")
+    def reading(value: float, ts: int, device: str = "temp-waste-store",
+                metric: str = "WARDLINK_TEMP_FRIDGE_AIR") -> Observation:
+        return Observation(device=device, stream="numerics", seq=0, ts=ts, metric=metric, value=value, unit="Cel")
 
     assert tracker.handle(reading(24.0, t0), t0) == [], "nothing held: no alert"
     assert tracker.handle(reading(30.0, t0, "fridge-icu"), t0) == [], "a logger elsewhere is not the store"
@@ -261,6 +262,9 @@ def test_storage_room_above_20_c_while_holding_waste(state: State) -> None:
     raised = tracker.handle(reading(20.6, t0 + 40), t0 + 40)
     assert types(raised) == ["waste.storage_temperature"]
     assert raised[0].value == 20.6
+    # The logger's second probe lags behind the air: the store is as warm as its warmest probe (no flapping).
+    assert tracker.handle(reading(18.0, t0 + 41, metric="WARDLINK_TEMP_FRIDGE_PRODUCT"), t0 + 41) == []
+    assert tracker.handle(reading(20.4, t0 + 42), t0 + 42) == []
     resolved = tracker.handle(scan("B1", "disposer", t0 + 50), t0 + 50)
     assert [(a.type, a.state) for a in resolved] == [("waste.storage_temperature", "resolved")], "store emptied"
 
@@ -275,3 +279,18 @@ def test_settings_never_keep_records_less_than_three_years() -> None:
     assert retained_until(sealed, settings) >= sealed + 5 * 365 * 24 * HOUR_MS + 2 * 24 * HOUR_MS
     with pytest.raises(ValueError, match="escalate_after_min"):
         msgspec.convert({"escalate_after_min": [240, 60]}, WasteSettings)
+
+
+def test_the_demo_waste_store_logger_warms_above_20_c_while_its_cooling_fails() -> None:
+    logger = WasteStoreLogger(_start=0.0, _last=0.0)  # monotonic seconds from its start
+    air = []
+    for second in range(0, 1201, 5):
+        logger.registers(float(second))
+        air.append((second, logger.air_c))
+    warm = [s for s, c in air if c > 20.0 and s < 1000]
+    assert warm, "the failure window takes the store above the waste limit"
+    assert 420 < warm[0] < 540, "from the failing minutes (7 to 10) on"
+    assert warm[-1] < 720, "until shortly after the cooling is back"
+    assert max(c for s, c in air if s < 1000) == pytest.approx(24.0, abs=0.3)
+    assert all(14.0 <= c <= 16.0 for s, c in air if s <= 420 or 780 <= s <= 1020), "held at 15 C otherwise"
+    assert any(c > 20.0 for s, c in air if s > 1020), "and again in the next cycle"

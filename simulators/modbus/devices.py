@@ -1,4 +1,5 @@
-"""Simulated field devices on Modbus: a waste weighing indicator, a medicine-fridge logger, an O2 detector.
+"""Simulated field devices on Modbus: a waste weighing indicator, a medicine-fridge logger, the waste store's
+temperature logger, an O2 detector.
 
 Each model keeps its physics in plain attributes and renders its register image on demand at a monotonic
 time, the way the real device's manual lays it out (see gateway/drivers/modbus_map/maps for the maps).
@@ -112,6 +113,34 @@ class FridgeLogger:
         put(inputs, 1, int16(self.probe_error.get("product", round(self.product_c * 10))))
         put(inputs, 2, uint16(alarms))
         return {"input": inputs}
+
+
+@dataclass
+class WasteStoreLogger(FridgeLogger):
+    """The medical-waste store's temperature logger (a cold-room logger laid out like the fridge logger).
+
+    The store is kept at 15 C; the logger's own high limit is the waste rule's 20 C (DOMAIN.md section 7).
+    For the demo its cooling fails on a cycle: for ``fail_for_s`` at the end of every ``cycle_s`` (from
+    5 to 8 minutes of every 10) the air warms by ``fail_c_per_min`` (to about 24 C), then recovers.
+    ``cycle_s = 0`` leaves the cooling to :meth:`fail_cooling` and :meth:`restore_cooling`.
+    """
+
+    setpoint_c: float = 15.0
+    high_c: float = 20.0
+    air_c: float = 15.0
+    product_c: float = 15.0
+    cycle_s: float = 600.0
+    fail_for_s: float = 180.0
+    fail_c_per_min: float = 3.0
+    _start: float = field(default_factory=time.monotonic, repr=False)
+
+    def advance(self, now: float) -> None:
+        """Fail or restore the cooling by the cycle, then move the temperatures on."""
+        if self.cycle_s > 0:
+            into = ((now - self._start) * self.time_scale) % self.cycle_s
+            failing = into >= self.cycle_s - self.fail_for_s
+            self.drift_c_per_min = self.fail_c_per_min if failing else 0.0
+        super().advance(now)
 
 
 @dataclass
