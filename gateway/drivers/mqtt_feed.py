@@ -69,6 +69,13 @@ def check_topic_filter(topic: str) -> str:
     return topic
 
 
+def endpoint(broker: str, topic: str) -> tuple[BrokerAddress, str]:
+    """A device's edge broker and topic filter from its ``connection`` table; ValueError naming the field."""
+    if not broker:
+        raise ValueError("field broker is missing (mqtt://HOST:PORT)")
+    return BrokerAddress.parse(broker), check_topic_filter(topic)
+
+
 def _refused(code: int | ReasonCode) -> bool:
     """A SUBACK code of 0x80 or above means the broker refused the subscription."""
     return (code.value if isinstance(code, ReasonCode) else code) >= 0x80

@@ -13,11 +13,10 @@ import logging
 from collections.abc import Sequence
 from typing import ClassVar
 
-from devices.bus import BrokerAddress
 from devices.contract import DeviceHealth, Item
 from devices.site import DeviceSpec
 from gateway.driver import Sink
-from gateway.drivers.mqtt_feed import MqttFeed, Rejection, check_topic_filter
+from gateway.drivers.mqtt_feed import MqttFeed, Rejection, endpoint
 from gateway.drivers.rfid_mqtt import parser
 from gateway.drivers.rfid_mqtt.parser import ConfigError, PayloadError
 
@@ -35,11 +34,8 @@ class RfidMqttDriver:
         self.spec = spec
         self.sink = sink
         self.settings = parser.load_settings(spec)
-        if not self.settings.broker:
-            raise ConfigError(f"device {spec.id}: connection: field broker is missing (mqtt://HOST:PORT)")
         try:
-            broker = BrokerAddress.parse(self.settings.broker)
-            topic = check_topic_filter(self.settings.topic)
+            broker, topic = endpoint(self.settings.broker, self.settings.topic)
         except ValueError as exc:
             raise ConfigError(f"device {spec.id}: connection: {exc}") from exc
         self.feed = MqttFeed(spec, sink, self._handle, broker=broker, topic=topic, qos=self.settings.qos,

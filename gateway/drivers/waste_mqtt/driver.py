@@ -14,11 +14,10 @@ import logging
 from collections.abc import Sequence
 from typing import ClassVar
 
-from devices.bus import BrokerAddress
 from devices.contract import DeviceHealth, Item
 from devices.site import DeviceSpec
 from gateway.driver import Sink
-from gateway.drivers.mqtt_feed import MqttFeed, Rejection, check_topic_filter
+from gateway.drivers.mqtt_feed import MqttFeed, Rejection, endpoint
 from gateway.drivers.waste_mqtt import parser
 from gateway.drivers.waste_mqtt.parser import ConfigError, ScanError
 
@@ -36,11 +35,8 @@ class WasteMqttDriver:
         self.spec = spec
         self.sink = sink
         self.settings = parser.load_settings(spec)
-        if not self.settings.broker:
-            raise ConfigError(f"device {spec.id}: connection: field broker is missing (mqtt://HOST:PORT)")
         try:
-            broker = BrokerAddress.parse(self.settings.broker)
-            topic = check_topic_filter(self.settings.topic)
+            broker, topic = endpoint(self.settings.broker, self.settings.topic)
         except ValueError as exc:
             raise ConfigError(f"device {spec.id}: connection: {exc}") from exc
         # A persistent session (clean_session=False) keeps QoS 1 scans queued on the broker while we are away.
