@@ -4,8 +4,10 @@ Gateways publish a status (birth, heartbeat, and a last will saying ``offline``)
 device they read. Uptime needs the history of those states, so the recorder keeps the last state of
 every device and gateway in memory and writes only *changes* to ``connection_log`` (:mod:`state.fleet`).
 When a gateway goes offline, each device last heard on it enters ``gateway_offline``: "device down"
-and "gateway down" stay apart. Writes are idempotent (subject, time, state), so several API processes
-record each change once; a failed write is retried by forgetting the state, so the next status records it.
+and "gateway down" stay apart. A last will carries the time its session began (MQTT fixes the will at
+connect), so one not newer than the gateway's newest status is recorded right after that status, its last
+sign of life. Writes are idempotent (subject, time, state), so several API processes record each change
+once; a failed write is retried by forgetting the state, so the next status records it.
 Changes that happen while no API process runs are not seen (the period counts as unknown, not as down).
 """
 
@@ -29,6 +31,7 @@ class FleetRecorder:
         self._fleet = fleet
         self._devices: dict[str, str] = {}
         self._gateways: dict[str, str] = {}
+        self._heard: dict[str, int] = {}  # gateway -> the time of its newest status
         self._members: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.recorded = 0
@@ -36,9 +39,15 @@ class FleetRecorder:
 
     def changes(self, status: GatewayStatus) -> list[LinkChange]:
         """The changes one status brings (and remember them as the current states)."""
-        gateway, out = status.gateway, []
+        gateway, out, ts = status.gateway, [], status.ts
+        last = self._heard.get(gateway)
+        if status.state == "offline" and last is not None and ts <= last:
+            # A last will: composed when the session began, published by the broker when the session died, after
+            # the newest status heard. The same time in every API process, so the write stays idempotent.
+            ts = last + 1
+        self._heard[gateway] = max(ts, last if last is not None else ts)
         if self._gateways.get(gateway) != status.state:
-            out.append(LinkChange(gateway, "gateway", gateway, status.state, status.ts))
+            out.append(LinkChange(gateway, "gateway", gateway, status.state, ts))
             self._gateways[gateway] = status.state
         members = self._members.setdefault(gateway, set())
         members.update(h.device for h in status.devices)
@@ -48,7 +57,7 @@ class FleetRecorder:
             states = {h.device: h.state for h in status.devices}
         for device, state in states.items():
             if self._devices.get(device) != state:
-                out.append(LinkChange(device, "device", gateway, state, status.ts))
+                out.append(LinkChange(device, "device", gateway, state, ts))
                 self._devices[device] = state
         return out
 

@@ -48,13 +48,14 @@ from wardlink.config import load
 MIN = 60_000
 HOUR = 3_600_000
 DAY = 86_400_000
+NO_BROKER = BrokerAddress("127.0.0.1", 1)  # the view is fed by the test (Fleet.status) unless given a broker
 PV300 = {"manufacturer": "Perfusa Medical", "model": "PV-300", "driver": "modbus_pump"}
 
 
 class Fleet:
     """An API over a seeded state and an in-memory store the simulators' readings are written to."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, broker: BrokerAddress = NO_BROKER) -> None:
         self.site: Site = load(env={}).site
         self.state: State = open_state(f"sqlite:///{tmp_path / 'state.db'}")
         self.now = now_ms()
@@ -64,7 +65,7 @@ class Fleet:
               ("n-w3", "nurse", "W3"), ("f-fac", "facilities", None), ("u-aud", "auditor", None),
               at=self.now - HOUR)
         self.store = MemoryStore()
-        self.view = LiveView(self.site.id, BrokerAddress("127.0.0.1", 1))
+        self.view = LiveView(self.site.id, broker)  # statuses applied by the test, or heard from a real broker
         self.app = create_app(parts(self.site, self.store, self.view, self.state))
         self.recorder = next(f.__self__ for f in self.view.gateway_listeners
                              if isinstance(getattr(f, "__self__", None), FleetRecorder))
@@ -548,5 +549,21 @@ def test_a_failed_write_of_connection_changes_is_retried_with_the_next_status(tm
         recorder.observe(GatewayStatus("gw-icu", "online", 2_000, devices=[DeviceHealth("mon-1", "connected")]))
         assert [(c.subject, c.state, c.ts) for c in state.fleet.links(start=0, end=10_000)] == [
             ("gw-icu", "online", 2_000), ("mon-1", "connected", 2_000)]
+    finally:
+        state.close()
+
+
+def test_a_last_will_is_recorded_after_the_gateways_newest_status_not_at_the_time_it_carries(tmp_path: Path) -> None:
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        recorder = FleetRecorder(state.fleet)
+        # The will is composed at connect (ts 1_000), before the birth (1_005) and heartbeats (6_005).
+        for ts in (1_005, 6_005):
+            recorder.observe(GatewayStatus("gw-icu", "online", ts, devices=[DeviceHealth("mon-1", "connected")]))
+        recorder.observe(GatewayStatus("gw-icu", "offline", 1_000, devices=[DeviceHealth("mon-1", "connecting")]))
+        recorder.observe(GatewayStatus("gw-icu", "online", 9_000, devices=[DeviceHealth("mon-1", "connected")]))
+        assert [(c.subject, c.state, c.ts) for c in state.fleet.links(start=0, end=10_000)] == [
+            ("gw-icu", "online", 1_005), ("mon-1", "connected", 1_005), ("gw-icu", "offline", 6_006),
+            ("mon-1", "gateway_offline", 6_006), ("gw-icu", "online", 9_000), ("mon-1", "connected", 9_000)]
     finally:
         state.close()
