@@ -23,6 +23,7 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from functools import cache, partial
+from typing import Annotated
 
 import aiomqtt
 import msgspec
@@ -62,7 +63,8 @@ class FacilitiesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     heartbeat_s: float = 5.0
     tick_s: float = 1.0  # lost assets, waste timers
     flush_s: float = 2.0  # locations written to the state, and the history to the store, this often
-    history_buffer: int = 100_000  # placements waiting for the store; beyond it the oldest are dropped (counted)
+    history_buffer: Annotated[int, msgspec.Meta(ge=1)] = 100_000  # placements waiting for the store; past it the
+    # oldest are dropped (counted)
     registry_poll_s: float = 10.0  # the asset registry (new assets, new tags) reloaded this often
     par_check_s: float = 30.0
     battery_low_pct: float = 20.0
