@@ -1,8 +1,8 @@
 """Tagged equipment: which tag it wears, its type, status (clean, in use, dirty, in repair), unit and device.
 
 Also where each asset is now (written by the facilities service, read by the API and wayfinding), its
-location and status history (``asset_events``: entered, left, lost, status) and the par levels per unit
-and type.
+status history (``asset_events``, for utilisation; where an asset was at a past time is in the time-series
+store, see facilities/history.py) and the par levels per unit and type.
 """
 
 from __future__ import annotations
@@ -165,15 +165,6 @@ class Assets:
                                           source=event.source, status=event.status,
                                           unit=event.unit or row.unit_id, type=event.type or row.type))
         return stored
-
-    def location_at(self, asset_id: str, ts: int) -> AssetEvent | None:
-        """The newest location line (entered, left or lost) at or before ``ts``: where the asset was then."""
-        query = (select(AssetEventRow)
-                 .where(AssetEventRow.asset_id == asset_id, AssetEventRow.ts <= ts, AssetEventRow.event != "status")
-                 .order_by(AssetEventRow.ts.desc(), AssetEventRow.n.desc()).limit(1))
-        with self._sessions.read(f"reading the location of asset {asset_id} at {ts}") as session:
-            row = session.scalars(query).first()
-            return None if row is None else _event(row)
 
     def history(self, *, start: int, end: int, asset: str | None = None, event: AssetEventKind | None = None,
                 limit: int = 10_000) -> list[AssetEvent]:
