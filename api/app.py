@@ -316,7 +316,8 @@ def create_app(parts: ApiParts) -> FastAPI:
         gateways = {
             g.gateway: schemas.Component(
                 state=("offline" if g.state == "offline" else "stale" if now - g.ts > GATEWAY_STALE_MS else "online"),
-                detail={"last_heard": iso(g.ts), "outbox_depth": g.outbox_depth, "outbox_shed": g.outbox_shed,
+                detail={"last_heard": iso(view.gateway_heard.get(g.gateway, g.ts)), "outbox_depth": g.outbox_depth,
+                        "outbox_shed": g.outbox_shed,
                         "devices": {d.device: d.state for d in g.devices}})
             for g in view.gateways.values()}
         services = {

@@ -243,7 +243,8 @@ class FleetData:
                 states[state] = states.get(state, 0) + 1
             out.append({"gateway": gateway, "unit": self.gateway_units.get(gateway),
                         "state": self.gateway_state(gateway, now) or "unknown",
-                        "last_heard": status.ts if status else None, "version": status.version if status else None,
+                        "last_heard": self.view.gateway_heard.get(gateway),
+                        "version": status.version if status else None,
                         "outbox_depth": status.outbox_depth if status else None,
                         "outbox_shed": status.outbox_shed if status else None,
                         "devices": dict(sorted(states.items()))})

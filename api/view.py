@@ -61,6 +61,9 @@ class LiveView:
         self.alerts: dict[str, Alert] = {}  # open alerts by id
         self.resolved: OrderedDict[str, Alert] = OrderedDict()  # bounded recent history
         self.gateways: dict[str, GatewayStatus] = {}
+        # When each gateway was last heard: its newest status time. A last will carries the time its session
+        # began (fixed at connect), so it must not move this back.
+        self.gateway_heard: dict[str, int] = {}
         self.services: dict[str, ServiceStatus] = {}
         # Called with every gateway status heard (the fleet recorder keeps connection changes from them).
         self.gateway_listeners: list[Callable[[GatewayStatus], None]] = []
@@ -112,6 +115,7 @@ class LiveView:
             elif parsed.area == "gw" and parsed.channel == "status":
                 status = self._gateway.decode(payload)
                 self.gateways[status.gateway] = status
+                self.gateway_heard[status.gateway] = max(status.ts, self.gateway_heard.get(status.gateway, 0))
                 for listener in self.gateway_listeners:
                     listener(status)
             elif parsed.area == "notify":

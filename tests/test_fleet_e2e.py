@@ -90,6 +90,8 @@ async def test_a_killed_gateway_goes_offline_by_its_last_will_and_comes_back(mos
                 procs.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 await until(fleet_says("online", "connected"), 8, f"gw-icu online with mon-icu-01 (run {run})")
                 if run == 0:
+                    before = {g["gateway"]: g for g in await get(client, "/api/v1/fleet/gateways")}
+                    heard = before["gw-icu"]["last_heard"]
                     procs[0].send_signal(signal.SIGKILL)
                     procs[0].wait(5)
                     await until(fleet_says("offline", "gateway_offline"), 5, "gw-icu's last will")
@@ -100,6 +102,8 @@ async def test_a_killed_gateway_goes_offline_by_its_last_will_and_comes_back(mos
                     # Every device of gw-icu is down with its gateway, not lost on its own.
                     gateways = {g["gateway"]: g for g in await get(client, "/api/v1/fleet/gateways")}
                     assert gateways["gw-icu"]["devices"] == {"gateway_offline": 12}
+                    # Last heard: its newest status, not the session-start time its last will carries.
+                    assert gateways["gw-icu"]["last_heard"] >= heard > fleet.view.gateways["gw-icu"].ts
             await fleet.recorder.drain()
             log = fleet.state.fleet.links(start=0, end=now_ms() + 1, subjects=["gw-icu", "mon-icu-01"])
     finally:
