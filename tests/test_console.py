@@ -22,10 +22,12 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from alerts.routing import StepSpec
 from tests.conftest import Mosquitto
@@ -42,7 +44,7 @@ assert CHROMEDRIVER.exists(), "install chromium-driver: make services"
 WAIT_S = 60  # generous: the machine is shared; nothing below asserts on speed
 
 
-ESCALATE_S = 6.0  # the console tests' first step: long enough to read the countdown, short enough to watch it fire
+ESCALATE_S = 5.0  # the console tests' first step: long enough to read the countdown, short enough to watch it fire
 
 
 def quick_escalation(config: Config) -> Config:
@@ -174,6 +176,19 @@ def sign_in(driver: WebDriver, system: System, config: Config, staff: str) -> di
     return {"Authorization": f"Bearer {token}"}
 
 
+def bearer_of(api_url: str, config: Config, staff: str) -> str:
+    """A token for ``staff``, signed in like the console does."""
+    answer = httpx.post(f"{api_url}/api/v1/auth/token", data={"username": staff, "password": password(config, staff)})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+def text(driver: WebDriver, selector: str) -> str:
+    """The text of the first match now, read in the page (a live redraw cannot make it stale); "" if none."""
+    return str(driver.execute_script("const el = document.querySelector(arguments[0]);"
+                                     "return el ? el.innerText : ''", selector))
+
+
 def click(driver: WebDriver, selector: str) -> None:
     """Click the first match, scrolled to the middle of the window first; again if a redraw replaced it."""
     def once(d: WebDriver) -> bool:
@@ -192,6 +207,39 @@ def nav(driver: WebDriver) -> list[str]:
 
 def shoot(driver: WebDriver, folder: Path, name: str) -> None:
     driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def flag_some_devices(api_url: str, headers: dict[str, str]) -> None:
+    """Give the bedside monitors' model a maintenance plan due in 10 days and a recall, through the API."""
+    with httpx.Client(base_url=api_url, timeout=10, headers=headers) as client:
+        monitor = client.get("/api/v1/fleet/devices/mon-icu-01").json()
+        assert client.put(f"/api/v1/fleet/maintenance/plans/{monitor['model']}/pm",
+                          json={"interval_days": 10}).status_code == 200
+        assert client.post("/api/v1/fleet/recalls/import", json={"recalls": [
+            {"id": "R-CONSOLE", "manufacturer": monitor["manufacturer"], "model": monitor["model"],
+             "title": "display may freeze"}]}).status_code == 200
+
+
+def fleet_flags(api_url: str, headers: dict[str, str]) -> dict[str, set[str]]:
+    """Which devices each fleet filter should show, from the fleet routes' own answers."""
+    with httpx.Client(base_url=api_url, timeout=10, headers=headers) as client:
+        devices = client.get("/api/v1/devices").json()
+        health = {h["device"]: h for h in client.get("/api/v1/fleet/health").json()}
+        due = client.get("/api/v1/fleet/maintenance/due", params={"within_days": 30}).json()
+        firmware = client.get("/api/v1/fleet/firmware").json()
+        recalls = client.get("/api/v1/fleet/recalls").json()
+    ids = {d["id"] for d in devices}
+    return {"all": ids, "offline": {d["id"] for d in devices if d.get("state") != "connected"},
+            "battery": {i for i in ids if (health.get(i, {}).get("battery_pct") or 100) < 20},
+            "maintenance": ids & {x["device"] for x in due},
+            "recall": ids & {a["device"] for r in recalls for a in r["affected"]},
+            "firmware": ids & {x for m in firmware for x in m["behind"] + m["unknown"]}}
+
+
+def shown_devices(driver: WebDriver) -> set[str]:
+    """The devices the fleet table shows now."""
+    return set(driver.execute_script(
+        "return [...document.querySelectorAll('#device-table tr[data-device]')].map((r) => r.dataset.device)"))
 
 
 def test_the_console_is_served_from_the_package(ward: tuple[Background, Mosquitto]) -> None:
@@ -255,6 +303,42 @@ def test_nurse_sees_live_vitals_receives_the_alarm_and_acknowledges_it(
     wait(browser, lambda d: css(d, "#alarm-load h2, #alarm-load table"), "the alarm-load report")
 
 
+def test_nurse_changes_a_limit_at_the_bed_and_sees_the_escalation_countdown(
+        ward: tuple[Background, Mosquitto], browser: WebDriver, screenshots: Path) -> None:
+    system = ward[0].system
+    assert system is not None
+    sign_in(browser, system, ward[0].config, "n-icu")
+    browser.execute_script("location.hash = '#/bed/ICU-01'")
+    wait(browser, lambda d: css(d, "#limit-form") and css(d, '#limits-in-force tr[data-rule="hr_high"]'),
+         "ICU-01's limits and the form")
+    steps_before = int(css(browser, "#live-status")[0].get_attribute("data-steps") or 0)
+    Select(css(browser, "#limit-rule")[0]).select_by_visible_text("hr_high")
+    for field, value in (("#limit-value", "50"), ("#limit-delay", "0")):  # ICU-01's heart rate is about 80
+        css(browser, field)[0].clear()
+        css(browser, field)[0].send_keys(value)
+    click(browser, "#limit-save")
+    wait(browser, lambda d: "above 50" in text(d, '#limits-in-force tr[data-rule="hr_high"]'), "the new limit")
+    assert "this bed" in text(browser, '#limits-in-force tr[data-rule="hr_high"]')
+    change = text(browser, "#limit-changes tbody tr")
+    assert all(part in change for part in ("n-icu (nurse)", "hr_high at bed ICU-01", "limit 50")), change
+
+    # The alarm the new limit raises shows where its escalation is and when it goes further, ticking.
+    alarm = '#alert-list li[data-bed="ICU-01"][data-type="hr_high"][data-state="active"]'
+    line = wait(browser, lambda d: d.execute_script(
+        "const p = document.querySelector(arguments[0] + ' .escalation .countdown');"
+        "return p && p.closest('.escalation').textContent", alarm), "the countdown of ICU-01's new alarm", 30)
+    assert "With primary nurse n-icu" in line
+    assert "escalates to charge nurse c-icu in 0:0" in line, line
+    shoot(browser, screenshots, "nurse-escalation")
+    first = text(browser, f"{alarm} .countdown")
+    wait(browser, lambda d: text(d, f"{alarm} .countdown") not in (first, ""), "the countdown ticking", 3)
+    assert int(css(browser, "#live-status")[0].get_attribute("data-steps") or 0) > steps_before, \
+        "the first step came over the alert stream"
+    # The deadline passes: the next step is pushed and the line follows without a reload.
+    moved = wait(browser, lambda d: text(d, f'{alarm} .escalation:not([data-step="0"])'), "the next step", 20)
+    assert "With charge nurse c-icu" in moved or "With unit team" in moved, moved
+
+
 def test_charge_nurse_edits_assignments(ward: tuple[Background, Mosquitto], browser: WebDriver,
                                         screenshots: Path) -> None:
     system = ward[0].system
@@ -302,19 +386,134 @@ def test_biomed_opens_a_device_page(ward: tuple[Background, Mosquitto], browser:
                                     screenshots: Path) -> None:
     system = ward[0].system
     assert system is not None
-    sign_in(browser, system, ward[0].config, "b-biomed")
+    headers = sign_in(browser, system, ward[0].config, "b-biomed")
     assert nav(browser) == ["Alerts", "Devices", "Health"], "a biomedical engineer sees no bed vitals"
+    flag_some_devices(system.api_url, headers)
     click(browser, "#nav-devices")
     wait(browser, lambda d: css(d, 'a[href="#/device/mon-icu-01"]'), "the device table")
+
+    def settled(d: WebDriver) -> dict[str, set[str]] | None:
+        """The filters' expected devices once the page read the same fleet (firmware fills in as announced)."""
+        expected = fleet_flags(system.api_url, headers)
+        Select(css(d, "#device-fw-status")[0]).select_by_value("behind,unknown")
+        same = shown_devices(d) == expected["firmware"]
+        Select(css(d, "#device-fw-status")[0]).select_by_value("")
+        if same and shown_devices(d) == expected["all"]:
+            return expected
+        d.refresh()
+        wait(d, lambda e: css(e, 'a[href="#/device/mon-icu-01"]'), "the device table again")
+        return None
+
+    expected = wait(browser, settled, "the fleet table to match the fleet routes")
+    assert expected["maintenance"], "the test's plan makes some devices due"
+    assert expected["recall"], "the test's recall affects some devices"
+    for flag in ("offline", "battery", "maintenance", "recall"):  # each filter shows what the fleet routes say
+        click(browser, f"#flag-{flag}")
+        assert shown_devices(browser) == expected[flag], flag
+        if flag == "recall":
+            assert "⚠ R-CONSOLE" in text(browser, "#device-table tbody"), "the flag is written, not coloured"
+            shoot(browser, screenshots, "biomed-devices")
+        click(browser, f"#flag-{flag}")
     css(browser, "#device-search")[0].send_keys("mon-icu-0")
     wait(browser, lambda d: "mon-w3" not in css(d, "#device-table")[0].text, "the filter applied")
-    shoot(browser, screenshots, "biomed-devices")
     click(browser, 'a[href="#/device/mon-icu-01"]')
     wait(browser, lambda d: "Heart rate" in css(d, "#device-values")[0].text, "mon-icu-01's latest values")
+    chart = '#device-history .trend[data-metric="MDC_ECG_HEART_RATE"]'
+    wait(browser, lambda d: css(d, f"{chart} polyline.line"), "mon-icu-01's heart-rate history")
+    label = css(browser, f"{chart} svg")[0].get_attribute("aria-label") or ""
+    assert 0 < int(label.rsplit(": ", 1)[1].split()[0]) <= 121, f"downsampled to at most 120 buckets: {label}"
+    assert "mean and min–max per 30s" in text(browser, f"{chart} figcaption")
     shoot(browser, screenshots, "biomed-device")
     click(browser, "#nav-health")
     wait(browser, lambda d: "gw-icu" in css(d, "#health")[0].text, "gateway health")
     shoot(browser, screenshots, "biomed-health")
+
+
+CONTRAST = """
+// WCAG 2 contrast of each element's text against the first opaque background behind it.
+const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+const lum = ([r, g, b]) => [r, g, b]
+  .map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+  .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+function background(el) {
+  for (; el; el = el.parentElement) {
+    const c = rgb(getComputedStyle(el).backgroundColor);
+    if (c.length === 3 || c[3] === 1) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+}
+return [...document.querySelectorAll(arguments[0])].filter((el) => el.offsetParent && el.textContent.trim())
+  .map((el) => {
+    const [a, b] = [lum(rgb(getComputedStyle(el).color).slice(0, 3)), lum(background(el))];
+    return [el.tagName + "." + el.className + " " + el.textContent.trim().slice(0, 30),
+            (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+  });
+"""
+FOCUS = """
+const el = document.activeElement, style = getComputedStyle(el);
+return {id: el.id, cls: el.className, tag: el.tagName, text: el.textContent.trim().slice(0, 40),
+        visible: el.matches(':focus-visible') && style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2};
+"""
+
+
+def test_keyboard_only_path_with_visible_focus_and_sufficient_contrast(
+        ward: tuple[Background, Mosquitto], browser: WebDriver, screenshots: Path) -> None:
+    """Sign in, reach the alert list and acknowledge with Tab, Enter and Space only; every focus is visible, text
+    contrast is at least 4.5:1 and every priority is written with its icon."""
+    system = ward[0].system
+    assert system is not None
+    headers = {"Authorization": f"Bearer {bearer_of(system.api_url, ward[0].config, 'n-icu')}"}
+    with httpx.Client(base_url=system.api_url, timeout=10, headers=headers) as client:  # an alarm to acknowledge
+        assert client.put("/api/v1/beds/ICU-02/alarm-settings/rules/hr_high",
+                          json={"settings": {"limit": 50, "delay_s": 0}}).status_code == 200
+    browser.get(system.api_url + "/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(system.api_url + "/console/")
+    wait(browser, lambda d: d.execute_script("return document.activeElement.id") == "username", "focus in the form")
+    keys = ActionChains(browser)
+    keys.send_keys("n-icu", Keys.TAB, password(ward[0].config, "n-icu"), Keys.TAB).perform()
+    assert browser.execute_script(FOCUS)["id"] == "sign-in"
+    assert browser.execute_script(FOCUS)["visible"], "the focused button is outlined"
+    ActionChains(browser).send_keys(Keys.SPACE).perform()
+    wait(browser, lambda d: css(d, "#sign-out") and css(d, "#sign-out")[0].is_displayed(), "signed in by keyboard")
+
+    def tab_to(selector: str, *, back: bool = False, most: int = 60) -> None:
+        """Tab (or Shift+Tab) until ``selector`` has the focus, each stop visibly focused."""
+        for _ in range(most):
+            (ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT) if back
+             else ActionChains(browser).send_keys(Keys.TAB)).perform()
+            focus = browser.execute_script(FOCUS)
+            assert focus["visible"], f"focus not visible on {focus}"
+            if browser.execute_script("return document.activeElement.matches(arguments[0])", selector):
+                return
+        raise AssertionError(f"{selector} not reached with {most} tabs")
+
+    tab_to("#nav-alerts", back=True)  # the sections come before the page's content
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait(browser, lambda d: d.execute_script("return location.hash") == "#/alerts", "the alert list by Enter")
+    ack = '#alert-list li[data-bed="ICU-02"][data-type="hr_high"] button.ack'
+    wait(browser, lambda d: css(d, ack), "ICU-02's alarm to acknowledge", 30)
+    tab_to(ack)
+    shoot(browser, screenshots, "keyboard-focus")
+    ActionChains(browser).send_keys(Keys.SPACE).perform()
+    wait(browser, lambda d: css(d, '#alert-list li[data-bed="ICU-02"][data-type="hr_high"][data-state="acknowledged"]'),
+         "acknowledged by Space")
+
+    # Every priority of the page (and the three of the bedside convention) is written and marked, not only coloured.
+    browser.execute_script("const done = arguments[0]; import('/console/dom.js').then((m) => {"
+                           "const p = document.createElement('p'); p.id = 'all-priorities';"
+                           "p.append(...['high', 'medium', 'low'].map(m.priorityBadge));"
+                           "document.getElementById('main').append(p); })")
+    wait(browser, lambda d: css(d, "#all-priorities .prio-low"), "the three priorities drawn")
+    badges = browser.execute_script("return [...document.querySelectorAll('.prio')].map((b) => b.textContent)")
+    assert len(badges) >= 4
+    marks = {"▲ *** High priority", "◆ ** Medium priority", "● * Low priority"}
+    assert all(b.strip() in marks for b in badges), badges
+    ratios = browser.execute_script(CONTRAST, "h1, h2, p, label, a, button, caption, th, td, .prio, .alert-state, "
+                                              ".escalation, #who, #live-status, nav a, select")
+    assert len(ratios) > 20
+    low = [(what, round(ratio, 2)) for what, ratio in ratios if ratio < 4.5]
+    assert low == [], f"text below 4.5:1: {low}"
 
 
 def test_the_live_list_reconnects_after_a_server_restart(ward: tuple[Background, Mosquitto], browser: WebDriver,

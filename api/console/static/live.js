@@ -53,6 +53,7 @@ export class AlertStream {
     this.listeners = new Set();
     this.state = "connecting";
     this.snapshots = 0;
+    this.steps = 0;  // escalation steps heard on the stream
     this.clinical = CLINICAL.includes(role);
     this.socket = new Socket("/api/v1/alerts/stream", (m) => this.message(m), (state) => {
       this.state = state;
@@ -78,6 +79,7 @@ export class AlertStream {
       status.hidden = false;
       status.dataset.state = this.state;
       status.dataset.snapshots = String(this.snapshots);
+      status.dataset.steps = String(this.steps);
       status.textContent = this.state === "live" ? "● Live" : "○ Reconnecting…";
     }
     for (const fn of this.listeners) fn(this);
@@ -91,7 +93,9 @@ export class AlertStream {
     } else if (message.type === "alert") {
       const a = message.alert;
       if (a.state === "resolved") this.alerts.delete(a.id); else this.alerts.set(a.id, a);
-    } else if (message.type !== "escalation") {
+    } else if (message.type === "escalation") {
+      this.steps += 1;
+    } else {
       return;
     }
     this.emit();

@@ -70,8 +70,9 @@ export async function render(main) {
     out.replaceChildren(table(columns, shown, { caption: `${shown.length} of ${devices.length} devices`
       + (active.length ? ` (${active.join(", ")})` : ""), rowAttrs: (d) => ({ dataset: { device: d.id } }) }));
   }
-  for (const el of [search, state, kind, gateway, firmware, fwStatus, ...flags.map((f) => f.box)]) {
-    el.addEventListener("input", filter);
+  search.addEventListener("input", filter);
+  for (const el of [state, kind, gateway, firmware, fwStatus, ...flags.map((f) => f.box)]) {
+    el.addEventListener("change", filter);
   }
   main.append(h("h1", {}, "Devices"), h("form", { class: "inline", role: "search", onsubmit: (e) => e.preventDefault() },
     h("label", { for: "device-search" }, "Search"), search, h("label", { for: "device-state" }, "Link"), state,
