@@ -39,13 +39,24 @@ from gateway.drivers.hl7_pcd.parser import (
     parse_ts,
     split_message,
 )
-from gateway.drivers.hl7_pcd.rows import _ROWS, DEVICE_ROW, NUMBER, NUMERIC_ROW, ROW_KEY, ROW_WIDTH, Equipment, row_of
+from gateway.drivers.hl7_pcd.rows import (
+    _ROWS,
+    DEVICE_ROW,
+    NUMBER,
+    NUMERIC_ROW,
+    ROW_KEY,
+    ROW_WIDTH,
+    SHORT_ROW_KEY,
+    STAMP_WIDTH,
+    Equipment,
+    row_of,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Decoded", "Routing", "answer", "decode"]
 
-_PADDING = [""] * ROW_WIDTH
+_PADDING = [""] * STAMP_WIDTH
 
 
 def decode(payload: bytes, routing: Routing, received: int, *, oversize: bool = False) -> Decoded:
@@ -91,7 +102,7 @@ def _observations(ctx: MessageContext) -> None:
     seps = ctx.seps
     plain_numbers = seps.plain_numbers
     route, skew, received, message_time = ctx.route, ctx.skew, ctx.received, ctx.message_time
-    number_match, isfinite, rows, row_key = NUMBER.fullmatch, math.isfinite, _ROWS, ROW_KEY
+    number_match, isfinite, rows, row_key, short_key = NUMBER.fullmatch, math.isfinite, _ROWS, ROW_KEY, SHORT_ROW_KEY
     obr_time: int | None = None
     current: Equipment | None = None  # the equipment of the last device row of this OBR group
     number = 0
@@ -108,9 +119,12 @@ def _observations(ctx: MessageContext) -> None:
                 current = None
             continue
         number += 1
-        if len(fields) < ROW_WIDTH:
-            fields = fields + _PADDING[len(fields):]
-        row = rows.get(row_key(fields))  # rows.row_of(fields, seps), its cache consulted here first
+        width = len(fields)
+        if width < STAMP_WIDTH:  # read as if padded to OBX-14 (rows.row_of keys it as it does here)
+            fields = fields + _PADDING[width:]
+            width = STAMP_WIDTH
+        # rows.row_of(fields, seps), its cache consulted here first
+        row = rows.get(row_key(fields) if width >= ROW_WIDTH else short_key(fields))
         if row is None or row.seps is not seps:
             row = row_of(fields, seps)
         if row.kind != NUMERIC_ROW:

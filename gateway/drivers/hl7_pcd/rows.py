@@ -244,6 +244,10 @@ OTHER_ROW: Final = 2
 ROW_WIDTH: Final = 19  # OBX-0 (the id) to OBX-18; shorter rows are read as if padded with empty fields
 # The fields a row's meaning depends on besides OBX-5 (value) and OBX-14 (time), which change every message.
 ROW_KEY: Final = operator.itemgetter(2, 3, 4, 6, 8, 11, 18)
+# Most senders end a row at OBX-14 (its time) or soon after: such a row has no OBX-18 and is keyed without it,
+# so it needs no padding (a 6-tuple key never equals a 7-tuple one, and both mean what the row says).
+STAMP_WIDTH: Final = 15  # OBX-0 to OBX-14: a row this long is read without padding
+SHORT_ROW_KEY: Final = operator.itemgetter(2, 3, 4, 6, 8, 11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,14 +275,14 @@ _ROWS: dict[tuple[str, ...], Row] = {}
 
 
 def row_of(fields: list[str], seps: Separators) -> Row:
-    """The :class:`Row` of an OBX row split into fields (``fields[n]`` is OBX-n, at least ROW_WIDTH of them).
+    """The :class:`Row` of an OBX row split into fields (``fields[n]`` is OBX-n, at least STAMP_WIDTH of them).
 
     A monitor sends the same rows with new values every few seconds, so a row's meaning is read once
     per distinct text of the fields it depends on (the key) and kept in a bounded cache. The separators
     are not in the key (so a look-up hashes no more than the row's texts): an entry read with other
     separators is read again.
     """
-    key = ROW_KEY(fields)
+    key = ROW_KEY(fields) if len(fields) >= ROW_WIDTH else SHORT_ROW_KEY(fields)
     found = _ROWS.get(key)
     if found is not None and found.seps is seps:
         return found
