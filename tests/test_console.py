@@ -329,6 +329,7 @@ def test_nurse_changes_a_limit_at_the_bed_and_sees_the_escalation_countdown(
         "return p && p.closest('.escalation').textContent", alarm), "the countdown of ICU-01's new alarm", 30)
     assert "With primary nurse n-icu" in line
     assert "escalates to charge nurse c-icu in 0:0" in line, line
+    browser.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'center'})", alarm)
     shoot(browser, screenshots, "nurse-escalation")
     first = text(browser, f"{alarm} .countdown")
     wait(browser, lambda d: text(d, f"{alarm} .countdown") not in (first, ""), "the countdown ticking", 3)
@@ -423,6 +424,7 @@ def test_biomed_opens_a_device_page(ward: tuple[Background, Mosquitto], browser:
     label = css(browser, f"{chart} svg")[0].get_attribute("aria-label") or ""
     assert 0 < int(label.rsplit(": ", 1)[1].split()[0]) <= 121, f"downsampled to at most 120 buckets: {label}"
     assert "mean and min–max per 30s" in text(browser, f"{chart} figcaption")
+    browser.execute_script("document.getElementById('device-history').scrollIntoView()")
     shoot(browser, screenshots, "biomed-device")
     click(browser, "#nav-health")
     wait(browser, lambda d: "gw-icu" in css(d, "#health")[0].text, "gateway health")

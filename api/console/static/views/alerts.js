@@ -46,7 +46,7 @@ function escalationLine(alert, e) {
     parts.push(e.state === "accepted" ? "accepted: escalation stopped" : "last step: no further escalation");
   }
   return h("p", { class: "escalation", dataset: { step: e.step, state: e.state, target: e.target || "",
-    next: e.next ? e.next.target : "" } }, "⏱ ", ...parts);
+    next: e.next ? e.next.target : "" } }, "◷ ", ...parts);
 }
 
 function alertItem(alert, ctx, escalation) {

@@ -13,6 +13,7 @@ const FLAGS = [
   ["maintenance", `Maintenance due (${DUE_DAYS} days)`, (d) => d.due.length > 0],
   ["recall", "Recall affected", (d) => d.recalls.length > 0],
 ];
+const KINDS = { pm: "planned maintenance", calibration: "calibration" };
 const FIRMWARE = { behind: "behind the newest", unknown: "version unknown" };
 
 // Each device of GET /api/v1/devices with its battery, what is due, its firmware status and the recalls on it.
@@ -56,7 +57,7 @@ export async function render(main) {
     { label: "Battery", cell: (d) => (d.battery_pct == null ? "—" : d.battery_pct < BATTERY_LOW_PCT
       ? h("span", { class: "flag" }, `⚠ ${Math.round(d.battery_pct)} % low`) : `${Math.round(d.battery_pct)} %`) },
     { label: "Maintenance", cell: (d) => (d.due.length ? d.due.map((x) => h("span", { class: "flag" },
-      `${x.overdue ? "⚠ overdue" : "⏰ due"} ${x.kind} ${when(x.due_at)} `)) : "—") },
+      `${x.overdue ? "⚠" : "◷"} ${KINDS[x.kind] || x.kind} ${x.overdue ? "overdue since" : "due"} ${when(x.due_at)} `)) : "—") },
     { label: "Recall", cell: (d) => (d.recalls.length ? h("span", { class: "flag" }, `⚠ ${d.recalls.join(", ")}`) : "—") },
     { label: "Frames ok / bad", cell: (d) => `${d.frames_ok ?? 0} / ${d.frames_bad ?? 0}` }];
   function filter() {
