@@ -147,9 +147,24 @@ class AlertEngine:
                 changed.extend(self._device_event(item, now))
         return changed
 
-    def _source(self, source: str, obs: Observation, known: _Source | None) -> _Source:
+    def prepare(self, beds: Iterable[str]) -> int:
+        """Index every bed's rules now, before readings arrive; return how many were indexed.
+
+        Indexing is what a source's first reading would do. Done at start-up, the hundreds of thousands of
+        long-lived objects of a large hospital exist before the service goes live (where the service can
+        freeze them out of the garbage collector's way) instead of appearing under the first minute of load,
+        when each growth step made a full collection pause the loop for up to half a second (10,000 beds).
+        """
+        done = 0
+        for bed in beds:
+            if bed in self.book.unit_of_bed and bed not in self._sources:
+                self._source(bed, bed, None)
+                done += 1
+        return done
+
+    def _source(self, source: str, bed: str | None, known: _Source | None) -> _Source:
         """Index the rules in force at ``source`` by metric (and watch their rate windows) for this book."""
-        bed = obs.bed if obs.bed in self.book.unit_of_bed else None
+        bed = bed if bed in self.book.unit_of_bed else None
         rules = self.book.rules_for(bed)
         if known is not None and known.rules == rules:  # a reload that changed other beds' rules
             known.generation = self._generation
@@ -176,7 +191,7 @@ class AlertEngine:
         source = obs.bed or obs.device
         state = self._sources.get(source)
         if state is None or state.generation != self._generation:
-            state = self._source(source, obs, state)
+            state = self._source(source, obs.bed, state)
         vitals = state.vitals
         if not vitals.add(obs):
             return  # flagged (demo, invalid, implausible, unverified) or replayed: never evidence

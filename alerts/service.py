@@ -18,7 +18,7 @@ from alerts.delivery import DeliverySettings, Dispatcher
 from alerts.engine import AlertEngine
 from alerts.rules import LimitRule
 from alerts.ruleset import RuleBook
-from devices import bus, topics
+from devices import bus, gcwatch, topics
 from devices.clock import now_ms
 from devices.contract import (
     UNDECODABLE,
@@ -100,6 +100,8 @@ class AlertService:
                                   gateway_stale_s=self.settings.gateway_stale_s)
         # open, latched and silenced alerts of our units, with their deadlines
         self.engine.restore(a for a in self.alerts.open() if self.partition.owns(a))
+        # Every bed's rule index now, not under the first minute of load (see devices/gcwatch.py).
+        self.engine.prepare(bed for unit in site.units if unit.id in self.partition.units for bed in unit.beds)
         self._log_mark = self.alerts.last_log_n()
         self.counters: dict[str, int] = defaultdict(int)
         self._status_topic = topics.service_topic(site.id, "alerts", instance)
@@ -116,7 +118,7 @@ class AlertService:
     def _status(self, state: str) -> bytes:
         return encode(ServiceStatus(service="alerts", instance=self.instance,
                                     state="online" if state == "online" else "offline", ts=now_ms(),
-                                    counters=dict(self.counters)))
+                                    counters=dict(self.counters) | gcwatch.WATCH.counters()))
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True)

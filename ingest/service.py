@@ -29,7 +29,7 @@ from typing import Final
 import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
-from devices import bus, topics
+from devices import bus, gcwatch, topics
 from devices.clock import now_ms
 from devices.contract import (
     UNDECODABLE,
@@ -203,7 +203,8 @@ class Ingest:
         self.counters["gaps_filled_late"] = self.gaps.filled_late
         return ServiceStatus(service="ingest", instance=self.instance,
                              state="online" if state == "online" else "offline", ts=now,
-                             lag_ms=self.lag_ms, counters=self.metrics.flat(), since=self._since)
+                             lag_ms=self.lag_ms, counters=self.metrics.flat() | gcwatch.WATCH.counters(),
+                             since=self._since)
 
     async def _session(self) -> None:
         if not self._v3_only and self.settings.share_group is not None and not self._probed:

@@ -161,6 +161,17 @@ def test_engine_uses_the_bed_override() -> None:
     assert [a.type for a in fired] == ["spo2_low"]
 
 
+def test_prepared_beds_are_indexed_before_their_first_reading_and_alarm_the_same() -> None:
+    book = RuleBook(beds(), overrides=[LimitOverride("ICU", BED, "spo2_low", {"limit": 80}, 1, "n-ann")])
+    prepared, lazy = AlertEngine(load(env={}).site, book), AlertEngine(load(env={}).site, book)
+    assert prepared.prepare([*beds(), "no-such-bed"]) == len(beds())  # a bed the book does not know is left out
+    index = prepared._sources[BED]
+    series = [obs(t, "spo2", 85 if t < 30 else 78) for t in range(45)] + [obs(45, "hr", 150)]
+    assert prepared.process(series, now=45_000) == lazy.process(series, now=45_000)
+    assert prepared._sources[BED] is index  # the first reading found its index ready: nothing built under load
+    assert prepared.prepare(beds()) == 0
+
+
 def test_flagged_readings_never_feed_limits_rates_combinations_or_news2() -> None:
     engine = AlertEngine(load(env={}).site, RuleBook(beds()))
     flagged = [o for t in range(0, 300) for o in (

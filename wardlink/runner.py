@@ -24,7 +24,7 @@ from api.app import ApiParts, create_app
 from api.limits import LimitSettings
 from api.security import Authenticator, LocalTokens, OidcTokens
 from api.view import LiveView
-from devices import bus
+from devices import bus, gcwatch
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
 from devices.site import DeviceSpec, Site
@@ -155,8 +155,13 @@ async def _simulate(config: Config, site: Site, broker: BrokerAddress) -> tuple[
 
 
 async def run_system(config: Config, stop: asyncio.Event,
-                     on_ready: Callable[[System], Awaitable[None] | None] | None = None) -> None:
-    """Run everything until ``stop`` is set, then shut down in order (API, gateways, services, broker)."""
+                     on_ready: Callable[[System], Awaitable[None] | None] | None = None, *,
+                     settle_gc: bool = False) -> None:
+    """Run everything until ``stop`` is set, then shut down in order (API, gateways, services, broker).
+
+    ``settle_gc`` (the process is ours alone: ``wardlink run``) freezes what the start-up built out of the
+    garbage collector's way (devices/gcwatch.py).
+    """
     data = config.data_path
     data.mkdir(parents=True, exist_ok=True)
     embedded: EmbeddedBroker | None = None
@@ -184,6 +189,8 @@ async def run_system(config: Config, stop: asyncio.Event,
             log.info("demo sign-in for %s: passwords in %s; a token: wardlink token STAFF_ID",
                      ", ".join(f"{u.staff_id} ({u.role})" for u in demo), data.resolve() / DEMO_FILE)
         server = api_server(config, build_api(config, site, store, view, relational, facilities.site_map))
+        if settle_gc:
+            gcwatch.settle()
         api_url = f"http://{config.api.host}:{config.api.port}"
         system = System(config, site, address, api_url, gateways, ingest, alerts, view, scenario, facilities)
         services: list[asyncio.Task[Any]] = [asyncio.create_task(ingest.run(), name="ingest"),
@@ -226,4 +233,5 @@ async def main(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_system(config, stop)
+    gcwatch.WATCH.install()
+    await run_system(config, stop, settle_gc=True)

@@ -20,7 +20,7 @@ import msgspec
 
 from alerts.service import AlertService
 from api.view import LiveView
-from devices import bus
+from devices import bus, gcwatch
 from devices.bus import BrokerAddress
 from facilities.service import FacilitiesService, site_map_for
 from gateway.service import Gateway
@@ -76,11 +76,14 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
                 store = open_store(config)
                 ingest = Ingest(site, store, address, instance=instance, settings=config.ingest,
                                 spool_path=data / f"spool-{instance}.db")
+                gcwatch.settle()  # the store's key index and latest cache are loaded
                 await _run_until(stop, ingest.run())
             elif service == "alerts":
                 relational = await asyncio.to_thread(open_relational, config, site)
                 try:
-                    await _run_until(stop, AlertService(site, relational, address, config.alerts).run())
+                    alerts = AlertService(site, relational, address, config.alerts)
+                    gcwatch.settle()  # its rule indexes are built: out of the collector's way (devices/gcwatch.py)
+                    await _run_until(stop, alerts.run())
                 finally:
                     relational.close()
             elif service == "facilities":
@@ -109,6 +112,7 @@ async def serve(config: Config, service: str, gateway_id: str | None = None, ins
             if store is not None:
                 store.close()
 
+    gcwatch.WATCH.install()
     log.info("serving %s (broker %s, data in %s)", service, address.url, data.resolve())
     await _until_signal(work)
 
