@@ -187,6 +187,7 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
 
     def escalation_rows(alerts: list[Alert], at: int) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
+        held: dict[tuple[str, str | None, str | None], list[str]] = {}  # one read per step and bed
         for alert in alerts:
             escalation = escalations.get(alert.id)
             if escalation is None:
@@ -196,7 +197,10 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
             following = None
             if escalation.next_at is not None:  # the next step somebody holds now (vacant ones are skipped)
                 for index in range(escalation.step + 1, len(ladder)):
-                    people = holders(ladder[index][0], escalation.unit, escalation.bed, at)
+                    key = (ladder[index][0], escalation.unit, escalation.bed)
+                    if key not in held:
+                        held[key] = holders(*key, at)
+                    people = held[key]
                     if people:
                         following = {"step": index, "target": ladder[index][0], "staff": people}
                         break

@@ -468,6 +468,10 @@ def test_keyboard_only_path_with_visible_focus_and_sufficient_contrast(
     with httpx.Client(base_url=system.api_url, timeout=10, headers=headers) as client:  # an alarm to acknowledge
         assert client.put("/api/v1/beds/ICU-02/alarm-settings/rules/hr_high",
                           json={"settings": {"limit": 50, "delay_s": 0}}).status_code == 200
+        changes = client.get("/api/v1/beds/ICU-02/alarm-settings/changes").json()
+        assert (changes[0]["by"], changes[0]["bed"], changes[0]["new"]) == ("n-icu", "ICU-02",
+                                                                            {"limit": 50, "delay_s": 0})
+        assert {c["bed"] for c in changes} <= {None, "ICU-02"}, "another bed's changes are not this bed's history"
     browser.get(system.api_url + "/")
     browser.execute_script("sessionStorage.clear()")
     browser.get(system.api_url + "/console/")
