@@ -40,7 +40,7 @@ function escalationLine(alert, e) {
   if (alert.silenced_until && alert.silenced_until > Date.now()) {
     parts.push(`escalation paused until ${time(alert.silenced_until)} (silenced)`);
   } else if (e.state === "running" && e.next_at) {
-    parts.push(e.next ? `escalates to ${holder(e.next.target, e.next.staff)} ` : "nobody further is assigned; last step ",
+    parts.push(e.next ? `escalates to ${holder(e.next.target, e.next.staff)} ` : "nobody further is assigned; this step's time ends ",
       h("span", { class: "countdown", "aria-live": "off", dataset: { nextAt: e.next_at } }, countdown(e.next_at)));
   } else {
     parts.push(e.state === "accepted" ? "accepted: escalation stopped" : "last step: no further escalation");
