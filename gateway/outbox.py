@@ -38,7 +38,6 @@ LANE_TRENDS = 1
 LANE_WASTE = 2
 LANE_TAGS = 3
 DATA_LANES = (LANE_TRENDS, LANE_WASTE, LANE_TAGS)
-PAGE_SIZE = 16384  # of a new outbox file
 _LANE: dict[type, int] = {DeviceEvent: LANE_ALARM, DeviceInfo: LANE_ALARM, Observation: LANE_TRENDS,
                           WasteEvent: LANE_WASTE, TagRead: LANE_TAGS}
 
@@ -117,10 +116,6 @@ class Outbox:
         self._encode = msgspec.json.Encoder().encode
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            # A row of one message's or frame's readings (10 of them: about 2.4 KB) fills a 4 KiB page alone, so
-            # every accept and release wrote a page per row; 16 KiB pages hold six (wardlink bench gateway, full
-            # path per CPU-s: HL7 +8%, monitors +11%). Only a new file takes it (before WAL fixes the size).
-            self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             # Debian's SQLite zeroes every freed page (SECURE_DELETE): a released row's page is then written
