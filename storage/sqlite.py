@@ -393,24 +393,7 @@ class SqliteStore:
 
     def quarantine(self, *, source: str, reason: str, raw: bytes, ts: int) -> None:
         """Keep refused input with its reason."""
-        with self._write_lock:
-            self._check_open()
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.execute(
-                        "INSERT INTO quarantine (ts, source, reason, raw) VALUES (?, ?, ?, ?)",
-                        (ts, source, reason, bytes(raw)),
-                    )
-                    conn.execute(_COUNT_ADD, (1, "quarantine"))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _store_error(exc, "quarantine", self.path) from exc
+        self.quarantine_many([Quarantined(ts=ts, source=source, reason=reason, raw=raw)])
 
     def quarantine_many(self, rows: Sequence[Quarantined]) -> None:
         """Keep many refused inputs in one transaction (one per input costs ~50 µs each: a flood stalls ingest)."""
