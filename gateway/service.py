@@ -315,10 +315,10 @@ class Gateway:
         """Delete committed rows, the commits of ``RELEASE_EVERY_S`` together in one transaction.
 
         A row leaves only once ingest said it is committed; gathering commits only keeps it a few ms
-        longer. Run in the loop, not a thread: one release of a few thousand readings is under a
-        millisecond, and the thread hop, with both threads contending for the outbox lock and the GIL,
-        cost more CPU than the release itself (``wardlink bench gateway``). Rows whose commit has arrived
-        when the session ends are released on the way out.
+        longer. Run in the loop, not a thread: a release of a few thousand readings takes a millisecond or
+        two, a thread would not keep the loop free (an accept waits for the outbox lock the release holds),
+        and the hop costs CPU (``wardlink bench gateway``). Rows whose commit has arrived when the session
+        ends are released on the way out.
         """
         try:
             while True:
