@@ -64,6 +64,25 @@ def test_release_deletes_only_runs_committed_in_full(tmp_path: Path) -> None:
     assert box.release([SeqRange("mon-1", "numerics", 1, 4)]) == 0  # a repeated commit is harmless
 
 
+def test_releases_find_their_rows_after_shedding_out_of_order_and_after_a_restart(tmp_path: Path) -> None:
+    """A release finds its rows however the others came and went: shed, released out of order, a restart between."""
+    box = Outbox(tmp_path / "o.db", max_rows=8)
+    for size in (2, 2, 2, 2):  # runs 1-2, 3-4, 5-6, 7-8 of mon-1
+        box.accept([o() for _ in range(size)])
+    box.accept([o("mon-2")])  # one too many: the oldest run (1-2) is shed
+    assert box.shed_total == 2
+    assert box.release([SeqRange("mon-1", "numerics", 5, 6)]) == 2  # out of order: a run in the middle
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert again.release([SeqRange("mon-1", "numerics", 1, 4)]) == 2  # 1-2 is gone already; 3-4 leaves
+    assert again.release([SeqRange("mon-1", "numerics", 7, 8), SeqRange("mon-2", "numerics", 1, 1)]) == 3
+    assert again.depth() == 0
+    assert again.pending(LANE_TRENDS, 0, 100) == []
+    stamped, _ = again.accept([o(), o("mon-2")])
+    assert [i.seq for i in stamped] == [9, 2]  # numbers go on across shedding, releases and the restart
+    assert again.release([SeqRange("mon-1", "numerics", 9, 9), SeqRange("mon-2", "numerics", 2, 2)]) == 2
+
+
 def test_commits_released_together_merge_only_ranges_that_touch(tmp_path: Path) -> None:
     """The gateway releases several commits in one go: a run committed in two halves leaves, a gap stays."""
     box = Outbox(tmp_path / "o.db")
