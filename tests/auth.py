@@ -45,6 +45,19 @@ def staff(state: State, *people: tuple[str, str, str | None], at: int, until: in
                 state.assignments.assign(staff_id, unit, "primary", at, end, bed=bed)
 
 
+Roster = tuple[str, str, str, str | None, str | None, str | None]
+"""(staff id, name, role, unit, duty, bed): one line of a test's staff; no unit or duty: not assigned."""
+
+
+def roster(state: State, lines: list[Roster], *, now: int, hours: float = 1.0) -> None:
+    """Seed staff with their exact duties (primary or buddy of a bed, charge of a unit) for ``hours`` around now."""
+    span = int(hours * 3_600_000)
+    for staff_id, name, role, unit, duty, bed in lines:
+        state.assignments.add_staff(staff_id, name, role)
+        if unit is not None and duty is not None:
+            state.assignments.assign(staff_id, unit, duty, now - span, now + span, bed=bed)  # type: ignore[arg-type]
+
+
 def _beds(state: State) -> list[tuple[str, str]]:
     with state.engine.connect() as conn:
         return [(str(u), str(b)) for b, u in conn.exec_driver_sql("SELECT id, unit_id FROM beds ORDER BY id")]

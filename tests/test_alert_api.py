@@ -24,15 +24,20 @@ from api.security import Authenticator, LocalTokens
 from devices.clock import now_ms
 from devices.contract import Alert
 from state import State, lifecycle
+from tests.auth import Roster, roster
 from tests.test_state import T0, pg, pg_shared, state  # noqa: F401 (fixtures: SQLite and PostgreSQL)
 from wardlink.config import load
 
-HOUR = 3_600_000
 SITE = load(env={}).site
-STAFF = [("n-ann", "Ann", "nurse", "ICU", "primary", "ICU-03"), ("n-bob", "Bob", "nurse", "ICU", "buddy", "ICU-03"),
-         ("c-cat", "Cat", "charge_nurse", "ICU", "charge", None), ("n-wes", "Wes", "nurse", "W3", "primary", "W3-01"),
-         ("c-wil", "Wil", "charge_nurse", "W3", "charge", None), ("a-aud", "Aud", "auditor", None, None, None),
-         ("f-fay", "Fay", "facilities", None, None, None)]
+STAFF: list[Roster] = [
+    ("n-ann", "Ann", "nurse", "ICU", "primary", "ICU-03"),
+    ("n-bob", "Bob", "nurse", "ICU", "buddy", "ICU-03"),
+    ("c-cat", "Cat", "charge_nurse", "ICU", "charge", None),
+    ("n-wes", "Wes", "nurse", "W3", "primary", "W3-01"),
+    ("c-wil", "Wil", "charge_nurse", "W3", "charge", None),
+    ("a-aud", "Aud", "auditor", None, None, None),
+    ("f-fay", "Fay", "facilities", None, None, None),
+]
 
 
 @dataclass
@@ -58,10 +63,7 @@ class Api:
 async def api(state: State) -> AsyncIterator[Api]:  # noqa: F811
     state.registry.seed_from_site(SITE, T0)
     now = now_ms()
-    for staff_id, name, role, unit, duty, bed in STAFF:
-        state.assignments.add_staff(staff_id, name, role)
-        if unit is not None and duty is not None:
-            state.assignments.assign(staff_id, unit, duty, now - HOUR, now + HOUR, bed=bed)
+    roster(state, STAFF, now=now)
     tokens = LocalTokens(b"k" * 32)
     access = Access(SITE, state, Authenticator(state, tokens))
     app = FastAPI()

@@ -32,16 +32,22 @@ from simulators.scenario import Scenario, load_scenario, start
 from state.assets import AssetLocation
 from state.db import State, open_state
 from storage.sqlite import SqliteStore
+from tests.auth import Roster, roster
 from tests.conftest import Mosquitto
 from wardlink.config import load
 
 HOUR = 3_600_000
 SITE = load(env={}).site
 MAP = load_site_map()
-STAFF = [("n-ann", "Ann", "nurse", "ICU", "primary", "ICU-03"), ("c-wil", "Wil", "charge_nurse", "W3", "charge", None),
-         ("n-wes", "Wes", "nurse", "W3", "primary", "W3-01"), ("f-fay", "Fay", "facilities", None, None, None),
-         ("b-bio", "Bio", "biomed", None, None, None), ("a-aud", "Aud", "auditor", None, None, None),
-         ("x-adm", "Adm", "admin", None, None, None)]
+STAFF: list[Roster] = [
+    ("n-ann", "Ann", "nurse", "ICU", "primary", "ICU-03"),
+    ("c-wil", "Wil", "charge_nurse", "W3", "charge", None),
+    ("n-wes", "Wes", "nurse", "W3", "primary", "W3-01"),
+    ("f-fay", "Fay", "facilities", None, None, None),
+    ("b-bio", "Bio", "biomed", None, None, None),
+    ("a-aud", "Aud", "auditor", None, None, None),
+    ("x-adm", "Adm", "admin", None, None, None),
+]
 
 
 @dataclass
@@ -73,10 +79,7 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 @pytest.fixture
 async def api(state: State, store: SqliteStore) -> AsyncIterator[Api]:
     now = now_ms()
-    for staff_id, name, role, unit, duty, bed in STAFF:
-        state.assignments.add_staff(staff_id, name, role)
-        if unit is not None and duty is not None:
-            state.assignments.assign(staff_id, unit, duty, now - HOUR, now + HOUR, bed=bed)
+    roster(state, STAFF, now=now)
     tokens = LocalTokens(b"k" * 32)
     access = Access(SITE, state, Authenticator(state, tokens))
     app = FastAPI()
