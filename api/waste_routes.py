@@ -1,5 +1,6 @@
 """Medical-waste records: a bag's custody chain, weights per department and category, the handover register,
-and the waste store now (its temperature loggers' newest readings, the bags it holds, its open alerts).
+the weight reconciliation of a day's bags, and the waste store now (its temperature loggers' newest readings,
+the bags it holds and their age, its open alerts).
 
 Facilities see the whole site; nurses and charge nurses only their units' bags (another unit's bag
 answers 404 exactly like a missing one); the auditor reads the register. Nothing here writes: custody
@@ -16,7 +17,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
 from api import schemas
@@ -25,9 +26,9 @@ from api.security import Principal
 from devices.clock import now_ms
 from devices.site import Site
 from facilities.sitemap import SiteMap
-from facilities.waste import WasteSettings, retained_until, storage_loggers
+from facilities.waste import HOUR_MS, WasteSettings, retained_until, storage_loggers
 from state.db import State
-from state.waste import RegisterLine
+from state.waste import Bag, Handover, RegisterLine
 from storage.base import StoreError, TimeSeriesStore
 
 REGISTER_FIELDS = ("time", "department", "category", "bag", "weight_kg", "from", "to", "handed_over_by",
@@ -36,10 +37,25 @@ REGISTER_FIELDS = ("time", "department", "category", "bag", "weight_kg", "from",
 MAX_DAYS = 400
 STORE_ALERTS = ("waste.storage_temperature", "waste.storage_overdue")
 """The open alerts the waste store's view shows."""
+NEAR_LIMIT = 0.75
+"""A bag held for this share of the storage limit is shown as near it (36 h of 48 h)."""
+RECONCILED_ROWS = 200
+"""At most this many bags in a reconciliation answer by default (the flagged ones first)."""
 
 
 def _local(ms: int, zone: timezone) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone)
+
+
+def weighings(sealed: Bag, chain: list[Handover], tolerance: float) -> list[tuple[Handover, float, str]]:
+    """Each step of a chain with its weight's difference from the step before (a fraction) and ``ok`` or
+    ``flagged`` (beyond ``tolerance``)."""
+    out, before = [], sealed.weight_g
+    for step in chain:
+        difference = (step.weight_g - before) / before if before > 0 else 0.0
+        out.append((step, difference, "flagged" if abs(difference) > tolerance else "ok"))
+        before = step.weight_g
+    return out
 
 
 def waste_router(site: Site, state: State, access: Access, settings: WasteSettings | None = None, *,
@@ -91,15 +107,13 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
             raise not_found(f"bag {bag!r}")
         access.check_unit(principal, sealed.unit, f"bag {bag!r}")
         chain = await asyncio.to_thread(state.waste.chain, bag)
-        steps, giver, before = [], sealed.sealed_by, sealed.weight_g
-        for step in chain:
-            difference = (step.weight_g - before) / before if before > 0 else 0.0
+        steps, giver = [], sealed.sealed_by
+        for step, difference, verdict in weighings(sealed, chain, limits.weight_tolerance):
             steps.append({"step": step.step, "from": step.from_point, "to": step.to_point, "handed_over_by": giver,
                           "received_by": step.handler, "at": step.at, "weight_g": step.weight_g,
                           "difference_pct": round(difference * 100, 2), "manifest": step.manifest,
-                          "scanner": step.device,
-                          "weight_check": "flagged" if abs(difference) > limits.weight_tolerance else "ok"})
-            giver, before = step.handler, step.weight_g
+                          "scanner": step.device, "weight_check": verdict})
+            giver = step.handler
         return {"bag": sealed.id, "category": sealed.category, "department": sealed.unit,
                 "sealed": {"by": sealed.sealed_by, "at": sealed.sealed_at, "weight_g": sealed.weight_g,
                            "scanner": sealed.device},
@@ -128,6 +142,33 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
                 for (p, u, c), (n, g) in sorted(totals.items())]
         return {"period": period, "start": first.isoformat(), "end": last.isoformat(), "rows": rows,
                 "total_kg": round(sum(b.weight_g for b in bags) / 1000, 3)}
+
+    def reconciled(sealed: Bag, chain: list[Handover]) -> dict[str, Any]:
+        """A bag's weight at every custody point it reached, each compared with the point before."""
+        points = [{"point": "ward", "weight_g": sealed.weight_g, "at": sealed.sealed_at, "difference_pct": None,
+                   "weight_check": ""}]
+        points += [{"point": step.to_point, "weight_g": step.weight_g, "at": step.at,
+                    "difference_pct": round(difference * 100, 2), "weight_check": verdict}
+                   for step, difference, verdict in weighings(sealed, chain, limits.weight_tolerance)]
+        return {"bag": sealed.id, "category": sealed.category, "department": sealed.unit,
+                "sealed_at": sealed.sealed_at, "at": points[-1]["point"], "points": points,
+                "flagged": any(p["weight_check"] == "flagged" for p in points)}
+
+    @router.get("/reconciliation")
+    async def reconciliation(principal: Annotated[Principal, register_readers], start: date | None = None,
+                             end: date | None = None, limit: Annotated[int, Query(ge=1, le=5000)] = RECONCILED_ROWS
+                             ) -> dict[str, Any]:
+        """The weights of every bag sealed or handed over between ``start`` and ``end`` (local days, today by
+        default) at each custody point (ward, collector, storage, disposer), each step compared with the one
+        before: ``flagged`` beyond the tolerance. The flagged bags come first, then the newest sealed."""
+        del principal  # site-wide: facilities and the auditor
+        since, until, first, last = window(start or end or _local(now_ms(), zone).date(), end)
+        journeys = await asyncio.to_thread(state.waste.journeys, since=since, until=until)
+        rows = sorted((reconciled(sealed, chain) for sealed, chain in journeys),
+                      key=lambda r: (not r["flagged"], -r["sealed_at"], r["bag"]))
+        return {"start": first.isoformat(), "end": last.isoformat(),
+                "tolerance_pct": round(limits.weight_tolerance * 100, 2), "total": len(rows),
+                "flagged": sum(r["flagged"] for r in rows), "rows": rows[:limit]}
 
     @router.get("/register")
     async def register(principal: Annotated[Principal, register_readers], start: date | None = None,
@@ -158,7 +199,8 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
 
     @router.get("/storage")
     async def storage(principal: Annotated[Principal, register_readers]) -> dict[str, Any]:
-        """The waste store now: each logger's probes (newest Cel reading), the bags held, its open alerts."""
+        """The waste store now: each logger's probes (newest Cel reading), the bags held (oldest first: since when,
+        age, ``limit`` ok / near / over the storage limit, the intake's weight check), its open alerts."""
         del principal  # site-wide: facilities and the auditor
 
         def read() -> dict[str, Any]:
@@ -170,12 +212,25 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
                              "ts": max((p.ts for p in probes), default=None),
                              "above_limit": warmest is not None and warmest > limits.storage_max_c,
                              "probes": [{"metric": p.metric, "value": p.value, "ts": p.ts} for p in probes]})
-            held = state.waste.holding("storage")
+            now = now_ms()
+            bags = []
+            for sealed, chain in state.waste.journeys(held_at="storage"):
+                intake, difference, verdict = weighings(sealed, chain, limits.weight_tolerance)[-1]
+                age_h = (now - intake.at) / HOUR_MS
+                bags.append({"bag": sealed.id, "category": sealed.category, "department": sealed.unit,
+                             "weight_g": intake.weight_g, "collected_weight_g": chain[-2].weight_g,  # step 2 or later
+                             "difference_pct": round(difference * 100, 2),
+                             "weight_check": verdict, "since": intake.at, "age_h": round(age_h, 2),
+                             "due_at": intake.at + round(limits.storage_max_h * HOUR_MS),
+                             "limit": "over" if age_h > limits.storage_max_h
+                             else "near" if age_h >= NEAR_LIMIT * limits.storage_max_h else "ok"})
+            bags.sort(key=lambda b: (b["since"], b["bag"]))
             alerts = [{"id": a.id, "type": a.type, "source": a.source, "priority": a.priority, "state": a.state,
                        "onset": a.onset, "value": a.value, "message": a.message}
                       for a in state.alerts.open() if a.type in STORE_ALERTS]
-            return {"limit_c": limits.storage_max_c, "max_hours": limits.storage_max_h, "loggers": rows,
-                    "bags_held": len(held), "oldest_since": min((h.at for h in held), default=None),
+            return {"limit_c": limits.storage_max_c, "max_hours": limits.storage_max_h,
+                    "near_hours": round(NEAR_LIMIT * limits.storage_max_h, 2), "now": now, "loggers": rows,
+                    "bags_held": len(bags), "oldest_since": bags[0]["since"] if bags else None, "bags": bags,
                     "alerts": alerts}
 
         try:

@@ -7,7 +7,7 @@ from itertools import pairwise
 from typing import Final
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from devices.contract import WasteCategory, WasteEvent, WastePoint
 
@@ -148,6 +148,34 @@ class Waste:
         with self._sessions.read(f"reading bags held at {point}") as session:
             return [Handover(r.bag_id, r.step, r.from_point, r.to_point, r.handler, r.weight_g, r.at, r.device,
                              r.manifest) for r in session.scalars(query)]
+
+    def journeys(self, *, since: int | None = None, until: int | None = None, held_at: WastePoint | None = None
+                 ) -> list[tuple[Bag, list[Handover]]]:
+        """Bags with their whole chains, by seal time: those sealed or handed over in ``[since, until)``, or
+        (``held_at``) those whose chain has reached that point and gone no further."""
+        which: ColumnElement[bool]
+        if held_at is not None:
+            last = (select(WasteHandoverRow.bag_id, func.max(WasteHandoverRow.step).label("step"))
+                    .group_by(WasteHandoverRow.bag_id).subquery())
+            chosen = (select(WasteHandoverRow.bag_id)
+                      .join(last, (last.c.bag_id == WasteHandoverRow.bag_id) & (last.c.step == WasteHandoverRow.step))
+                      .where(WasteHandoverRow.to_point == held_at))
+            which = WasteBagRow.id.in_(chosen)
+        elif since is not None and until is not None:
+            moved = select(WasteHandoverRow.bag_id).where(WasteHandoverRow.at >= since, WasteHandoverRow.at < until)
+            which = or_(WasteBagRow.sealed_at.between(since, until - 1), WasteBagRow.id.in_(moved))
+        else:
+            raise ValueError("journeys: give since and until, or held_at")
+        bags = select(WasteBagRow).where(which).order_by(WasteBagRow.sealed_at, WasteBagRow.id)
+        steps = (select(WasteHandoverRow).where(WasteHandoverRow.bag_id.in_(select(WasteBagRow.id).where(which)))
+                 .order_by(WasteHandoverRow.bag_id, WasteHandoverRow.step))
+        with self._sessions.read("reading bags and their chains") as session:
+            chains: dict[str, list[Handover]] = {}
+            for r in session.scalars(steps):
+                chains.setdefault(r.bag_id, []).append(Handover(r.bag_id, r.step, r.from_point, r.to_point, r.handler,
+                                                                r.weight_g, r.at, r.device, r.manifest))
+            return [(Bag(r.id, r.category, r.weight_g, r.sealed_by, r.sealed_at, r.unit, r.device),
+                     chains.get(r.id, [])) for r in session.scalars(bags)]
 
     def sealed(self, since: int, until: int, *, units: set[str] | None = None) -> list[Bag]:
         """Bags sealed in ``[since, until)``, oldest first; ``units`` limits them to those units."""

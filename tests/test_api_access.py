@@ -108,6 +108,7 @@ POLICY: dict[str, set[str]] = {
     "PUT /api/v1/units/{unit}/alarm-settings/ruleset": {"charge_nurse"},
     "GET /api/v1/units/{unit}/assignments": CLINICAL | {"admin"},
     "GET /api/v1/waste/bags/{bag}": CLINICAL | {"facilities", "auditor"},
+    "GET /api/v1/waste/reconciliation": {"facilities", "auditor"},
     "GET /api/v1/waste/register": {"facilities", "auditor"},
     "GET /api/v1/waste/register.csv": {"facilities", "auditor"},
     "GET /api/v1/waste/reports/weights": CLINICAL | {"facilities", "auditor"},

@@ -8,6 +8,7 @@ import io
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from devices.clock import now_ms
 from devices.contract import WasteEvent
 from facilities.service import FacilitiesService, FacilitiesSettings
 from facilities.sitemap import SiteMap, load_site_map
-from facilities.waste import WasteTracker
+from facilities.waste import WasteSettings, WasteTracker
 from gateway.service import Gateway, GatewaySettings
 from ingest.service import Ingest
 from simulators.modbus.devices import WasteStoreLogger
@@ -305,6 +306,51 @@ async def test_handover_register_csv_for_the_regulator(api: Api, state: State) -
     assert (await api.get("/api/v1/waste/register", "n-wes")).status_code == 403
     exports = state.audit.records(after=0, limit=100, actor="a-aud")
     assert [r.action for r in exports] == ["waste.register.export"]
+
+
+async def test_weight_reconciliation_and_the_bags_held_in_storage_with_their_age(api: Api, state: State) -> None:
+    now = now_ms()
+    local = timezone(timedelta(minutes=WasteSettings().utc_offset_min))
+
+    def day(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, tz=local).date().isoformat()
+
+    t0 = now - 10 * HOUR
+    journey(state, "MW-R-1", "W3", t0, stored=1030.0)  # 3 % heavier into storage: flagged, and again out of it
+    journey(state, "MW-R-2", "W3", t0 + 60_000, category="sharps", weight=500.0, stored=505.0, steps=3)  # held, 1 %
+    journey(state, "MW-R-NEAR", "ICU", now - 42 * HOUR, steps=3)  # in storage since 40 h ago: near the 48 h limit
+    journey(state, "MW-R-OVER", "ICU", now - 52 * HOUR, steps=3)  # since 50 h ago: over it
+    window = {"start": day(t0), "end": day(now)}
+    answer = await api.get("/api/v1/waste/reconciliation", "f-fay", **window)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert (report["total"], report["flagged"], report["tolerance_pct"]) == (2, 1, 2.0)
+    assert [r["bag"] for r in report["rows"]] == ["MW-R-1", "MW-R-2"], "the flagged bag first"
+    flagged = report["rows"][0]
+    assert [(p["point"], p["weight_g"], p["weight_check"]) for p in flagged["points"]] == [
+        ("ward", 1000.0, ""), ("collector", 1000.0, "ok"), ("storage", 1030.0, "flagged"),
+        ("disposer", 1000.0, "flagged")]
+    assert [p["difference_pct"] for p in flagged["points"]] == [None, 0.0, 3.0, -2.91]
+    assert (flagged["at"], flagged["department"], flagged["flagged"]) == ("disposer", "W3", True)
+    held = report["rows"][1]
+    assert (held["at"], held["flagged"], held["points"][-1]["difference_pct"]) == ("storage", False, 1.0)
+    only = (await api.get("/api/v1/waste/reconciliation", "a-aud", limit=1, **window)).json()
+    assert ([r["bag"] for r in only["rows"]], only["total"]) == (["MW-R-1"], 2)
+    today = (await api.get("/api/v1/waste/reconciliation", "f-fay")).json()
+    assert today["start"] == today["end"] == day(now_ms())
+    assert (await api.get("/api/v1/waste/reconciliation", "n-wes")).status_code == 403
+    assert (await api.get("/api/v1/waste/reconciliation", "b-bio")).status_code == 403
+
+    store = (await api.get("/api/v1/waste/storage", "f-fay")).json()
+    assert [(b["bag"], b["limit"]) for b in store["bags"]] == [
+        ("MW-R-OVER", "over"), ("MW-R-NEAR", "near"), ("MW-R-2", "ok")], "oldest first, each against 48 h"
+    assert (store["bags_held"], store["oldest_since"], store["near_hours"]) == (3, now - 50 * HOUR, 36.0)
+    over, _, mine = store["bags"]
+    assert over["age_h"] == pytest.approx(50, abs=0.1)
+    assert over["due_at"] == over["since"] + 48 * HOUR
+    assert (mine["category"], mine["department"], mine["weight_g"], mine["collected_weight_g"]) == (
+        "sharps", "W3", 505.0, 500.0)
+    assert (mine["difference_pct"], mine["weight_check"]) == (1.0, "ok")
 
 
 # -- the waste store's temperature logger in the demo hospital -------------------------------------------
