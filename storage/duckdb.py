@@ -221,6 +221,18 @@ _ROLL_UP: Final = (
 
 _QUIET: Final = "SET enable_progress_bar = false"  # a service prints no progress bars of long queries
 
+# DuckDB keeps every block it writes in its buffer pool until the pool is full: an appending ingest worker's
+# pool grows by what it stores (about 6 MB/min at the soak's 10,500 readings/s) until the bound, so the
+# bound is the worker's steady memory. Writing needs little (the appends not yet checkpointed, at most the
+# 16 MB checkpoint threshold, and the events' key index); queries spill past it. 64 MB: the soak's
+# pool plateaus at 6-30 MB of cached table blocks after 4 minutes (512 MB: still growing after 15 minutes),
+# and reads, roll-ups and the 2 million rows of a crash recovery run within it (docs/storage.md).
+MEMORY_LIMIT_MB: Final = 64
+# Opening rebuilds the key index and latest with window queries over the rows written after the snapshot
+# (up to snapshot_rows, more if snapshots failed, or a whole schema-1 file): 2 million rows take 64 MB and
+# 4 million more, so the pool is raised to this while loading and set back after.
+LOAD_MEMORY_LIMIT_MB: Final = 1024
+
 # DuckDB errors worth retrying: another process holds the file lock, a write-write conflict, memory.
 _RETRYABLE: Final = (
     duckdb.TransactionException,
@@ -312,14 +324,15 @@ class DuckDbStore:
     preferred_batch: Final = 20_000  # items per write: 2.4-2.8 µs each here, 3-4 at 5,000 (docs/benchmarks.md)
 
     def __init__(self, path: str | os.PathLike[str], retention: Retention | None = None, *,
-                 snapshot_rows: int = 2_000_000, snapshot_s: float = 60.0, memory_limit_mb: int = 512) -> None:
+                 snapshot_rows: int = 2_000_000, snapshot_s: float = 60.0,
+                 memory_limit_mb: int = MEMORY_LIMIT_MB) -> None:
         """Open (creating the directory, file and tables if needed, upgrading schema 1) the store at ``path``.
 
         ``snapshot_rows`` and ``snapshot_s`` bound how many stored rows, or how long, the key index and
         the latest cache may run ahead of their tables (what the next open re-reads from the rows).
-        ``memory_limit_mb`` bounds DuckDB's buffer pool (its default is 80% of the machine's memory, which a
-        process that only appends fills with cached blocks); past it DuckDB evicts, or spills to the directory
-        ``<file>.tmp`` beside the file.
+        ``memory_limit_mb`` bounds DuckDB's buffer pool, which keeps every block it writes cached until the
+        bound (see :data:`MEMORY_LIMIT_MB`); past it DuckDB evicts, or spills to the directory ``<file>.tmp``
+        beside the file. Opening may use up to :data:`LOAD_MEMORY_LIMIT_MB` while it rebuilds the key index.
         """
         if str(path) in ("", ":memory:"):
             raise ValueError("DuckDbStore needs a file path; use MemoryStore for an in-memory store")
@@ -327,6 +340,7 @@ class DuckDbStore:
             raise ValueError(f"store memory_limit_mb must be at least 64, not {memory_limit_mb}")
         self.path = Path(path)
         self.retention = retention or Retention()
+        self.memory_limit_mb = memory_limit_mb
         self.snapshot_rows = snapshot_rows
         self.snapshot_s = snapshot_s
         self._closed = False
@@ -340,13 +354,16 @@ class DuckDbStore:
         self._unsnapshotted = 0  # rows stored since the last snapshot
         self._snapshot_at = time.monotonic()
         self._stale = False  # a commit failed: reload the index and the cache before the next write
+        self._unbounded = False  # the buffer pool is still at the loading bound (setting it back failed)
         self._on_commit: list[Callable[[], None]] = []  # run after the open transaction commits
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the directory of {self.path}: {exc}") from exc
         try:
-            self._conn = duckdb.connect(str(self.path), config={"memory_limit": f"{memory_limit_mb}MB"})
+            # The loading bound until _load() sets the steady one (replaying a WAL left by a crash is loading too).
+            self._conn = duckdb.connect(str(self.path), config={
+                "memory_limit": f"{max(memory_limit_mb, LOAD_MEMORY_LIMIT_MB)}MB"})
             self._conn.execute(_QUIET).fetchall()
         except duckdb.Error as exc:
             raise _store_error(exc, "open", self.path) from exc
@@ -399,6 +416,7 @@ class DuckDbStore:
         conn = self._conn
         keys, latest = KeyIndex(), LatestCache()
         try:
+            conn.execute(f"SET memory_limit = '{max(self.memory_limit_mb, LOAD_MEMORY_LIMIT_MB)}MB'")
             conn.execute("BEGIN")
             [(snapshot_wb,)] = conn.execute("SELECT value FROM meta WHERE name = 'snapshot_wb'").fetchall()
             for device, stream, lo, hi in conn.execute("SELECT device, stream, lo, hi FROM seq_ranges").fetchall():
@@ -426,10 +444,23 @@ class DuckDbStore:
             with suppress(duckdb.Error):
                 conn.execute("ROLLBACK")
             raise _store_error(exc, "open", self.path) from exc
+        finally:
+            self._bound_memory()
         self._keys, self._latest = keys, latest
         self._unsnapshotted = 0
         self._snapshot_at = time.monotonic()
         self._stale = False
+
+    def _bound_memory(self) -> None:
+        """Set the buffer pool back to ``memory_limit_mb`` (DuckDB evicts down to it); retried at the next snapshot."""
+        try:
+            self._conn.execute(f"SET memory_limit = '{self.memory_limit_mb}MB'")
+        except duckdb.Error as exc:  # blocks still pinned by a running query: the pool stays larger for now
+            log.warning("store %s: could not set the buffer pool back to %d MB (retried): %s", self.path,
+                        self.memory_limit_mb, exc)
+            self._unbounded = True
+        else:
+            self._unbounded = False
 
     @staticmethod
     def _write_snapshot(conn: duckdb.DuckDBPyConnection, keys: KeyIndex, latest: LatestCache, wb: int) -> None:
@@ -537,6 +568,8 @@ class DuckDbStore:
     def _periodic_snapshot(self) -> None:
         """Write the snapshot in a transaction of its own (writer lock held); a failure is logged, not raised."""
         conn = self._conn
+        if self._unbounded:
+            self._bound_memory()
         try:
             conn.execute("BEGIN")
             try:

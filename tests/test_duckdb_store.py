@@ -88,6 +88,29 @@ def test_the_buffer_pool_is_bounded_as_configured(tmp_path: Path) -> None:
         DuckDbStore(tmp_path / "small.duckdb", memory_limit_mb=8)
 
 
+def test_the_buffer_pool_is_bounded_for_an_appending_worker_by_default(tmp_path: Path) -> None:
+    # DuckDB keeps every block it writes cached until the pool is full, so the pool's bound is an ingest worker's
+    # steady memory (the 10-minute soak grew 8.9 MB/min with 80% of RAM, and would have until 512 MB): the store and
+    # the configuration default to 64 MB, and the larger bound of a load at open does not outlive the load.
+    from wardlink.config import load
+    from wardlink.runner import open_store
+
+    path = tmp_path / "ts.duckdb"
+    store = DuckDbStore(path, snapshot_rows=10**9, snapshot_s=10**9)
+    store.write([ob("d1", seq, T0 + seq) for seq in range(1000)])
+    store._stale = True  # a failed commit: the next write reloads the index with the loading bound
+    store.write([ob("d1", 1000, T0 + 1000)])
+    limits = [store._conn.execute("SELECT current_setting('memory_limit')").fetchone()]
+    store.close()
+    configured = open_store(load(env={"WARDLINK_DATA_DIR": str(tmp_path / "data")}))
+    try:
+        assert isinstance(configured, DuckDbStore)
+        limits.append(configured._conn.execute("SELECT current_setting('memory_limit')").fetchone())
+    finally:
+        configured.close()
+    assert limits == [("61.0 MiB",)] * 2  # 64 MB (10^6 bytes), as DuckDB prints it
+
+
 def test_duplicates_within_a_batch_across_batches_and_after_reopen(tmp_path: Path) -> None:
     path = tmp_path / "dups.duckdb"
     store = DuckDbStore(path)

@@ -87,7 +87,7 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engine: Literal["duckdb", "sqlite", "victoria"] = "duckdb"
     url: str = "http://127.0.0.1:8428"  # victoria: the server
     retention_days: int = 31  # victoria: must match the server's -retentionPeriod
-    memory_limit_mb: Annotated[int, msgspec.Meta(ge=64)] = 512  # duckdb: its buffer pool (default: 80% of RAM)
+    memory_limit_mb: Annotated[int, msgspec.Meta(ge=64)] = 64  # duckdb: its buffer pool (docs/storage.md, Memory)
 
 
 class StateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
