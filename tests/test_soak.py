@@ -2,7 +2,8 @@
 
 Real processes: a Mosquitto of the test's own, ``wardlink serve ingest`` and ``wardlink serve alerts``
 (as a deployment runs them), and the hospital's four floor gateways in a load process of their own
-(tests/procs/hospital_load.py: about 10,600 readings/s of monitors, pumps, 14,000 tags and waste).
+(tests/procs/hospital_load.py: about 10,600 readings/s of monitors, pumps, 14,000 tags and waste), which runs
+at nice 10: a hospital's gateways have CPUs of their own, so here they take the CPU after the services.
 This process is the alarm probe: every 2 s it publishes a low SpO2 reading for one bed on its
 gateway's data topic and times the alert's arrival on the bus (the figure ``wardlink bench alerts``
 calls "reading -> alert on the bus"), then clears it. Every 5 s it samples each process's RSS, the
