@@ -44,7 +44,7 @@ from devices.site import DeviceSpec, GatewaySpec, Site, Unit
 from state import open_state
 from state.db import default_url
 from wardlink.bench_ingest import broker
-from wardlink.bench_support import free_port, stop
+from wardlink.bench_support import as_remote_load, free_port, stop
 
 log = logging.getLogger(__name__)
 
@@ -417,17 +417,13 @@ def table(figures: dict[str, float]) -> str:
 
 
 # -- the flood helper process -----------------------------------------------------------------------------------------
-LOAD_NICE: Final = 10  # the load generator's niceness (see _flood_main)
-
-
 def _flood_main(raw: dict[str, Any]) -> None:
     """Publish ``rate`` observations/s until stdin closes: 10,000 ward monitors in turn, 5 normal vitals each.
 
     At 50,000/s each monitor reports its 5 vitals once a second, as bedside monitors send numerics.
-    It runs at a lower scheduling priority (nice 10): it stands for gateways and monitors whose CPUs are
-    elsewhere, so on this shared machine the services measured get the CPU before it does.
+    It runs at a lower scheduling priority (:func:`~wardlink.bench_support.as_remote_load`).
     """
-    os.nice(LOAD_NICE)
+    as_remote_load()
     rate = int(raw["rate"])
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-alerts-flood-{os.getpid()}", clean_session=True)
     client.max_inflight_messages_set(100)

@@ -2,7 +2,8 @@
 
 The worker is the real :class:`~ingest.service.Ingest` (real bus, default settings, MQTT 5 shared
 subscription) running in this process; the publisher is a helper process (``python -m
-wardlink.bench_ingest publish ...``) sending :class:`~devices.contract.Batch` messages of 500 observations
+wardlink.bench_ingest publish ...``, at nice 10: it plays gateways, whose CPUs are elsewhere) sending
+:class:`~devices.contract.Batch` messages of 500 observations
 (the gateway's ``batch_max``, what its uplink sends while its outbox holds a backlog) at QoS 1, as a gateway
 would: fifty 10-parameter monitor frames per message, every reading with its own
 ``(device, stream, seq)`` and, per series, its own millisecond. The broker (Mosquitto, ``set_tcp_nodelay``,
@@ -56,7 +57,7 @@ from gateway.service import GatewaySettings
 from ingest.service import Ingest, IngestSettings
 from storage.base import TimeSeriesStore
 from wardlink.bench_gateway import mosquitto_binary
-from wardlink.bench_support import Clock, Rate, free_port, stop
+from wardlink.bench_support import Clock, Rate, as_remote_load, free_port, stop
 
 log = logging.getLogger(__name__)
 
@@ -640,6 +641,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING)
     if argv[0] != "publish":
         raise SystemExit(f"unknown helper {argv[0]!r}")
+    as_remote_load()  # it plays the gateways, whose CPUs are elsewhere
     raw = json.loads(argv[1])
     sent = _Publisher(PublishArgs(raw["mode"], raw["host"], int(raw["port"]), raw["stream"], int(raw["beds"]),
                                   float(raw["seconds"]))).run()

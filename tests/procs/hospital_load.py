@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from devices.clock import now_ms
 from devices.contract import Item, Observation, TagRead, WasteEvent
 from devices.site import DeviceSpec, GatewaySpec, Site, Unit
 from gateway.service import Gateway, GatewaySettings
+from wardlink.bench_support import as_remote_load
 
 SITE_ID = "soak"
 FLOORS = 4
@@ -137,8 +137,6 @@ def _report(gateways: list[Gateway], elapsed: float, final: bool = False) -> Non
 
 
 if __name__ == "__main__":
-    # The gateways of a real hospital run on their own edge machines: on this shared one they take the CPU
-    # after the services under test (nice 10), as the bench's load generators do.
-    os.nice(10)
+    as_remote_load()  # a hospital's gateways run on edge machines of their own
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main(json.loads(sys.argv[1])))
