@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from paho.mqtt import client as mqtt
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -30,6 +32,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from alerts.routing import StepSpec
+from simulators.mqtt_devices.waste import Bag as WasteBag
+from simulators.mqtt_devices.waste import ScanPointSim
 from tests.conftest import Mosquitto
 from tests.test_end_to_end import running, ward_config
 from wardlink.config import Config
@@ -378,9 +382,113 @@ def test_facilities_finds_an_asset_and_sees_the_route(ward: tuple[Background, Mo
     wait(browser, lambda d: css(d, "#route ol.steps li"), "the route's steps")
     assert css(browser, "#route svg.plan polyline.route-line"), "the route drawn on the floor plan"
     shoot(browser, screenshots, "facilities-route")
-    click(browser, "#nav-waste")
-    wait(browser, lambda d: css(d, "#par table") and css(d, "#waste table"), "par levels and waste")
+    headers = {"Authorization": f"Bearer {bearer_of(system.api_url, ward[0].config, 'f-facilities')}"}
+    with httpx.Client(base_url=system.api_url, timeout=10, headers=headers) as client:
+        scan_a_heavy_bag_into_storage(ward[0].config, ward[1], client)
+        click(browser, "#nav-waste")
+        wait(browser, lambda d: css(d, "#par table") and css(d, "#waste table") and css(d, "#reconciliation table"),
+             "par levels and the waste dashboard")
+        check_waste_dashboard(browser, client)
     shoot(browser, screenshots, "facilities-waste")
+
+
+HEAVY_BAG = "MW-W3-CONSOLE"
+"""A bag the facilities test scans through the demo's own scan-point topics: 5 % heavier into storage, held there."""
+
+
+def scan_a_heavy_bag_into_storage(config: Config, broker: Mosquitto, client: httpx.Client) -> None:
+    """Scan HEAVY_BAG at the ward, the collector and the store (2.0, 2.0, 2.1 kg) as the demo's scan points do,
+    each scan once the chain has taken the one before (the chain orders steps by the gateway's receive time)."""
+    bag = WasteBag(HEAVY_BAG, "infectious", 2000.0, "W3")
+    topics = {d.connection["point"]: (d.id, d.connection["topic"])
+              for d in config.site.devices if d.kind == "waste_mqtt"}
+    for point, handler, grams in (("ward", "N-1042", 2000.0), ("collector", "C-0007", 2000.0),
+                                  ("storage", "S-0003", 2100.0)):
+        scanner, topic = topics[point]
+        payload = ScanPointSim(scanner, point, host=broker.address.host, port=broker.port,  # type: ignore[arg-type]
+                               topic=topic).scan_payload(bag, handler, grams)
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"console-test-{point}")
+        publisher.connect(broker.address.host, broker.port)
+        publisher.loop_start()
+        try:
+            publisher.publish(topic, payload, qos=1).wait_for_publish(10)
+        finally:
+            publisher.disconnect()
+            publisher.loop_stop()
+        deadline = time.monotonic() + 20
+        while (chain := client.get(f"/api/v1/waste/bags/{HEAVY_BAG}")).status_code != 200 \
+                or chain.json()["at"] != point:
+            assert time.monotonic() < deadline, f"{HEAVY_BAG} not at {point} within 20 s: {chain.text}"
+            time.sleep(0.2)
+
+
+PAGE_STORE = """
+const rows = (sel) => [...document.querySelectorAll(sel)];
+return {loggers: rows('#store tr[data-device]').map((r) => [r.dataset.device, r.dataset.ts, r.cells[1].innerText,
+                                                            r.cells[3].innerText]),
+        bags: rows('#store tr[data-bag]').map((r) => [r.dataset.bag, r.dataset.limit, r.innerText]),
+        alerts: rows('#store-alerts li').map((li) => [li.dataset.type, li.dataset.source]),
+        reconciled: rows('#reconciliation tr[data-bag]').map((r) => [r.dataset.bag, r.dataset.flagged,
+                                                                     [...r.cells].slice(3, 7).map((c) => c.innerText)]),
+        handovers: rows('#handovers tr[data-bag]').map((r) => [r.dataset.bag, r.dataset.to, r.innerText])};
+"""
+
+
+def check_waste_dashboard(browser: WebDriver, client: httpx.Client) -> None:
+    """What the waste page shows against what the waste routes answer: the store (loggers, bags, alerts), the
+    day's weight reconciliation, the day's handovers and the live waste alerts."""
+    def same_store(d: WebDriver) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The page's store and the route's answer once both saw the same readings, bags and alerts (the logger
+        is read every 5 s and the demo's bags pass through the store)."""
+        page, store = d.execute_script(PAGE_STORE), client.get("/api/v1/waste/storage").json()
+        same = ([row[:2] for row in page["loggers"]] == [[x["device"], str(x["ts"] or "")] for x in store["loggers"]]
+                and [b[0] for b in page["bags"]] == [b["bag"] for b in store["bags"]]
+                and page["alerts"] == [[a["type"], a["source"]] for a in store["alerts"]])
+        if same:
+            return page, store
+        click(d, "#store-refresh")  # a reading may have come in between the page's refresh and the route's answer
+        return None
+
+    page, store = wait(browser, same_store, "the waste store as the storage route answers it", 30)
+    assert store["loggers"], "the demo's waste store has its logger"
+    for (_, _, shown, state), logger in zip(page["loggers"], store["loggers"], strict=True):
+        assert shown == f"{logger['temperature_c']:.1f} °C"
+        limit = f"{store['limit_c']:g} °C"  # as the page's JavaScript writes a number
+        assert state == (f"⚠ Above {limit}" if logger["above_limit"] else f"✓ At or below {limit}"), state
+    assert HEAVY_BAG in [b["bag"] for b in store["bags"]]
+    for (_, limit, row), bag in zip(page["bags"], store["bags"], strict=True):
+        assert limit == bag["limit"]
+        assert {"ok": "✓ Within", "near": "◷ Near", "over": "⚠ Over"}[limit] + f" {store['max_hours']:g} h: due" in row
+        assert f"{bag['weight_g'] / 1000:.3f} kg" in row
+        assert ("⚠ +5.0 % flagged" in row) == (bag["bag"] == HEAVY_BAG), "the intake's check is written"
+
+    # Records are append-only: a bag the page shows has at least those steps now, with the same weights.
+    report = client.get("/api/v1/waste/reconciliation").json()
+    by_bag = {r["bag"]: r for r in report["rows"]}
+    assert page["reconciled"], "today's bags"
+    assert page["reconciled"][0][:2] == [HEAVY_BAG, "true"], "the flagged bag first"
+    for bag, flagged, cells in page["reconciled"]:
+        shown = [c for c in cells if c != "—"]
+        points = by_bag[bag]["points"][:len(shown)]
+        assert [c.split(" kg")[0] for c in shown] == [f"{p['weight_g'] / 1000:.3f}" for p in points], bag
+        assert ["⚠" in c for c in shown] == [p["weight_check"] == "flagged" for p in points], bag
+        assert flagged == str(any(p["weight_check"] == "flagged" for p in points)).lower()
+    register = client.get("/api/v1/waste/register", params={"start": report["start"], "end": report["end"]}).json()
+    mine = [(line["to"], line["weight_check"]) for line in register if line["bag"] == HEAVY_BAG]
+    assert [(to, "⚠ flagged" in row) for bag, to, row in page["handovers"] if bag == HEAVY_BAG] == [
+        (to, check == "flagged") for to, check in reversed(mine)], "today's handovers, newest first"
+    assert [to for to, _ in mine] == ["collector", "storage"]
+
+    alert = f'#waste-alerts li[data-type="waste.weight_mismatch"][data-alert-id$="{HEAVY_BAG}"]'
+    wait(browser, lambda d: css(d, alert), "the weight-mismatch alert in the page's live waste alerts")
+    types = browser.execute_script("return [...document.querySelectorAll('#waste-alerts li[data-type]')]"
+                                   ".map((li) => li.dataset.type)")
+    assert all(t.startswith("waste.") for t in types), types
+    ratios = browser.execute_script(CONTRAST, "#main h2, #main h3, #main p, #main caption, #main th, #main td, "
+                                              "#main td *, #main .prio")
+    assert len(ratios) > 20
+    assert [(what, round(ratio, 2)) for what, ratio in ratios if ratio < 4.5] == [], "text below 4.5:1"
+    browser.execute_script("document.getElementById('waste-store').scrollIntoView()")
 
 
 def test_biomed_opens_a_device_page(ward: tuple[Background, Mosquitto], browser: WebDriver,

@@ -73,13 +73,14 @@ function alertItem(alert, ctx, escalation) {
     } }, "Acknowledge"), silenceForm(alert, ctx.stream)) : null);
 }
 
+// ``bed`` or ``only`` (a test of the alert) narrow the list; ``id`` names it when a page shows more than one.
 // Items are kept while their alert and escalation are unchanged and only moved when the order changes, so
 // a keyboard user's focus survives the live updates (a rebuilt item gets the focus back on the same control).
-export function alertList(ctx, { bed } = {}) {
-  const list = h("ul", { class: "alerts", id: "alert-list", "aria-live": "polite" });
+export function alertList(ctx, { bed, only, id = "alert-list" } = {}) {
+  const list = h("ul", { class: "alerts", id, "aria-live": "polite" });
   const items = new Map();  // alert id -> { key, el }
   const off = ctx.stream.on((stream) => {
-    const shown = stream.list().filter((a) => !bed || a.bed === bed);
+    const shown = stream.list().filter((a) => (!bed || a.bed === bed) && (!only || only(a)));
     const active = list.contains(document.activeElement) ? document.activeElement : null;
     const focused = active && { id: active.closest("li")?.dataset.alertId, cls: active.classList[0] };
     for (const id of [...items.keys()]) if (!shown.some((a) => a.id === id)) items.delete(id);
