@@ -39,6 +39,8 @@ STORE_ALERTS = ("waste.storage_temperature", "waste.storage_overdue")
 """The open alerts the waste store's view shows."""
 NEAR_LIMIT = 0.75
 """A bag held for this share of the storage limit is shown as near it (36 h of 48 h)."""
+RECONCILED_DAYS = 31
+"""A reconciliation reads every bag of its window with its chain: at most a month of them."""
 RECONCILED_ROWS = 200
 """At most this many bags in a reconciliation answer by default (the flagged ones first)."""
 
@@ -163,6 +165,8 @@ def waste_router(site: Site, state: State, access: Access, settings: WasteSettin
         before: ``flagged`` beyond the tolerance. The flagged bags come first, then the newest sealed."""
         del principal  # site-wide: facilities and the auditor
         since, until, first, last = window(start or end or _local(now_ms(), zone).date(), end)
+        if (last - first).days >= RECONCILED_DAYS:
+            raise HTTPException(422, f"start..end: at most {RECONCILED_DAYS} days")
         journeys = await asyncio.to_thread(state.waste.journeys, since=since, until=until)
         rows = sorted((reconciled(sealed, chain) for sealed, chain in journeys),
                       key=lambda r: (not r["flagged"], -r["sealed_at"], r["bag"]))

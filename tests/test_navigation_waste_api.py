@@ -338,6 +338,8 @@ async def test_weight_reconciliation_and_the_bags_held_in_storage_with_their_age
     assert ([r["bag"] for r in only["rows"]], only["total"]) == (["MW-R-1"], 2)
     today = (await api.get("/api/v1/waste/reconciliation", "f-fay")).json()
     assert today["start"] == today["end"] == day(now_ms())
+    assert (await api.get("/api/v1/waste/reconciliation", "f-fay", start="2026-01-01", end="2026-03-01")).status_code \
+        == 422, "at most a month"
     assert (await api.get("/api/v1/waste/reconciliation", "n-wes")).status_code == 403
     assert (await api.get("/api/v1/waste/reconciliation", "b-bio")).status_code == 403
 
