@@ -169,7 +169,11 @@ class WasteRound:
         return weights
 
     async def run(self, bags: int, *, leg_s: float, between_s: float) -> None:
-        """Send ``bags`` bags of every category in turn on their journeys, one after another."""
+        """Send ``bags`` bags of every category in turn on their journeys, ``between_s`` before each.
+
+        The pause comes first: a scan published before the gateway reading the scan point has subscribed
+        is dropped by the broker, and the demo's first bag then raised a false "missing step" every start.
+        """
         for index in range(bags):
-            await self.journey(self.new_bag(CATEGORIES[index % len(CATEGORIES)]), leg_s=leg_s)
             await asyncio.sleep(between_s)
+            await self.journey(self.new_bag(CATEGORIES[index % len(CATEGORIES)]), leg_s=leg_s)
