@@ -1,18 +1,22 @@
 """The embedded store: one DuckDB file, chosen over SQLite by measurement (see docs/storage.md).
 
 Layout: observations are appended in arrival order, so DuckDB's per-row-group min/max of ``ts``
-prunes every time-range scan, and columns compress. The table has no primary key: writes are made
-idempotent in Python by a :class:`~storage.ranges.KeyIndex` (the stored seqs of every stream as runs),
-which drops every key already stored before the insert. The newest observation per (device, metric,
-bed) is kept in memory (:class:`~storage.latest_cache.LatestCache`), so ``latest()`` never scans.
+prunes every time-range scan, and columns compress. Neither observations nor events have a primary
+key (DuckDB keeps a key's ART index in memory outside its buffer pool, 8-12 bytes per row inserted, until
+the file is reopened; ``rollup_1m`` keeps its key for its upsert): writes are made idempotent in Python by two
+:class:`~storage.ranges.KeyIndex` (the stored seqs of every stream as runs), one for observations and
+one for events (each a key space of its own, as in every store), which drop every key already stored
+before the insert. The newest observation per (device, metric, bed) is kept in memory
+(:class:`~storage.latest_cache.LatestCache`), so ``latest()`` never scans.
 
-Both are derived state with a snapshot: every observation row carries ``wb``, the number of the write
-batch that stored it; the ``seq_ranges`` and ``latest`` tables hold the index and the cache as of batch
-``snapshot_wb`` (in ``meta``), rewritten by ``maintain()`` (in the same transaction as its deletes),
-by ``close()`` and every ``snapshot_rows`` stored rows or ``snapshot_s`` seconds. Opening loads the
-snapshot and adds the observations with ``wb > snapshot_wb``, so a crash loses no key and no latest
-value: the rows themselves are the log. Rows without ``wb`` (a file of schema 1, or rows bulk-loaded
-past the store) are adopted at open: indexed, folded into latest, then numbered 0.
+All three are derived state with a snapshot: every observation and event row carries ``wb``, the number
+of the write batch that stored it; the ``seq_ranges``, ``event_ranges`` and ``latest`` tables hold the
+indexes and the cache as of batch ``snapshot_wb`` (in ``meta``), rewritten by ``maintain()`` (in the
+same transaction as its deletes), by ``close()`` and every ``snapshot_rows`` stored rows or
+``snapshot_s`` seconds. Opening loads the snapshot and adds the rows with ``wb > snapshot_wb``, so a
+crash loses no key and no latest value: the rows themselves are the log. Rows without ``wb`` (files of
+schemas 1 and 2, or rows bulk-loaded past the store) are adopted at open: indexed, folded into latest,
+then numbered 0.
 
 Threads: one writer connection behind a lock, and a pool of reader cursors (DuckDB connections to the
 same database), one per thread that is reading at that moment. Readers see the last committed state
@@ -24,8 +28,8 @@ Durability: DuckDB syncs its WAL at every commit, so a stored batch survives a c
 or the machine; the WAL is checkpointed into the file automatically and at ``close()``.
 
 Retention: :meth:`DuckDbStore.maintain` rolls raw observations past raw retention into the
-``rollup_1m`` table and deletes them, in one transaction (rules in :mod:`storage.base`). The key index
-keeps their keys, so a replay of a rolled-up reading stays a duplicate.
+``rollup_1m`` table and deletes them, and deletes events past their retention, in one transaction (rules in
+:mod:`storage.base`). The key indexes keep their keys, so a replay of a deleted row stays a duplicate.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ from .ranges import KeyIndex, Piece
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2  # 1: primary keys on observations and latest, latest upserted in every write
+# 1: primary keys on observations and latest, latest upserted in every write; 2: a primary key on events.
+SCHEMA_VERSION: Final = 3
 
 # Observation columns in the contract's field order.
 OBS_COLUMNS: Final = Observation.__struct_fields__
@@ -116,17 +121,16 @@ _LATEST: Final = """CREATE TABLE IF NOT EXISTS {name} (
         value DOUBLE NOT NULL,
         unit VARCHAR NOT NULL,
         flags INTEGER NOT NULL)"""
-SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
-    _OBSERVATIONS.format(name="observations"),
-    _LATEST.format(name="latest"),
-    # The stored seqs of each stream as of batch snapshot_wb, one row per run [lo, hi].
-    """CREATE TABLE IF NOT EXISTS seq_ranges (
+# The stored seqs of each stream as of batch snapshot_wb, one row per run [lo, hi].
+_RANGES: Final = """CREATE TABLE IF NOT EXISTS {name} (
         device VARCHAR NOT NULL,
         stream VARCHAR NOT NULL,
         lo BIGINT NOT NULL,
-        hi BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS events (
+        hi BIGINT NOT NULL)"""
+# Every item that is not an observation, as its contract JSON; no primary key (DuckDB would keep its index
+# in memory outside the buffer pool, 8-12 bytes per event stored, until the file is reopened): the event key
+# index de-duplicates, as for observations.
+_EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
         device VARCHAR NOT NULL,
         stream VARCHAR NOT NULL,
         seq BIGINT NOT NULL,
@@ -134,7 +138,16 @@ SCHEMA: Final = (
         ts BIGINT NOT NULL,
         bed VARCHAR,
         body BLOB NOT NULL,
-        PRIMARY KEY (device, stream, seq))""",
+        wb BIGINT)"""
+_EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
+    _OBSERVATIONS.format(name="observations"),
+    _LATEST.format(name="latest"),
+    _RANGES.format(name="seq_ranges"),
+    # The stored keys of the events, likewise (events are a key space of their own, as in every store).
+    _RANGES.format(name="event_ranges"),
+    _EVENTS.format(name="events"),
     # 1-minute rollups of observations past raw retention (storage.base explains the rules).
     """CREATE TABLE IF NOT EXISTS rollup_1m (
         device VARCHAR NOT NULL,
@@ -170,6 +183,14 @@ _MIGRATE_FROM_1: Final = (
     "ALTER TABLE latest_v2 RENAME TO latest",
 )
 
+# Schema 2 -> 3, likewise: events are copied into a table without a primary key, with wb NULL (adopted).
+_MIGRATE_FROM_2: Final = (
+    _EVENTS.format(name="events_v3"),
+    f"INSERT INTO events_v3 ({', '.join(_EVT_COLUMNS)}) SELECT {', '.join(_EVT_COLUMNS)} FROM events",
+    "DROP TABLE events",
+    "ALTER TABLE events_v3 RENAME TO events",
+)
+
 _INSERT_OBS: Final = (
     f"INSERT INTO observations ({', '.join(OBS_COLUMNS)}, wb) SELECT {', '.join(OBS_COLUMNS)}, $wb "
     "FROM incoming_obs"
@@ -200,12 +221,11 @@ REBUILD_LATEST: Final = (
 # Runs of consecutive seqs per stream ("gaps and islands"): seq - row_number() is constant along a run.
 _ISLANDS: Final = (
     "SELECT device, stream, min(seq), max(seq) FROM (SELECT device, stream, seq, "
-    "seq - row_number() OVER (PARTITION BY device, stream ORDER BY seq) AS island FROM observations{where}) "
+    "seq - row_number() OVER (PARTITION BY device, stream ORDER BY seq) AS island FROM {table}{where}) "
     "GROUP BY device, stream, island"
 )
 _INSERT_EVT: Final = (
-    "INSERT OR IGNORE INTO events (device, stream, seq, kind, ts, bed, body) "
-    "SELECT device, stream, seq, kind, ts, bed, body FROM incoming_evt"
+    f"INSERT INTO events ({', '.join(_EVT_COLUMNS)}, wb) SELECT {', '.join(_EVT_COLUMNS)}, $wb FROM incoming_evt"
 )
 
 # Add raw observations before the cutoff to their minutes' rollups (a minute may already hold late rows).
@@ -224,7 +244,7 @@ _QUIET: Final = "SET enable_progress_bar = false"  # a service prints no progres
 # DuckDB keeps every block it writes in its buffer pool until the pool is full: an appending ingest worker's
 # pool grows by what it stores (about 6 MB/min at the soak's 10,500 readings/s) until the bound, so the
 # bound is the worker's steady memory. Writing needs little (the appends not yet checkpointed, at most the
-# 16 MB checkpoint threshold, and the events' key index); queries spill past it. 64 MB: the soak's
+# 16 MB checkpoint threshold); queries spill past it. 64 MB: the soak's
 # pool plateaus at 6-30 MB of cached table blocks after 4 minutes (512 MB: still growing after 15 minutes),
 # and reads, roll-ups and the 2 million rows of a crash recovery run within it (docs/storage.md).
 MEMORY_LIMIT_MB: Final = 64
@@ -269,9 +289,6 @@ def obs_columns(items: Sequence[Observation]) -> dict[str, np.ndarray]:
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"a batch of {len(items)} observations cannot be stored: {exc}", retryable=False) from exc
     return columns
-
-
-_EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
 
 
 def _event_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
@@ -348,7 +365,8 @@ class DuckDbStore:
         self._pool: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         self._cursor_lock = threading.Lock()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
-        self._keys = KeyIndex()
+        self._keys = KeyIndex()  # observations
+        self._event_keys = KeyIndex()  # events: a key space of their own, as in every store
         self._latest = LatestCache()
         self._next_wb = 1  # the number of the next write batch (set by _load)
         self._unsnapshotted = 0  # rows stored since the last snapshot
@@ -379,18 +397,21 @@ class DuckDbStore:
         log.info("opened store %s", self.path)
 
     def _setup(self) -> None:
-        """Check the schema version, upgrade schema 1 and create what is missing."""
+        """Check the schema version, upgrade schemas 1 and 2 and create what is missing."""
         conn = self._conn
         try:
             conn.execute("BEGIN")
             conn.execute(SCHEMA[0])
             rows = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall()
-            if rows and rows[0][0] == 1:
-                for statement in _MIGRATE_FROM_1:
+            if rows and rows[0][0] in (1, 2):
+                if rows[0][0] == 1:
+                    for statement in _MIGRATE_FROM_1:
+                        conn.execute(statement)
+                for statement in _MIGRATE_FROM_2:
                     conn.execute(statement)
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [SCHEMA_VERSION])
-                log.warning("store %s: upgraded from schema 1 to %d (no primary keys; the key index and latest "
-                            "are rebuilt from the rows)", self.path, SCHEMA_VERSION)
+                log.warning("store %s: upgraded from schema %d to %d (no primary keys; the key indexes and latest "
+                            "are rebuilt from the rows)", self.path, rows[0][0], SCHEMA_VERSION)
             elif rows and rows[0][0] != SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
                 raise StoreCorrupt(
@@ -408,37 +429,46 @@ class DuckDbStore:
             raise _store_error(exc, "open", self.path) from exc
 
     def _load(self) -> None:
-        """Rebuild the key index and the latest cache: the snapshot plus the rows written after it.
+        """Rebuild the key indexes and the latest cache: the snapshot plus the rows written after it.
 
-        Rows without a batch number (schema 1, or a bulk load past the store) are adopted: indexed,
+        Rows without a batch number (schemas 1 and 2, or a bulk load past the store) are adopted: indexed,
         folded into latest and numbered 0, with a new snapshot, in one transaction.
         """
         conn = self._conn
-        keys, latest = KeyIndex(), LatestCache()
+        keys, event_keys, latest = KeyIndex(), KeyIndex(), LatestCache()
         try:
             conn.execute(f"SET memory_limit = '{max(self.memory_limit_mb, LOAD_MEMORY_LIMIT_MB)}MB'")
             conn.execute("BEGIN")
             [(snapshot_wb,)] = conn.execute("SELECT value FROM meta WHERE name = 'snapshot_wb'").fetchall()
-            for device, stream, lo, hi in conn.execute("SELECT device, stream, lo, hi FROM seq_ranges").fetchall():
-                keys.add(device, stream, lo, hi)
+            for index, ranges in ((keys, "seq_ranges"), (event_keys, "event_ranges")):
+                for device, stream, lo, hi in conn.execute(f"SELECT device, stream, lo, hi FROM {ranges}").fetchall():
+                    index.add(device, stream, lo, hi)
             latest.update(map(_observation, conn.execute(
                 f"SELECT {', '.join(_LATEST_COLUMNS)} FROM latest ORDER BY device").fetchall()))
             tail = " WHERE wb > ?"
-            for device, stream, lo, hi in conn.execute(_ISLANDS.format(where=tail), [snapshot_wb]).fetchall():
-                keys.add(device, stream, lo, hi)
+            for index, table in ((keys, "observations"), (event_keys, "events")):
+                for device, stream, lo, hi in conn.execute(_ISLANDS.format(table=table, where=tail),
+                                                           [snapshot_wb]).fetchall():
+                    index.add(device, stream, lo, hi)
             latest.update(map(_observation, conn.execute(_NEWEST.format(where=tail), [snapshot_wb]).fetchall()))
-            [(top,)] = conn.execute("SELECT max(wb) FROM observations WHERE wb > ?", [snapshot_wb]).fetchall()
+            [(top,)] = conn.execute("SELECT max(wb) FROM (SELECT wb FROM observations WHERE wb > $wb UNION ALL "
+                                    "SELECT wb FROM events WHERE wb > $wb)", {"wb": snapshot_wb}).fetchall()
             self._next_wb = (top if top is not None else snapshot_wb) + 1
-            [(unnumbered,)] = conn.execute("SELECT count(*) FROM observations WHERE wb IS NULL").fetchall()
-            if unnumbered:
-                adopt = " WHERE wb IS NULL"
-                for device, stream, lo, hi in conn.execute(_ISLANDS.format(where=adopt)).fetchall():
-                    keys.add(device, stream, lo, hi)
-                latest.update(map(_observation, conn.execute(_NEWEST.format(where=adopt)).fetchall()))
-                conn.execute("UPDATE observations SET wb = 0 WHERE wb IS NULL").fetchall()
-                log.info("store %s: adopted %d rows without a batch number", self.path, unnumbered)
-            if unnumbered or top is not None:  # so that the next open reads no rows back
-                self._write_snapshot(conn, keys, latest, self._next_wb - 1)
+            adopted = 0
+            adopt = " WHERE wb IS NULL"
+            for index, table in ((keys, "observations"), (event_keys, "events")):
+                [(unnumbered,)] = conn.execute(f"SELECT count(*) FROM {table}{adopt}").fetchall()
+                if not unnumbered:
+                    continue
+                for device, stream, lo, hi in conn.execute(_ISLANDS.format(table=table, where=adopt)).fetchall():
+                    index.add(device, stream, lo, hi)
+                if table == "observations":
+                    latest.update(map(_observation, conn.execute(_NEWEST.format(where=adopt)).fetchall()))
+                conn.execute(f"UPDATE {table} SET wb = 0{adopt}").fetchall()
+                log.info("store %s: adopted %d %s without a batch number", self.path, unnumbered, table)
+                adopted += unnumbered
+            if adopted or top is not None:  # so that the next open reads no rows back
+                self._write_snapshot(conn, keys, event_keys, latest, self._next_wb - 1)
             conn.execute("COMMIT")
         except duckdb.Error as exc:
             with suppress(duckdb.Error):
@@ -446,7 +476,7 @@ class DuckDbStore:
             raise _store_error(exc, "open", self.path) from exc
         finally:
             self._bound_memory()
-        self._keys, self._latest = keys, latest
+        self._keys, self._event_keys, self._latest = keys, event_keys, latest
         self._unsnapshotted = 0
         self._snapshot_at = time.monotonic()
         self._stale = False
@@ -463,17 +493,20 @@ class DuckDbStore:
             self._unbounded = False
 
     @staticmethod
-    def _write_snapshot(conn: duckdb.DuckDBPyConnection, keys: KeyIndex, latest: LatestCache, wb: int) -> None:
-        """Rewrite ``seq_ranges`` and ``latest`` as of batch ``wb``, in the caller's transaction."""
-        conn.execute("DELETE FROM seq_ranges").fetchall()
-        rows = list(keys.rows())
-        if rows:
+    def _write_snapshot(conn: duckdb.DuckDBPyConnection, keys: KeyIndex, event_keys: KeyIndex, latest: LatestCache,
+                        wb: int) -> None:
+        """Rewrite ``seq_ranges``, ``event_ranges`` and ``latest`` as of batch ``wb``, in the caller's transaction."""
+        for index, table in ((keys, "seq_ranges"), (event_keys, "event_ranges")):
+            conn.execute(f"DELETE FROM {table}").fetchall()
+            rows = list(index.rows())
+            if not rows:
+                continue
             devices, streams, los, his = zip(*rows, strict=True)
             conn.register("snapshot_ranges", {"device": np.array(devices, dtype=object),
                                               "stream": np.array(streams, dtype=object),
                                               "lo": np.array(los, dtype=np.int64), "hi": np.array(his, dtype=np.int64)})
             try:
-                conn.execute("INSERT INTO seq_ranges SELECT device, stream, lo, hi FROM snapshot_ranges").fetchall()
+                conn.execute(f"INSERT INTO {table} SELECT device, stream, lo, hi FROM snapshot_ranges").fetchall()
             finally:
                 conn.unregister("snapshot_ranges")
         conn.execute("DELETE FROM latest").fetchall()
@@ -489,7 +522,7 @@ class DuckDbStore:
 
     def _snapshot(self, conn: duckdb.DuckDBPyConnection) -> None:
         """Write the snapshot in the caller's transaction (writer lock held); call :meth:`_snapshotted` after commit."""
-        self._write_snapshot(conn, self._keys, self._latest, self._next_wb - 1)
+        self._write_snapshot(conn, self._keys, self._event_keys, self._latest, self._next_wb - 1)
 
     def _snapshotted(self) -> None:
         """The snapshot is committed: the next one is due after ``snapshot_rows`` or ``snapshot_s``."""
@@ -607,35 +640,46 @@ class DuckDbStore:
         obs_cols = obs_columns(obs) if obs else None  # built before the writer lock is taken
         evt_cols = _event_columns(list(evt.values())) if evt else None
         with self._writing("write") as conn:
-            stored = 0
             pieces: list[Piece] = []
+            evt_pieces: list[Piece] = []
+            n_evt = 0
             if obs_cols is not None:
-                keep, pieces = self._keys.filter(obs_cols["device"], obs_cols["stream"], obs_cols["seq"])
-                if keep is not None:  # a replay, or a key twice in the batch: store the first of each new key
-                    obs_cols = {name: column[keep] for name, column in obs_cols.items()}
+                keep, pieces, _ = self._append(conn, self._keys, obs_cols, "incoming_obs", _INSERT_OBS)
+                if keep is not None:
                     obs = [o for o, new in zip(obs, keep.tolist(), strict=True) if new]
-                stored = len(obs)
-                if obs:
-                    conn.register("incoming_obs", obs_cols)
-                    try:
-                        conn.execute(_INSERT_OBS, {"wb": self._next_wb}).fetchall()
-                    finally:
-                        conn.unregister("incoming_obs")
-                    self._on_commit.append(partial(self._committed, pieces, obs))
-            if evt_cols is not None:
-                conn.register("incoming_evt", evt_cols)
-                try:
-                    stored += int(conn.execute(_INSERT_EVT).fetchall()[0][0])
-                finally:
-                    conn.unregister("incoming_evt")
+            if evt_cols is not None:  # already one row per key, the first in the batch
+                _, evt_pieces, n_evt = self._append(conn, self._event_keys, evt_cols, "incoming_evt", _INSERT_EVT)
+            stored = len(obs) + n_evt
+            if stored:
+                self._on_commit.append(partial(self._committed, pieces, evt_pieces, obs, n_evt))
         return WriteResult(stored=stored, duplicates=len(items) - stored)
 
-    def _committed(self, pieces: list[Piece], obs: list[Observation]) -> None:
+    def _append(self, conn: duckdb.DuckDBPyConnection, index: KeyIndex, columns: dict[str, np.ndarray], view: str,
+                insert: str) -> tuple[np.ndarray | None, list[Piece], int]:
+        """Append the rows whose keys ``index`` does not hold, numbered with this batch (writer lock held).
+
+        Returns the mask of the rows kept (None: all), the pieces to apply after commit, and how many rows
+        were appended. A replay, or a key twice in the batch: the first of each new key is stored.
+        """
+        keep, pieces = index.filter(columns["device"], columns["stream"], columns["seq"])
+        if keep is not None:
+            columns = {name: column[keep] for name, column in columns.items()}
+        appended = len(columns["seq"])
+        if appended:
+            conn.register(view, columns)
+            try:
+                conn.execute(insert, {"wb": self._next_wb}).fetchall()
+            finally:
+                conn.unregister(view)
+        return keep, pieces, appended
+
+    def _committed(self, pieces: list[Piece], evt_pieces: list[Piece], obs: list[Observation], n_evt: int) -> None:
         """After a batch's commit (writer lock held): record its keys, its newest values and its number."""
         self._keys.apply(pieces)
+        self._event_keys.apply(evt_pieces)
         self._latest.update(obs)
         self._next_wb += 1
-        self._unsnapshotted += len(obs)
+        self._unsnapshotted += len(obs) + n_evt
 
     def latest(
         self, *, bed: str | None = None, device: str | None = None, since_ms: int | None = None

@@ -1,4 +1,4 @@
-"""DuckDbStore's key index and in-memory latest: duplicates, snapshots, crashes, and files of schema 1."""
+"""DuckDbStore's key indexes and in-memory latest: duplicates, snapshots, crashes, and files of schemas 1 and 2."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.contract import Observation
+from devices.contract import DeviceEvent, DeviceInfo, Observation, TagRead
 from storage import DuckDbStore, MemoryStore
-from storage.base import DAY_MS, Retention
+from storage.base import DAY_MS, Placement, Record, Retention, encode_event, event_kind, item_bed
+from storage.duckdb import SCHEMA_VERSION
 from storage.ranges import KeyIndex, SeqRuns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +33,18 @@ def ob(device: str, seq: int, ts: int, value: float = 1.0, *, stream: str = "s",
                        bed=bed)
 
 
-def stored_keys(path: Path) -> list[tuple[str, str, int]]:
-    """Every observation key in the file, with repeats (the store must be closed)."""
+def stored_keys(path: Path, table: str = "observations") -> list[tuple[str, str, int]]:
+    """Every observation (or event) key in the file, with repeats (the store must be closed)."""
     conn = duckdb.connect(str(path))
     try:
-        return [tuple(row) for row in conn.execute("SELECT device, stream, seq FROM observations").fetchall()]
+        return [tuple(row) for row in conn.execute(f"SELECT device, stream, seq FROM {table}").fetchall()]
     finally:
         conn.close()
+
+
+def all_events(store: DuckDbStore | MemoryStore) -> list[object]:
+    """Every stored event, in the contract's order."""
+    return list(store.events(start_ms=0, end_ms=2**62, limit=10**7))
 
 
 # --- the index on its own -------------------------------------------------------------------------
@@ -174,6 +180,46 @@ def random_batches(seed: int, n_batches: int, size: int) -> list[list[Observatio
     return batches
 
 
+def mixed_batches(seed: int, n_batches: int, size: int) -> list[list[Record]]:
+    """:func:`random_batches` with events added: tag reads (dense seqs), placements (seq from ts) and data-gap
+    events (one seq each), sparse streams costing a run per key; with replays, shuffled."""
+    rng = random.Random(seed + 1)
+    made: list[Record] = []
+    tags = dict.fromkeys(("r0", "r1", "r2"), 0)
+    out: list[list[Record]] = []
+    for i, observations in enumerate(random_batches(seed, n_batches, size)):
+        batch: list[Record] = list(observations)
+        for _ in range(size // 4):
+            roll = rng.random()
+            event: Record
+            if made and roll < 0.1:
+                batch.append(rng.choice(made))  # a replay (maybe of this very batch)
+                continue
+            if roll < 0.6:
+                reader = rng.choice(sorted(tags))
+                tags[reader] += 1
+                event = TagRead(device=reader, stream="tags", seq=tags[reader], ts=T0 + i * 100,
+                                tag=f"t{rng.randrange(9)}", rssi=-50.0)
+            elif roll < 0.8:
+                ts = T0 + i * 1000 + rng.randrange(1000)
+                event = Placement(device=f"asset{rng.randrange(3)}", stream="location", seq=ts * 8 + rng.randrange(2),
+                                  ts=ts, event="entered", room=f"room{rng.randrange(5)}")
+            else:
+                event = DeviceEvent(device=f"m{rng.randrange(4)}", stream="ingest.gap.s", seq=rng.randrange(10**6),
+                                    ts=T0 + i, event="data.gap", alarm_kind="technical", priority="medium")
+            made.append(event)
+            batch.append(event)
+        rng.shuffle(batch)
+        out.append(batch)
+    return out
+
+
+def keys_of(batches: list[list[Record]]) -> set[tuple[str, str, str, int]]:
+    """The keys a list of batches stores, tagged by table."""
+    return {("observations" if isinstance(o, Observation) else "events", o.device, o.stream, o.seq)
+            for batch in batches for o in batch}
+
+
 @pytest.mark.parametrize("snapshot_rows", [1, 37, 10**9])
 def test_latest_and_counts_equal_the_twin_across_reopens(tmp_path: Path, snapshot_rows: int) -> None:
     path = tmp_path / "twin.duckdb"
@@ -211,9 +257,9 @@ WRITER = """
 import sys, time
 from storage import DuckDbStore
 sys.path.insert(0, sys.argv[3])
-from test_duckdb_store import WRITTEN, random_batches
+from test_duckdb_store import WRITTEN, mixed_batches
 store = DuckDbStore(sys.argv[1], snapshot_rows=int(sys.argv[2]))
-for i, batch in enumerate(random_batches(7, WRITTEN, 40)):
+for i, batch in enumerate(mixed_batches(7, WRITTEN, 40)):
     store.write(batch)
     print(i, flush=True)
 time.sleep(600)  # killed by then
@@ -236,11 +282,18 @@ def test_a_killed_writer_loses_no_key_and_doubles_none(tmp_path: Path, snapshot_
         os.kill(writer.pid, signal.SIGKILL)  # between batches or in the middle of one
         writer.wait(timeout=30)
         writer.stdout.close()
-    keys = stored_keys(path)
-    assert len(keys) == len(set(keys))  # none doubled, even in the file left by the crash
-    batches = random_batches(7, WRITTEN + 1, 40)
-    committed = next(n for n in range(acknowledged + 1, WRITTEN + 1)
-                     if set(keys) == {(o.device, o.stream, o.seq) for b in batches[:n] for o in b})
+    def file_keys() -> set[tuple[str, str, str, int]]:
+        """Both tables' keys, after checking that none is stored twice."""
+        keys: set[tuple[str, str, str, int]] = set()
+        for table in ("observations", "events"):
+            rows = stored_keys(path, table)
+            assert len(rows) == len(set(rows)), table  # none doubled, even in the file left by the crash
+            keys.update((table, *row) for row in rows)
+        return keys
+
+    keys = file_keys()
+    batches = mixed_batches(7, WRITTEN + 1, 40)
+    committed = next(n for n in range(acknowledged + 1, WRITTEN + 1) if keys == keys_of(batches[:n]))
     twin = MemoryStore()
     for batch in batches[:committed]:
         twin.write(batch)
@@ -249,13 +302,14 @@ def test_a_killed_writer_loses_no_key_and_doubles_none(tmp_path: Path, snapshot_
         for bed, device in TARGETS:
             assert store.latest(bed=bed, device=device) == twin.latest(bed=bed, device=device)
         for batch in batches[:committed]:
-            assert store.write(batch).stored == 0  # every acknowledged key is still known
+            assert store.write(batch).stored == 0  # every acknowledged key, observation or event, is still known
         assert store.write(batches[committed]) == twin.write(batches[committed])
         assert store.stats().observations == twin.stats().observations
+        assert store.stats().events == twin.stats().events
+        assert all_events(store) == all_events(twin)
     finally:
         store.close()
-    keys = stored_keys(path)
-    assert len(keys) == len(set(keys))
+    assert file_keys() == keys_of(batches[:committed + 1])
 
 
 # --- schema 1 -------------------------------------------------------------------------------------
@@ -302,7 +356,7 @@ def test_a_schema_1_file_is_upgraded_at_open(tmp_path: Path) -> None:
                                                                                                    1003, 1004]
     finally:
         store.close()
-    again = DuckDbStore(path)  # schema 2 now: opens as it is
+    again = DuckDbStore(path)  # the current schema now: opens as it is
     try:
         assert again.write([ob("m0", 50, 2000)]).duplicates == 1
         assert again.stats().observations == 52
@@ -310,7 +364,7 @@ def test_a_schema_1_file_is_upgraded_at_open(tmp_path: Path) -> None:
         again.close()
     conn = duckdb.connect(str(path))
     try:
-        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [(2,)]
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [(SCHEMA_VERSION,)]
     finally:
         conn.close()
 
@@ -325,3 +379,153 @@ def test_a_failed_commit_reloads_the_index_from_the_file(tmp_path: Path) -> None
         assert store.latest(bed="b0")[0].ts == T0 + 7
     finally:
         store.close()
+
+
+# --- events: keyed by the event key index, not by a DuckDB primary key ------------------------------
+
+
+def test_events_have_no_duckdb_index_that_grows_with_them(tmp_path: Path) -> None:
+    # DuckDB keeps a primary key's ART nodes in memory outside memory_limit until the file is reopened (~12 B per
+    # event stored): the events table must have no key and no index, and storing events must not grow ART memory.
+    def art_bytes(conn: duckdb.DuckDBPyConnection) -> int:
+        [(used,)] = conn.execute("SELECT memory_usage_bytes FROM duckdb_memory() WHERE tag = 'ART_INDEX'").fetchall()
+        return int(used)
+
+    store = DuckDbStore(tmp_path / "ev.duckdb")
+    try:
+        conn = store._conn
+        before = art_bytes(conn)
+        for b in range(20):
+            assert store.write([TagRead(device="r", stream="tags", seq=b * 1000 + i, ts=T0 + i, tag="t", rssi=-1.0)
+                                for i in range(1000)]).stored == 1000
+        assert art_bytes(conn) == before  # meta's key only (a fixed block), nothing per event
+        assert conn.execute("SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'events' "
+                            "AND constraint_type <> 'NOT NULL'").fetchall() == []
+        assert conn.execute("SELECT index_name FROM duckdb_indexes() WHERE table_name = 'events'").fetchall() == []
+        assert store.stats().events == 20_000
+    finally:
+        store.close()
+    # The same check sees the schema-2 table's key: inserting into it allocates ART memory.
+    keyed = duckdb.connect(str(tmp_path / "keyed.duckdb"))
+    try:
+        keyed.execute(SCHEMA_2[5])
+        before = art_bytes(keyed)
+        keyed.execute("INSERT INTO events SELECT 'r', 'tags', i, 'tag', i, NULL, 'x'::BLOB FROM range(20000) t(i)")
+        assert art_bytes(keyed) > before
+    finally:
+        keyed.close()
+
+
+def test_an_observation_and_an_event_with_one_key_are_both_stored_as_in_the_twin(tmp_path: Path) -> None:
+    # Observations and events are two key spaces in every store (two tables, each keyed): so are the two indexes.
+    items: list[Record] = [ob("m0", 1, T0), DeviceEvent(device="m0", stream="s", seq=1, ts=T0, event="x",
+                                                         alarm_kind="technical", priority="low")]
+    store, twin = DuckDbStore(tmp_path / "k.duckdb"), MemoryStore()
+    try:
+        assert store.write(items) == twin.write(items)
+        assert store.write(items) == twin.write(items)
+        assert (store.stats().observations, store.stats().events) == (1, 1)
+    finally:
+        store.close()
+
+
+def test_an_event_replayed_after_retention_deleted_it_stays_a_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "r.duckdb"
+    retention = Retention(raw_days=1, rollup_days=10, events_days=10)
+    old = [TagRead(device="r", stream="tags", seq=q, ts=T0 + q, tag="t", rssi=-1.0) for q in range(5)]
+    store = DuckDbStore(path, retention=retention)
+    store.write(old)
+    assert store.maintain(T0 + 11 * DAY_MS).deleted == 5
+    assert (store.write(old).duplicates, store.stats().events) == (5, 0)  # the index keeps the deleted rows' keys
+    store.close()
+    again = DuckDbStore(path, retention=retention)
+    try:
+        assert again.write(old).duplicates == 5
+        assert again.write([TagRead(device="r", stream="tags", seq=5, ts=T0, tag="t", rssi=-1.0)]).stored == 1
+    finally:
+        again.close()
+
+
+# --- schema 2 -------------------------------------------------------------------------------------
+
+SCHEMA_2 = (
+    "CREATE TABLE meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
+    """CREATE TABLE observations (device VARCHAR NOT NULL, stream VARCHAR NOT NULL, seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL, metric VARCHAR NOT NULL, code INTEGER NOT NULL, value DOUBLE NOT NULL,
+        unit VARCHAR NOT NULL, bed VARCHAR, device_ts BIGINT, flags INTEGER NOT NULL, containment VARCHAR,
+        wb BIGINT)""",
+    """CREATE TABLE latest (device VARCHAR NOT NULL, metric VARCHAR NOT NULL, bed_key VARCHAR NOT NULL,
+        bed VARCHAR, stream VARCHAR NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL, code INTEGER NOT NULL,
+        value DOUBLE NOT NULL, unit VARCHAR NOT NULL, flags INTEGER NOT NULL)""",
+    """CREATE TABLE seq_ranges (device VARCHAR NOT NULL, stream VARCHAR NOT NULL, lo BIGINT NOT NULL,
+        hi BIGINT NOT NULL)""",
+    "INSERT INTO meta VALUES ('schema_version', 2), ('snapshot_wb', 1)",
+    """CREATE TABLE events (device VARCHAR NOT NULL, stream VARCHAR NOT NULL, seq BIGINT NOT NULL,
+        kind VARCHAR NOT NULL, ts BIGINT NOT NULL, bed VARCHAR, body BLOB NOT NULL,
+        PRIMARY KEY (device, stream, seq))""",
+    """CREATE TABLE rollup_1m (device VARCHAR NOT NULL, metric VARCHAR NOT NULL, bed_key VARCHAR NOT NULL,
+        bed VARCHAR, minute BIGINT NOT NULL, v_sum DOUBLE NOT NULL, v_min DOUBLE NOT NULL, v_max DOUBLE NOT NULL,
+        n BIGINT NOT NULL, PRIMARY KEY (device, metric, bed_key, minute))""",
+    "CREATE SEQUENCE quarantine_id",
+    """CREATE TABLE quarantine (id BIGINT NOT NULL DEFAULT nextval('quarantine_id'), ts BIGINT NOT NULL,
+        source VARCHAR NOT NULL, reason VARCHAR NOT NULL, raw BLOB NOT NULL)""",
+    # Observations of batch 1 (in the snapshot: seq_ranges, latest) and batch 2 (after it).
+    "INSERT INTO observations SELECT 'm0', 's', i, 1000 + i, 'HR', 7, 60 + i, '/min', 'b0', NULL, 0, NULL, "
+    "CASE WHEN i < 10 THEN 1 ELSE 2 END FROM range(15) t(i)",
+    "INSERT INTO seq_ranges VALUES ('m0', 's', 0, 9)",
+    "INSERT INTO latest VALUES ('m0', 'HR', 'b:b0', 'b0', 's', 9, 1009, 7, 69, '/min', 0)",
+)
+
+
+def schema_2_events() -> list[Record]:
+    """Events of every kind as a schema-2 store kept them: dense tag reads, sparse placements and gap events."""
+    tags: list[Record] = [TagRead(device="r1", stream="tags", seq=q, ts=T0 + q, tag=f"t{q % 3}", rssi=-60.0)
+                          for q in range(1, 41) if q != 17]
+    placements: list[Record] = [Placement(device="pump-7", stream="location", seq=(T0 + k * 60_000) * 8 + k % 2,
+                                          ts=T0 + k * 60_000, event="entered", room=f"room{k}") for k in range(6)]
+    gaps: list[Record] = [DeviceEvent(device="m0", stream="ingest.gap.s", seq=first, ts=T0 + first, event="data.gap",
+                                      alarm_kind="technical", priority="medium", bed="b0") for first in (20, 95, 400)]
+    info: list[Record] = [DeviceInfo(device="m0", stream="device", seq=1, ts=T0, driver="hl7", bed="b0")]
+    return [*tags, *placements, *gaps, *info]
+
+
+def test_a_schema_2_file_with_events_is_upgraded_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "v2.duckdb"
+    events = schema_2_events()
+    conn = duckdb.connect(str(path))
+    for statement in SCHEMA_2:  # the layout before schema 3: events keyed by DuckDB
+        conn.execute(statement)
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [[e.device, e.stream, e.seq, event_kind(e), e.ts, item_bed(e), encode_event(e)] for e in events])
+    conn.close()
+    twin = MemoryStore()
+    twin.write([ob("m0", q, 1000 + q, 60.0 + q) for q in range(15)])
+    twin.write(events)
+    store = DuckDbStore(path)
+    try:
+        assert (store.stats().observations, store.stats().events) == (15, len(events))
+        assert all_events(store) == all_events(twin)  # every event kept, bodies intact
+        assert store.write(events).duplicates == len(events)  # replays refused
+        assert store.write([ob("m0", q, 1000 + q) for q in range(15)]).duplicates == 15
+        assert [(x.value, x.ts, x.code) for x in store.latest(bed="b0")] == [(74.0, 1014, 7)]  # batch 2's newest
+        new = [TagRead(device="r1", stream="tags", seq=17, ts=T0 + 17, tag="t2", rssi=-60.0),  # the gap in the run
+               TagRead(device="r1", stream="tags", seq=41, ts=T0 + 41, tag="t2", rssi=-60.0)]
+        assert store.write([*new, *events]) == twin.write([*new, *events])
+    finally:
+        store.close()
+    conn = duckdb.connect(str(path))
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'events' "
+                            "AND constraint_type <> 'NOT NULL'").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM events WHERE wb IS NULL").fetchall() == [(0,)]  # adopted
+        runs = conn.execute("SELECT device, stream, lo, hi FROM event_ranges ORDER BY ALL").fetchall()
+    finally:
+        conn.close()
+    assert ("r1", "tags", 1, 41) in runs  # the seq-17 gap filled: one run
+    assert len(runs) == 1 + 6 + 3 + 1  # placements and gap events are sparse: a run per key
+    again = DuckDbStore(path)  # from the snapshot: no row read back
+    try:
+        assert again.write([*new, *events]).duplicates == len(events) + 2
+    finally:
+        again.close()
