@@ -366,10 +366,11 @@ async def test_a_late_reply_is_not_taken_for_another_units_pending_request(trans
 
 async def test_without_the_late_guard_rtu_would_misattribute() -> None:
     # The control for the test above: the fault is real, and the guard is what stops it.
-    # Margins of 0.15 s either side: the stale reply (due at 0.45 s) must come after the next request went out
-    # (at the 0.3 s timeout) and before that request's own timeout (0.6 s), even on a loaded machine.
-    async with simulator("rtu", PumpModel(unit=1)) as sim, line_bus(sim, 1, late_guard_s=0.0, timeout_s=0.3) as bus:
-        sim.answer_late(1, 0.45, replies=1)
+    # Margins of 0.2 s either side: the stale reply (due at 0.6 s) must come after the next request went out
+    # (at the 0.4 s timeout) and before that request's own timeout (0.8 s), even on a loaded machine. The next
+    # request's own reply is late too (1.0 s, past its timeout), so it can never arrive first (it once did in CI).
+    async with simulator("rtu", PumpModel(unit=1)) as sim, line_bus(sim, 1, late_guard_s=0.0, timeout_s=0.4) as bus:
+        sim.answer_late(1, 0.6, replies=2)
         with pytest.raises(ModbusTimeout):
             await bus.read(1, "holding", 0, 2)
         assert await bus.read(1, "holding", 2, 2) == [1250, 0]  # the rate, answered as if it were the VTBI
