@@ -1,8 +1,8 @@
-"""A real VictoriaMetrics down for 2 minutes under load loses nothing (issue 4 item 6).
+"""A real VictoriaMetrics down under load loses nothing (issue 4 item 6): 30 s in the suite, 2 minutes in the soak.
 
 Real parts only: a gateway under a steady load -> a Mosquitto of the test's own -> an Ingest worker
 with :class:`~storage.victoria.VictoriaStore` and a spool file; victoria-metrics (tests/victoria.py) is
-stopped for 120 s while the load keeps running, then restarted on the same port and data directory.
+stopped (30 s; 120 s in ``make soak``) while the load keeps running, then restarted on the same port and data directory.
 The spool drains, and the history check compares every reading the gateway's outbox accepted with the
 ``obs_seq`` samples VictoriaMetrics holds: each exactly once. An alert service on the same broker
 keeps raising alarms meanwhile: alerting does not depend on the store.
@@ -38,7 +38,7 @@ from wardlink.config import load
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
-OUTAGE_S = 120.0
+OUTAGE_S = 120  # seconds: the fault matrix of issue 10
 STREAM = "numerics"
 
 
@@ -110,8 +110,10 @@ async def drained(ingest: Ingest, outbox: Path, vm: VictoriaMetrics, within: flo
         await asyncio.sleep(1.0)
 
 
-async def test_victoria_down_2_minutes_under_load_loses_and_duplicates_nothing(mosquitto: Mosquitto,
-                                                                                tmp_path: Path) -> None:
+# 30 s in the suite; the 2 minutes of issue 10 (RELIABILITY.md) in `make soak`.
+@pytest.mark.parametrize("outage_s", [30, pytest.param(OUTAGE_S, marks=pytest.mark.soak)])
+async def test_victoria_down_under_load_loses_and_duplicates_nothing(mosquitto: Mosquitto, tmp_path: Path,
+                                                                     outage_s: int) -> None:
     site = load(env={}).site
     devices = [d.id for d in site.devices_of("gw-icu")]
     vm = VictoriaMetrics(tmp_path)
@@ -136,7 +138,7 @@ async def test_victoria_down_2_minutes_under_load_loses_and_duplicates_nothing(m
         errors_before = ingest.counters["store_errors"]
         vm.stop()
         outage_from = now_ms()
-        await asyncio.sleep(OUTAGE_S)
+        await asyncio.sleep(outage_s)
         outage_to = now_ms()
         spooled_during_outage = ingest.spool.depth() if ingest.spool else 0
         outbox_depth_during_outage = gateway.outbox.depth()
@@ -165,7 +167,7 @@ async def test_victoria_down_2_minutes_under_load_loses_and_duplicates_nothing(m
     assert ingest.spool is not None
     assert ingest.spool.depth() == 0
     assert errors_during_outage > 0  # the worker saw the store fail ...
-    assert spooled_during_outage > OUTAGE_S * len(devices) * 50 * 0.5  # ... and spooled the outage's readings
+    assert spooled_during_outage > outage_s * len(devices) * 50 * 0.5  # ... and spooled the outage's readings
     assert outbox_depth_during_outage < len(devices) * 50 * 10  # commits went on: the gateway was not held back
     assert ingest.counters["spool_drained"] >= spooled_during_outage
     assert ingest.counters["quarantined"] == 0
