@@ -57,4 +57,9 @@ async def test_two_shared_workers_one_killed_mid_stream_lose_and_duplicate_nothi
     store.close()
     assert history.accepted == produced
     assert (history.lost, history.duplicated, history.missing) == (0, 0, [])
-    assert workers[0].counters["stored"] + workers[1].counters["stored"] >= produced
+    # The counters agree: never more stored than produced. A write the killed worker had under way may have
+    # committed without being counted (cancelled while it waited for its thread); the gateway, never told,
+    # sent those rows again and the survivor counted them as duplicates (this once read 22,500 of 22,740).
+    stored = workers[0].counters["stored"] + workers[1].counters["stored"]
+    assert stored <= produced
+    assert stored + workers[0].counters["duplicates"] >= produced
