@@ -168,6 +168,7 @@ def test_generated_files_keep_secrets_private(tmp_path: Path) -> None:
     conf = (out / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf
     assert "max_packet_size" in conf
+    assert "set_tcp_nodelay true" in conf  # alarms are small packets: no Nagle delay
     assert conf.index("listener ") < conf.index("use_username_as_clientid")  # no default listener on 1883
     acl = (out / "acl").read_text()
     assert "pattern" not in acl

@@ -135,6 +135,8 @@ def mosquitto_conf(plan: BrokerPlan, out: Path) -> str:
         f"acl_file {out / 'acl'}",
         f"max_packet_size {plan.max_packet_size}",
         "max_inflight_messages 100",
+        "# Send at once: with Nagle's algorithm a small publish (an alarm) can wait ~40 ms for a delayed ACK.",
+        "set_tcp_nodelay true",
         "# Per client session: room for an ingest restart, bounded.",
         "max_queued_messages 100000",
         "persistence true",
