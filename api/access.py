@@ -18,6 +18,7 @@ from typing import Annotated, Final
 from fastapi import Depends, HTTPException, Request, WebSocket
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.limits import VerifiedTokens
 from api.security import ROLES, Authenticator, AuthError, Principal
 from devices.clock import now_ms
 from devices.contract import Alert
@@ -73,6 +74,7 @@ class Access:
         self.bed_units = {bed: unit.id for unit in site.units for bed in unit.beds}
         self.gateway_units = {g.id: g.unit for g in site.gateways}
         self.throttle = LoginThrottle()
+        self.verified = VerifiedTokens()  # the rate limiter's key: a verified token's requests are its owner's
 
     async def _principal(self, request: Request,
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
@@ -84,6 +86,7 @@ class Access:
         except AuthError:
             raise HTTPException(401, "the token is not valid (expired, not ours, or the account is inactive)",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        self.verified.remember(credentials.credentials, principal.subject)
         request.state.principal = principal
         return principal
 

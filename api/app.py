@@ -352,7 +352,7 @@ def create_app(parts: ApiParts) -> FastAPI:
     if parts.site_map is not None:
         app.include_router(navigation_router(parts.site_map, state, access))
     app.state.limit_counters = {"body_too_large": 0, "rate_limited": 0}
-    app.add_middleware(Limits, settings=parts.limits, counters=app.state.limit_counters)
+    app.add_middleware(Limits, settings=parts.limits, counters=app.state.limit_counters, verified=access.verified)
     return app
 
 

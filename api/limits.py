@@ -4,9 +4,12 @@ A pure ASGI middleware, so it runs before FastAPI parses anything:
 
 - a request body larger than ``max_body`` is refused with 413, by its ``Content-Length`` at once or,
   for a chunked body, as soon as the running total passes the limit;
-- every client (its bearer token, or its address when it has none) gets a token bucket of
-  ``rate_per_s`` with a ``burst``; past it, 429 with ``Retry-After``; a WebSocket handshake counts
-  as one request. The buckets are bounded in number (least recently used dropped first).
+- every client gets a token bucket of ``rate_per_s`` with a ``burst``; past it, 429 with
+  ``Retry-After``; a WebSocket handshake counts as one request. The buckets are bounded in number
+  (least recently used dropped first). A client is its address, or its address and member of staff
+  once its bearer token has been verified (:class:`VerifiedTokens`, filled by the authentication
+  dependency): a token nobody verified never opens a bucket of its own, so a client that sends a new
+  made-up token with every request is still one client.
 
 WebSocket frames are limited by the server (uvicorn's ``ws_max_size``) and by the handlers' bounded
 send queues (a client too slow to read is disconnected, see :mod:`api.view`).
@@ -29,6 +32,36 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BUCKETS: Final = 50_000
+MAX_VERIFIED: Final = 50_000
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+class VerifiedTokens:
+    """Bearer tokens the API has verified, by digest, and whose they are (bounded: least recently used dropped)."""
+
+    def __init__(self, max_tokens: int = MAX_VERIFIED) -> None:
+        """Remember at most ``max_tokens`` tokens."""
+        self.max_tokens = max_tokens
+        self._subjects: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, token: str, subject: str) -> None:
+        """``token`` verified as ``subject``'s."""
+        key = _digest(token)
+        self._subjects.pop(key, None)
+        self._subjects[key] = subject
+        while len(self._subjects) > self.max_tokens:
+            self._subjects.popitem(last=False)
+
+    def subject(self, token: str) -> str | None:
+        """Whose ``token`` is, if it was verified; None for a token never verified."""
+        key = _digest(token)
+        subject = self._subjects.get(key)
+        if subject is not None:
+            self._subjects.move_to_end(key)
+        return subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +78,12 @@ class Limits:
     """The middleware; ``counters`` says how often each limit was hit."""
 
     def __init__(self, app: App, settings: LimitSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic, counters: dict[str, int] | None = None) -> None:
-        """Wrap ``app``; count into ``counters`` if given (so the application can report them)."""
+                 clock: Callable[[], float] = time.monotonic, counters: dict[str, int] | None = None,
+                 verified: VerifiedTokens | None = None) -> None:
+        """Wrap ``app``; count into ``counters`` if given (so the application can report them); ``verified``:
+        the tokens the application's authentication has verified (without it every client is its address)."""
         self.app, self.settings, self._clock = app, settings or LimitSettings(), clock
+        self.verified = verified if verified is not None else VerifiedTokens()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
         self.counters = counters if counters is not None else {}
         self.counters.setdefault("body_too_large", 0)
@@ -58,7 +94,7 @@ class Limits:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        wait = self._take(_client_key(scope))
+        wait = self._take(self._client_key(scope))
         if wait > 0:
             self.counters["rate_limited"] += 1
             if scope["type"] == "websocket":
@@ -119,21 +155,23 @@ class Limits:
             self._buckets.popitem(last=False)
         return wait
 
+    def _client_key(self, scope: Scope) -> str:
+        """Who is asking: the address, with the member of staff when the bearer token is one the API verified."""
+        client = scope.get("client")
+        address = client[0] if client else ""
+        authorization = _header(scope, b"authorization")
+        if authorization and authorization.lower().startswith("bearer "):
+            subject = self.verified.subject(authorization[7:])
+            if subject is not None:
+                return f"s:{address}|{subject}"
+        return f"a:{address}"
+
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return bytes(value).decode("latin-1")
     return None
-
-
-def _client_key(scope: Scope) -> str:
-    """Who is asking: a digest of the bearer token when there is one, else the client's address."""
-    authorization = _header(scope, b"authorization")
-    if authorization and authorization.lower().startswith("bearer "):
-        return "t:" + hashlib.sha256(authorization[7:].encode()).hexdigest()[:32]
-    client = scope.get("client")
-    return f"a:{client[0] if client else ''}"
 
 
 async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:

@@ -1,8 +1,14 @@
-"""Signing in from tests: tokens for seeded staff, and the API's parts with a known key."""
+"""Signing in from tests: tokens for seeded staff, the API's parts with a known key, and an app on a real uvicorn."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 from alerts.ruleset import catalogue
 from api.app import ApiParts
@@ -12,6 +18,7 @@ from devices.site import Site
 from facilities.sitemap import SiteMap
 from state.db import State
 from storage.base import TimeSeriesStore
+from tests.conftest import free_port
 
 KEY = b"a test key that is 32 bytes long"
 TOKENS = LocalTokens(KEY)
@@ -68,3 +75,20 @@ def parts(site: Site, store: TimeSeriesStore, view: LiveView, state: State, *,
     """The API's parts with the test key's tokens and the shipped rule catalogue."""
     return ApiParts(site=site, store=store, view=view, state=state, auth=Authenticator(state, TOKENS),
                     catalogue=catalogue(), site_map=site_map)
+
+
+@asynccontextmanager
+async def served(app: Any, **config: Any) -> AsyncIterator[str]:
+    """``app`` on a real uvicorn on a free loopback port, in this event loop: yields ``host:port``."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           **config))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # uvicorn offers a flag, not an event
+        assert not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

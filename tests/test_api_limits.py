@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from fastapi import FastAPI, Request, WebSocket
 
-from api.limits import Limits, LimitSettings
-from tests.conftest import free_port
+from api.app import create_app
+from api.limits import Limits, LimitSettings, VerifiedTokens
+from api.view import LiveView
+from devices.bus import BrokerAddress
+from devices.clock import now_ms
+from state.db import open_state
+from storage.memory import MemoryStore
+from tests.auth import bearer, parts, served, staff
+from wardlink.config import load
 
 SETTINGS = LimitSettings(max_body=1000, rate_per_s=5, burst=10, ws_max_frame=4096)
 
@@ -40,18 +48,12 @@ def echo_app() -> FastAPI:
 
 @asynccontextmanager
 async def serving() -> AsyncIterator[tuple[str, Limits]]:
-    limits = Limits(echo_app(), SETTINGS)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(limits, host="127.0.0.1", port=port, log_level="warning",
-                                           ws_max_size=SETTINGS.ws_max_frame))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.02)
-    try:
-        yield f"127.0.0.1:{port}", limits
-    finally:
-        server.should_exit = True
-        await task
+    """The echo app behind the limits; the token ``a-nurse`` is one the application verified (as n-ann's)."""
+    verified = VerifiedTokens()
+    verified.remember("a-nurse", "n-ann")
+    limits = Limits(echo_app(), SETTINGS, verified=verified)
+    async with served(limits, ws_max_size=SETTINGS.ws_max_frame) as host:
+        yield host, limits
 
 
 def test_a_large_body_is_refused_before_the_handler_reads_it() -> None:
@@ -81,7 +83,7 @@ def test_a_flooding_client_is_slowed_while_others_go_on() -> None:
             refused = next(r for r in flood if r.status_code == 429)
             assert int(refused.headers["retry-after"]) >= 1
             other = await client.get("/ping", headers={"Authorization": "Bearer a-nurse"})
-            assert other.status_code == 200
+            assert other.status_code == 200  # a verified token: its owner's own bucket, not the address's
             assert limits.counters["rate_limited"] == codes.count(429)
             async with websockets.connect(f"ws://{host}/ws", additional_headers={"Authorization": "Bearer flooder"}):
                 pytest.fail("the flooder's WebSocket handshake was accepted")
@@ -102,3 +104,41 @@ def test_an_oversize_websocket_frame_ends_the_connection() -> None:
             assert closed.value.rcvd.code == 1009  # message too big
 
     asyncio.run(run())
+
+
+def test_made_up_tokens_do_not_buy_fresh_buckets() -> None:
+    async def run() -> None:
+        async with serving() as (host, limits), httpx.AsyncClient(base_url=f"http://{host}") as client:
+            rotating = [await client.get("/ping", headers={"Authorization": f"Bearer fake-{i}"}) for i in range(40)]
+            codes = [r.status_code for r in rotating]
+            assert codes[:10] == [200] * 10
+            assert codes.count(429) >= 20  # a new unverified token each time: still the one address's bucket
+            assert limits.counters["rate_limited"] == codes.count(429)
+            nurse = await client.get("/ping", headers={"Authorization": "Bearer a-nurse"})
+            assert nurse.status_code == 200
+
+    asyncio.run(run())
+
+
+async def test_the_api_keys_clients_by_address_until_their_token_is_verified(tmp_path: Path) -> None:
+    config = load(env={})
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        state.registry.seed_from_site(config.site, now_ms())
+        staff(state, ("n-icu", "nurse", "ICU"), at=now_ms() - 60_000)
+        view = LiveView(config.site.id, BrokerAddress("127.0.0.1", 1))
+        app = create_app(dataclasses.replace(parts(config.site, MemoryStore(), view, state),
+                                             limits=LimitSettings(rate_per_s=0.5, burst=5)))
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            nurse = bearer("n-icu")
+            assert (await client.get("/api/v1/auth/me", headers=nurse)).status_code == 200  # verified from now on
+            fakes = [(await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer forged.{i}.x"}))
+                     .status_code for i in range(20)]
+            assert fakes[:4] == [401] * 4  # the address's burst of 5, less the nurse's first request
+            assert fakes.count(429) >= 15
+            mine = [(await client.get("/api/v1/auth/me", headers=nurse)).status_code for _ in range(10)]
+            assert mine[:5] == [200] * 5  # the nurse's own bucket, untouched by the forgeries
+            assert mine.count(429) >= 4  # and limited in its turn
+    finally:
+        state.close()
