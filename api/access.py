@@ -74,7 +74,16 @@ class Access:
         self.bed_units = {bed: unit.id for unit in site.units for bed in unit.beds}
         self.gateway_units = {g.id: g.unit for g in site.gateways}
         self.throttle = LoginThrottle()
-        self.verified = VerifiedTokens()  # the rate limiter's key: a verified token's requests are its owner's
+        self.verified = VerifiedTokens(self._local_subject)  # the rate limiter's key: a verified token's owner
+
+    def _local_subject(self, token: str) -> str | None:
+        """The subject of a valid token of the embedded provider (no I/O: its own key); None for any other."""
+        if self.auth.local is None:
+            return None
+        try:
+            return str(self.auth.local.verify(token)["sub"])
+        except AuthError:
+            return None
 
     async def _principal(self, request: Request,
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:

@@ -214,17 +214,21 @@ def create_app(parts: ApiParts) -> FastAPI:
         if principal.role in ("nurse", "charge_nurse"):
             await access.audited(principal, object="alerts stream", action="subscribe", unit=None)
         subscriber = view.subscribe()
+        watcher = asyncio.create_task(_until_gone(ws))  # the client sends nothing: this notices it leave at once
         try:
             await ws.send_json({"type": "snapshot", "alerts": [
                 msgspec.to_builtins(a) for a in view.alerts.values() if sees_alert(access, principal, a)]})
-            while True:
-                try:
-                    item = await asyncio.wait_for(subscriber.queue.get(), timeout=15)
-                except TimeoutError:
+            while not watcher.done():
+                getter = asyncio.ensure_future(subscriber.queue.get())
+                done, _ = await asyncio.wait({getter, watcher}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
                     if subscriber.overflowed:
                         break
-                    await ws.send_json({"type": "ping", "ts": now_ms()})
+                    if not done:
+                        await ws.send_json({"type": "ping", "ts": now_ms()})
                     continue
+                item = getter.result()
                 if isinstance(item, Notification):  # an escalation step fired: who has the alert now
                     if sees_alert(access, principal, item.alert) and principal.role in ("nurse", "charge_nurse"):
                         await ws.send_json({"type": "escalation", "alert_id": item.alert.id, "step": item.step,
@@ -232,11 +236,14 @@ def create_app(parts: ApiParts) -> FastAPI:
                                             "sent": item.sent})
                 elif sees_alert(access, principal, item):
                     await ws.send_json({"type": "alert", "alert": msgspec.to_builtins(item)})
-                if subscriber.overflowed and subscriber.queue.empty():
+                if subscriber.overflowed:  # too slow: what is still queued is stale; it resynchronises on reconnect
                     break
         except WebSocketDisconnect:
             pass
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await watcher
             view.unsubscribe(subscriber)
             if subscriber.overflowed:
                 with contextlib.suppress(RuntimeError):
@@ -354,6 +361,12 @@ def create_app(parts: ApiParts) -> FastAPI:
     app.state.limit_counters = {"body_too_large": 0, "rate_limited": 0}
     app.add_middleware(Limits, settings=parts.limits, counters=app.state.limit_counters, verified=access.verified)
     return app
+
+
+async def _until_gone(ws: WebSocket) -> None:
+    """Read (and drop) what a client sends on a stream that expects nothing, until it disconnects."""
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 def _vital(latest: Latest) -> schemas.Vital:

@@ -7,9 +7,9 @@ A pure ASGI middleware, so it runs before FastAPI parses anything:
 - every client gets a token bucket of ``rate_per_s`` with a ``burst``; past it, 429 with
   ``Retry-After``; a WebSocket handshake counts as one request. The buckets are bounded in number
   (least recently used dropped first). A client is its address, or its address and member of staff
-  once its bearer token has been verified (:class:`VerifiedTokens`, filled by the authentication
-  dependency): a token nobody verified never opens a bucket of its own, so a client that sends a new
-  made-up token with every request is still one client.
+  when its bearer token is verified (:class:`VerifiedTokens`): a token that does not verify never
+  opens a bucket of its own, so a client that sends a new made-up token with every request is still
+  one client.
 
 WebSocket frames are limited by the server (uvicorn's ``ws_max_size``) and by the handlers' bounded
 send queues (a client too slow to read is disconnected, see :mod:`api.view`).
@@ -40,11 +40,15 @@ def _digest(token: str) -> str:
 
 
 class VerifiedTokens:
-    """Bearer tokens the API has verified, by digest, and whose they are (bounded: least recently used dropped)."""
+    """Bearer tokens the API has verified, by digest, and whose they are (bounded: least recently used dropped).
 
-    def __init__(self, max_tokens: int = MAX_VERIFIED) -> None:
-        """Remember at most ``max_tokens`` tokens."""
-        self.max_tokens = max_tokens
+    ``check`` verifies a token not seen yet without I/O (the embedded provider's own signature), so a client's
+    fresh token has its own bucket from its first request; any other token (OIDC: its provider's keys may need
+    fetching) is remembered once the authentication dependency has verified it."""
+
+    def __init__(self, check: Callable[[str], str | None] | None = None, max_tokens: int = MAX_VERIFIED) -> None:
+        """Remember at most ``max_tokens`` tokens; ``check``: a token's subject if it verifies, else None."""
+        self.max_tokens, self._check = max_tokens, check
         self._subjects: OrderedDict[str, str] = OrderedDict()
 
     def remember(self, token: str, subject: str) -> None:
@@ -56,11 +60,15 @@ class VerifiedTokens:
             self._subjects.popitem(last=False)
 
     def subject(self, token: str) -> str | None:
-        """Whose ``token`` is, if it was verified; None for a token never verified."""
+        """Whose ``token`` is, if it was verified (or verifies now by ``check``); None for any other token."""
         key = _digest(token)
         subject = self._subjects.get(key)
         if subject is not None:
             self._subjects.move_to_end(key)
+            return subject
+        subject = self._check(token) if self._check is not None else None
+        if subject is not None:
+            self.remember(token, subject)
         return subject
 
 

@@ -3,7 +3,8 @@
 Roles: staff records are the ``admin``'s; a unit's assignments are read by its nurses and charge nurse
 and changed by its ``charge_nurse`` (and the ``admin``), every change audited; a bed's route and an
 alert's deliveries are read by the unit's nurses; deliveries and the personal stream are the caller's
-own (the member of staff is the authenticated principal, never a parameter).
+own (the member of staff is the authenticated principal, never a parameter). Reads of assignments (they
+name beds and patients), routes, an alert's deliveries and the escalations are audited.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the Depends(...) of local names in parameter
@@ -115,6 +116,8 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
         """Assignments of a unit in force at ``at`` (default now)."""
         in_scope(principal, unit, f"unit {unit!r}")
         found: list[Assignment] = await call(assignments.current, unit, now_ms() if at is None else at)
+        await access.audited(principal, object=f"assignments of unit {unit}", action="read", unit=unit,
+                             detail={"at": at, "count": len(found)})
         return [msgspec.to_builtins(a) for a in found]
 
     @router.post("/assignments", status_code=201)
@@ -156,8 +159,9 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
     async def bed_route(bed: str, principal: Annotated[Principal, clinical],
                         at: int | None = None) -> list[dict[str, object]]:
         """Who an alarm of this bed goes to now: primary, buddy, charge."""
-        access.unit_of_bed(principal, bed)
+        unit = access.unit_of_bed(principal, bed)
         route: list[Recipient] = await call(assignments.route, bed, now_ms() if at is None else at)
+        await access.audited(principal, object=f"bed {bed} route", action="read", unit=unit, detail={"at": at})
         return [msgspec.to_builtins(r) for r in route]
 
     @router.get("/alerts/{alert_id}/delivery")
@@ -166,12 +170,14 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
         alert: Alert | None = await call(state.alerts.get, alert_id)
         if alert is None:
             raise not_found(f"alert {alert_id!r}")
-        access.check_unit(principal, access.unit_of_alert(alert), f"alert {alert_id!r}")
+        unit = access.unit_of_alert(alert)
+        access.check_unit(principal, unit, f"alert {alert_id!r}")
         escalation = await call(escalations.get, alert_id)
         if escalation is None:
             raise not_found(f"delivery of alert {alert_id!r}")
         steps = await call(escalations.steps, alert_id)
         deliveries = await call(escalations.deliveries, alert_id=alert_id)
+        await access.audited(principal, object=f"alert {alert_id} delivery", action="read", unit=unit)
         return {"escalation": msgspec.to_builtins(escalation), "steps": msgspec.to_builtins(steps),
                 "deliveries": [_delivery(d) for d in deliveries]}
 
@@ -214,7 +220,10 @@ def routing_router(site: Site, state: State, view: LiveView, access: Access, *,
         step fires (``next_at``, None when stopped or at its last step) and who would get it now (``next``)."""
         alerts = [a for a in view.alerts.values()
                   if a.state == "active" and principal.sees_unit(access.unit_of_alert(a))]
-        return await call(escalation_rows, alerts, now_ms())  # type: ignore[no-any-return]
+        rows: list[dict[str, object]] = await call(escalation_rows, alerts, now_ms())
+        await access.audited(principal, object="escalations", action="read", unit=None,
+                             detail={"units": sorted(principal.units), "count": len(rows)})
+        return rows
 
     @router.get("/deliveries")
     async def list_deliveries(principal: Annotated[Principal, clinical]) -> list[dict[str, object]]:

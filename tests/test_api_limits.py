@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, WebSocket
 
 from api.app import create_app
 from api.limits import Limits, LimitSettings, VerifiedTokens
+from api.security import LocalTokens
 from api.view import LiveView
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
@@ -120,7 +121,7 @@ def test_made_up_tokens_do_not_buy_fresh_buckets() -> None:
     asyncio.run(run())
 
 
-async def test_the_api_keys_clients_by_address_until_their_token_is_verified(tmp_path: Path) -> None:
+async def test_the_api_gives_verified_tokens_their_own_bucket_and_forgeries_their_address(tmp_path: Path) -> None:
     config = load(env={})
     state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
     try:
@@ -130,15 +131,14 @@ async def test_the_api_keys_clients_by_address_until_their_token_is_verified(tmp
         app = create_app(dataclasses.replace(parts(config.site, MemoryStore(), view, state),
                                              limits=LimitSettings(rate_per_s=0.5, burst=5)))
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+        forger = LocalTokens(b"not the API's key, but 32 bytes!")
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            nurse = bearer("n-icu")
-            assert (await client.get("/api/v1/auth/me", headers=nurse)).status_code == 200  # verified from now on
-            fakes = [(await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer forged.{i}.x"}))
-                     .status_code for i in range(20)]
-            assert fakes[:4] == [401] * 4  # the address's burst of 5, less the nurse's first request
-            assert fakes.count(429) >= 15
-            mine = [(await client.get("/api/v1/auth/me", headers=nurse)).status_code for _ in range(10)]
-            assert mine[:5] == [200] * 5  # the nurse's own bucket, untouched by the forgeries
-            assert mine.count(429) >= 4  # and limited in its turn
+            forged = [(await client.get("/api/v1/auth/me", headers=bearer("n-icu", forger))).status_code
+                      for _ in range(20)]  # a new token every time, well formed, signed with the wrong key
+            assert forged[:5] == [401] * 5  # the address's burst
+            assert forged.count(429) >= 14
+            mine = [(await client.get("/api/v1/auth/me", headers=bearer("n-icu"))).status_code for _ in range(10)]
+            assert mine[:5] == [200] * 5  # a fresh valid token each time: the nurse's own bucket from the first
+            assert mine.count(429) >= 4  # and that bucket is limited in its turn, whatever token she shows
     finally:
         state.close()
