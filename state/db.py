@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +39,31 @@ SQLITE_BUSY_TIMEOUT_S: Final = 10
 
 
 def default_url(data_dir: Path) -> str:
-    """The embedded default: ``state.db`` in the data directory."""
+    """The embedded default: ``state.db`` in the data directory, which is made private (0700): the database holds
+    password hashes, and the directory the token key, outboxes and spool."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if data_dir.stat().st_mode & 0o077:
+        try:
+            data_dir.chmod(0o700)
+        except PermissionError:
+            log.warning("data directory %s is readable by others and not ours to change: restrict it to the "
+                        "service user", data_dir)
     return f"sqlite:///{(data_dir / 'state.db').resolve()}"
+
+
+def _private_database(path: Path) -> None:
+    """Create the SQLite file (and its directory) readable by its owner only, and tighten an existing one; SQLite
+    gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                try:
+                    file.chmod(0o600)
+                except PermissionError:
+                    log.warning("%s is readable by others and not ours to change: restrict it", file)
 
 
 class State:
@@ -94,7 +119,7 @@ def _engine(url: str) -> Engine:
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError("state url: SQLite needs a file (sqlite:///path/state.db)")
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_database(Path(parsed.database))
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

@@ -8,6 +8,7 @@ import hmac
 import http.server
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from api.security import (
     Tickets,
 )
 from devices.clock import now_ms
-from state.db import State, open_state
+from state.db import State, default_url, open_state
 from state.errors import StateError
 from tests.test_state import T0, pg, pg_shared, state  # noqa: F401 (fixtures: SQLite and PostgreSQL)
 from wardlink.cli import main
@@ -284,3 +285,29 @@ def test_cli_adds_a_user_and_prints_a_token(tmp_path: Path, monkeypatch: pytest.
     finally:
         opened.close()
     assert main(["token", "nobody", *data]) == 2
+
+
+# --- the embedded default's files ----------------------------------------------------------------------------------
+
+
+def test_the_embedded_state_and_its_directory_are_private(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)  # the usual umask: files 0644, directories 0755 unless made otherwise
+    try:
+        data = tmp_path / "data"
+        opened = open_state(default_url(data))
+        try:
+            seeded(opened)
+            opened.credentials.set_password("n-ann", "correct horse battery", at=T0)  # a hash, via the WAL
+            files = [data / name for name in ("state.db", "state.db-wal", "state.db-shm")]
+            assert [f.exists() for f in files] == [True, True, True]
+            assert {f.name: f.stat().st_mode & 0o777 for f in files} == dict.fromkeys((f.name for f in files), 0o600)
+        finally:
+            opened.close()
+        assert data.stat().st_mode & 0o777 == 0o700
+        older = tmp_path / "older"  # made by an earlier version: 0755 and 0644
+        older.mkdir()
+        (older / "state.db").touch()
+        open_state(default_url(older)).close()
+        assert (older.stat().st_mode & 0o777, (older / "state.db").stat().st_mode & 0o777) == (0o700, 0o600)
+    finally:
+        os.umask(old_umask)
