@@ -36,7 +36,7 @@ from msgspec.structs import astuple
 from devices.contract import Item, Observation
 
 from .base import HistoryPoint, StoreError, TimeSeriesStore
-from .duckdb import OBS_COLUMNS, REBUILD_LATEST, DuckDbStore
+from .duckdb import OBS_COLUMNS, REBUILD_LATEST, DuckDbStore, insert_rows
 from .sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,6 @@ def _load_duckdb(path: Path, ward: Ward, values: np.ndarray) -> float:
     DuckDbStore(path).close()  # the store's own schema
     devices = np.array([ward.device(b) for b in range(ward.beds)], dtype=object)
     beds = np.array([ward.bed(b) for b in range(ward.beds)], dtype=object)
-    insert = (
-        f"INSERT INTO observations ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} FROM incoming"
-    )
     chunk = 600
     try:
         conn = duckdb.connect(str(path))
@@ -179,7 +176,7 @@ def _load_duckdb(path: Path, ward: Ward, values: np.ndarray) -> float:
                     "containment": np.full(n, None, dtype=object),
                 }
                 conn.register("incoming", incoming)
-                conn.execute(insert).fetchall()
+                insert_rows(conn, "incoming")
                 conn.unregister("incoming")
             conn.execute(REBUILD_LATEST).fetchall()
             conn.execute("CHECKPOINT").fetchall()

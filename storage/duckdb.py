@@ -1,7 +1,10 @@
 """The embedded store: one DuckDB file, chosen over SQLite by measurement (see docs/storage.md).
 
-Layout: observations are appended in arrival order, so DuckDB's per-row-group min/max of ``ts``
-prunes every time-range scan, and columns compress. Neither observations nor events have a primary
+Layout (schema 4): each series' text (device, stream, metric, code, unit, bed, containment) is kept once in
+``series`` under a number, and observations are appended as numbers to ``samples`` in arrival order, so
+DuckDB's per-row-group min/max of ``ts`` prunes every time-range scan, columns compress and a batch is
+written without converting a Python string (:mod:`storage.duckdb_codes`); the ``observations`` view joins
+them, so every query reads observations as it did. Neither observations nor events have a primary
 key (DuckDB keeps a key's ART index in memory outside its buffer pool, 8-12 bytes per row inserted, until
 the file is reopened; ``rollup_1m`` keeps its key for its upsert): writes are made idempotent in Python by two
 :class:`~storage.ranges.KeyIndex` (the stored seqs of every stream as runs), one for observations and
@@ -42,7 +45,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import partial
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -79,21 +81,22 @@ from .base import (
     merge_buckets,
     raw_cutoff,
 )
+from .duckdb_codes import INSERT as INSERT_OBS
+from .duckdb_codes import SeriesCodes, SeriesKey, numeric_columns
 from .latest_cache import LatestCache
-from .ranges import KeyIndex, Piece
+from .ranges import KeyIndex, Piece, StreamKey
 
 log = logging.getLogger(__name__)
 
-# 1: primary keys on observations and latest, latest upserted in every write; 2: a primary key on events.
-SCHEMA_VERSION: Final = 3
+# 1: primary keys on observations and latest, latest upserted in every write; 2: a primary key on events;
+# 3: observations as one table of text and numbers.
+SCHEMA_VERSION: Final = 4
 
 # Observation columns in the contract's field order.
 OBS_COLUMNS: Final = Observation.__struct_fields__
-_OBS_TEXT: Final = frozenset({"device", "stream", "metric", "unit", "bed", "containment"})
-_OBS_NULLABLE_INT: Final = frozenset({"device_ts"})
-_OBS_FLOAT: Final = frozenset({"value"})
 
-_OBSERVATIONS: Final = """CREATE TABLE IF NOT EXISTS {name} (
+# Observations as schemas 2 and 3 kept them (every text column in every row); the upgrades pass through it.
+_OBSERVATIONS_V3: Final = """CREATE TABLE IF NOT EXISTS {name} (
         device VARCHAR NOT NULL,
         stream VARCHAR NOT NULL,
         seq BIGINT NOT NULL,
@@ -107,6 +110,53 @@ _OBSERVATIONS: Final = """CREATE TABLE IF NOT EXISTS {name} (
         flags INTEGER NOT NULL,
         containment VARCHAR,
         wb BIGINT)"""
+# Schema 4: the text of each series once, numbered (storage.duckdb_codes), and the samples by series number;
+# the view puts them back together, so every query reads "observations" as before.
+_SERIES: Final = """CREATE TABLE IF NOT EXISTS series (
+        sid BIGINT NOT NULL,
+        device VARCHAR NOT NULL,
+        stream VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        code INTEGER NOT NULL,
+        unit VARCHAR NOT NULL,
+        bed VARCHAR,
+        containment VARCHAR)"""
+_SAMPLES: Final = """CREATE TABLE IF NOT EXISTS samples (
+        sid BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        value DOUBLE NOT NULL,
+        device_ts BIGINT,
+        flags INTEGER NOT NULL,
+        wb BIGINT)"""
+_OBSERVATIONS_VIEW: Final = (
+    "CREATE VIEW IF NOT EXISTS observations AS SELECT s.device, s.stream, o.seq, o.ts, s.metric, s.code, o.value, "
+    "s.unit, s.bed, o.device_ts, o.flags, s.containment, o.wb FROM samples o JOIN series s ON o.sid = s.sid"
+)
+# Rows of the full observation layout (a view or table ``{rows}``: bulk loads, upgrades) into series and samples:
+# first a number for each series not yet in ``series``, then the samples, ``wb`` from ``{wb}``.
+_ADD_SERIES: Final = (
+    "INSERT INTO series SELECT (SELECT coalesce(max(sid), -1) FROM series) + row_number() OVER (), * FROM ("
+    "SELECT DISTINCT device, stream, metric, code, unit, bed, containment FROM {rows} "
+    "EXCEPT SELECT device, stream, metric, code, unit, bed, containment FROM series)"
+)
+_ADD_SAMPLES: Final = (
+    "INSERT INTO samples SELECT s.sid, i.seq, i.ts, i.value, i.device_ts, i.flags, {wb} FROM {rows} i JOIN series s "
+    "ON i.device = s.device AND i.stream = s.stream AND i.metric = s.metric AND i.code = s.code "
+    "AND i.unit = s.unit AND i.bed IS NOT DISTINCT FROM s.bed AND i.containment IS NOT DISTINCT FROM s.containment"
+)
+
+
+def insert_rows(conn: duckdb.DuckDBPyConnection, rows: str, wb: str = "NULL") -> None:
+    """Insert observation rows of the full layout (the table or view ``rows``), as a bulk load does.
+
+    ``wb`` is the SQL for each row's batch number: NULL (the default) for rows written past the store,
+    which the next open adopts (see the module's docstring).
+    """
+    conn.execute(_ADD_SERIES.format(rows=rows)).fetchall()
+    conn.execute(_ADD_SAMPLES.format(rows=rows, wb=wb)).fetchall()
+
+
 # The newest observation per (device, metric, bed) as of batch snapshot_wb; bed_key is '' for no bed and
 # 'b:' + bed otherwise (schema 1 had it as a key column, which cannot be NULL).
 _LATEST: Final = """CREATE TABLE IF NOT EXISTS {name} (
@@ -142,7 +192,9 @@ _EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
 _EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
 SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
-    _OBSERVATIONS.format(name="observations"),
+    _SERIES,
+    _SAMPLES,
+    _OBSERVATIONS_VIEW,
     _LATEST.format(name="latest"),
     _RANGES.format(name="seq_ranges"),
     # The stored keys of the events, likewise (events are a key space of their own, as in every store).
@@ -173,7 +225,7 @@ SCHEMA: Final = (
 # without primary keys (DuckDB cannot drop one), observations with wb NULL so that opening adopts them.
 _MIGRATE_FROM_1: Final = (
     "ALTER TABLE observations ADD COLUMN IF NOT EXISTS containment VARCHAR",  # files older than that column
-    _OBSERVATIONS.format(name="observations_v2"),
+    _OBSERVATIONS_V3.format(name="observations_v2"),
     f"INSERT INTO observations_v2 ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} FROM observations",
     "DROP TABLE observations",
     "ALTER TABLE observations_v2 RENAME TO observations",
@@ -191,10 +243,16 @@ _MIGRATE_FROM_2: Final = (
     "ALTER TABLE events_v3 RENAME TO events",
 )
 
-_INSERT_OBS: Final = (
-    f"INSERT INTO observations ({', '.join(OBS_COLUMNS)}, wb) SELECT {', '.join(OBS_COLUMNS)}, $wb "
-    "FROM incoming_obs"
+# Schema 3 -> 4: observations become series and samples (their batch numbers kept) behind a view of the old name.
+_MIGRATE_FROM_3: Final = (
+    "ALTER TABLE observations RENAME TO observations_v3",
+    _SERIES,
+    _SAMPLES,
+    _ADD_SERIES.format(rows="observations_v3"),
+    _ADD_SAMPLES.format(rows="observations_v3", wb="i.wb"),
+    "DROP TABLE observations_v3",
 )
+
 _LATEST_COLUMNS: Final = (
     "device",
     "metric",
@@ -265,30 +323,6 @@ _RETRYABLE: Final = (
 def bed_key(bed: str | None) -> str:
     """The non-null key column value for a bed (``''`` when there is none)."""
     return "" if bed is None else f"b:{bed}"
-
-
-_INT_COLUMNS: Final = frozenset(OBS_COLUMNS) - _OBS_TEXT - _OBS_NULLABLE_INT - _OBS_FLOAT
-_GETTERS: Final = tuple((name, attrgetter(name)) for name in OBS_COLUMNS)
-
-
-def obs_columns(items: Sequence[Observation]) -> dict[str, np.ndarray]:
-    """Observations as numpy columns that DuckDB scans without copying rows.
-
-    A value numpy cannot hold (an int past 64 bits ...) is a non-retryable :class:`StoreError`.
-    """
-    columns: dict[str, np.ndarray] = {}
-    try:
-        for name, getter in _GETTERS:
-            values = list(map(getter, items))
-            if name in _INT_COLUMNS:
-                columns[name] = np.array(values, dtype=np.int64)
-            elif name in _OBS_FLOAT:
-                columns[name] = np.array(values, dtype=np.float64)
-            else:
-                columns[name] = np.array(values, dtype=object)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise StoreError(f"a batch of {len(items)} observations cannot be stored: {exc}", retryable=False) from exc
-    return columns
 
 
 def _event_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
@@ -368,6 +402,7 @@ class DuckDbStore:
         self._keys = KeyIndex()  # observations
         self._event_keys = KeyIndex()  # events: a key space of their own, as in every store
         self._latest = LatestCache()
+        self._codes = SeriesCodes()  # the series table's codes, for the writer
         self._next_wb = 1  # the number of the next write batch (set by _load)
         self._unsnapshotted = 0  # rows stored since the last snapshot
         self._snapshot_at = time.monotonic()
@@ -403,15 +438,18 @@ class DuckDbStore:
             conn.execute("BEGIN")
             conn.execute(SCHEMA[0])
             rows = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall()
-            if rows and rows[0][0] in (1, 2):
+            if rows and rows[0][0] in (1, 2, 3):
                 if rows[0][0] == 1:
                     for statement in _MIGRATE_FROM_1:
                         conn.execute(statement)
-                for statement in _MIGRATE_FROM_2:
+                if rows[0][0] <= 2:
+                    for statement in _MIGRATE_FROM_2:
+                        conn.execute(statement)
+                for statement in _MIGRATE_FROM_3:
                     conn.execute(statement)
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [SCHEMA_VERSION])
-                log.warning("store %s: upgraded from schema %d to %d (no primary keys; the key indexes and latest "
-                            "are rebuilt from the rows)", self.path, rows[0][0], SCHEMA_VERSION)
+                log.warning("store %s: upgraded from schema %d to %d (series numbered, no primary keys; the key "
+                            "indexes and latest are rebuilt from the rows)", self.path, rows[0][0], SCHEMA_VERSION)
             elif rows and rows[0][0] != SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
                 raise StoreCorrupt(
@@ -435,11 +473,12 @@ class DuckDbStore:
         folded into latest and numbered 0, with a new snapshot, in one transaction.
         """
         conn = self._conn
-        keys, event_keys, latest = KeyIndex(), KeyIndex(), LatestCache()
+        keys, event_keys, latest, codes = KeyIndex(), KeyIndex(), LatestCache(), SeriesCodes()
         try:
             conn.execute(f"SET memory_limit = '{max(self.memory_limit_mb, LOAD_MEMORY_LIMIT_MB)}MB'")
             conn.execute("BEGIN")
             [(snapshot_wb,)] = conn.execute("SELECT value FROM meta WHERE name = 'snapshot_wb'").fetchall()
+            codes.load(conn)
             for index, ranges in ((keys, "seq_ranges"), (event_keys, "event_ranges")):
                 for device, stream, lo, hi in conn.execute(f"SELECT device, stream, lo, hi FROM {ranges}").fetchall():
                     index.add(device, stream, lo, hi)
@@ -451,20 +490,21 @@ class DuckDbStore:
                                                            [snapshot_wb]).fetchall():
                     index.add(device, stream, lo, hi)
             latest.update(map(_observation, conn.execute(_NEWEST.format(where=tail), [snapshot_wb]).fetchall()))
-            [(top,)] = conn.execute("SELECT max(wb) FROM (SELECT wb FROM observations WHERE wb > $wb UNION ALL "
+            [(top,)] = conn.execute("SELECT max(wb) FROM (SELECT wb FROM samples WHERE wb > $wb UNION ALL "
                                     "SELECT wb FROM events WHERE wb > $wb)", {"wb": snapshot_wb}).fetchall()
             self._next_wb = (top if top is not None else snapshot_wb) + 1
             adopted = 0
             adopt = " WHERE wb IS NULL"
             for index, table in ((keys, "observations"), (event_keys, "events")):
-                [(unnumbered,)] = conn.execute(f"SELECT count(*) FROM {table}{adopt}").fetchall()
+                rows_table = "samples" if table == "observations" else table  # the view cannot be updated
+                [(unnumbered,)] = conn.execute(f"SELECT count(*) FROM {rows_table}{adopt}").fetchall()
                 if not unnumbered:
                     continue
                 for device, stream, lo, hi in conn.execute(_ISLANDS.format(table=table, where=adopt)).fetchall():
                     index.add(device, stream, lo, hi)
                 if table == "observations":
                     latest.update(map(_observation, conn.execute(_NEWEST.format(where=adopt)).fetchall()))
-                conn.execute(f"UPDATE {table} SET wb = 0{adopt}").fetchall()
+                conn.execute(f"UPDATE {rows_table} SET wb = 0{adopt}").fetchall()
                 log.info("store %s: adopted %d %s without a batch number", self.path, unnumbered, table)
                 adopted += unnumbered
             if adopted or top is not None:  # so that the next open reads no rows back
@@ -476,7 +516,7 @@ class DuckDbStore:
             raise _store_error(exc, "open", self.path) from exc
         finally:
             self._bound_memory()
-        self._keys, self._event_keys, self._latest = keys, event_keys, latest
+        self._keys, self._event_keys, self._latest, self._codes = keys, event_keys, latest, codes
         self._unsnapshotted = 0
         self._snapshot_at = time.monotonic()
         self._stale = False
@@ -637,31 +677,39 @@ class DuckDbStore:
         if not items:
             self._check_open()
             return WriteResult(stored=0, duplicates=0)
-        obs_cols = obs_columns(obs) if obs else None  # built before the writer lock is taken
-        evt_cols = _event_columns(list(evt.values())) if evt else None
+        evt_cols = _event_columns(list(evt.values())) if evt else None  # built before the writer lock is taken
         with self._writing("write") as conn:
             pieces: list[Piece] = []
             evt_pieces: list[Piece] = []
+            new_series: list[SeriesKey] = []
             n_evt = 0
-            if obs_cols is not None:
-                keep, pieces, _ = self._append(conn, self._keys, obs_cols, "incoming_obs", _INSERT_OBS)
+            if obs:
+                sids, obs_streams, new_series = self._codes.encode(conn, obs)
+                keep, pieces, _ = self._append(conn, self._keys, numeric_columns(obs, sids), obs_streams,
+                                               self._codes.stream_keys, "incoming_obs", INSERT_OBS)
                 if keep is not None:
                     obs = [o for o, new in zip(obs, keep.tolist(), strict=True) if new]
             if evt_cols is not None:  # already one row per key, the first in the batch
-                _, evt_pieces, n_evt = self._append(conn, self._event_keys, evt_cols, "incoming_evt", _INSERT_EVT)
+                evt_streams, evt_keys = KeyIndex.stream_ids(evt_cols["device"].tolist(), evt_cols["stream"].tolist())
+                _, evt_pieces, n_evt = self._append(conn, self._event_keys, evt_cols, evt_streams, evt_keys,
+                                                    "incoming_evt", _INSERT_EVT)
             stored = len(obs) + n_evt
+            if new_series:  # their codes are in the file once this commits, whether or not a row was stored
+                self._on_commit.append(partial(self._codes.remember, new_series))
             if stored:
                 self._on_commit.append(partial(self._committed, pieces, evt_pieces, obs, n_evt))
         return WriteResult(stored=stored, duplicates=len(items) - stored)
 
-    def _append(self, conn: duckdb.DuckDBPyConnection, index: KeyIndex, columns: dict[str, np.ndarray], view: str,
+    def _append(self, conn: duckdb.DuckDBPyConnection, index: KeyIndex, columns: dict[str, np.ndarray],
+                streams: np.ndarray, keys: Sequence[StreamKey], view: str,
                 insert: str) -> tuple[np.ndarray | None, list[Piece], int]:
         """Append the rows whose keys ``index`` does not hold, numbered with this batch (writer lock held).
 
-        Returns the mask of the rows kept (None: all), the pieces to apply after commit, and how many rows
-        were appended. A replay, or a key twice in the batch: the first of each new key is stored.
+        ``streams`` is each row's stream as an index into ``keys``. Returns the mask of the rows kept (None:
+        all), the pieces to apply after commit, and how many rows were appended. A replay, or a key twice in
+        the batch: the first of each new key is stored.
         """
-        keep, pieces = index.filter(columns["device"], columns["stream"], columns["seq"])
+        keep, pieces = index.filter(streams, keys, columns["seq"])
         if keep is not None:
             columns = {name: column[keep] for name, column in columns.items()}
         appended = len(columns["seq"])
@@ -736,11 +784,11 @@ class DuckDbStore:
         """Roll up raw observations past raw retention into minutes, then delete everything past its retention."""
         cutoff = raw_cutoff(now_ms, self.retention)
         with self._writing("maintain") as conn:
-            rolled = int(conn.execute("SELECT count(*) FROM observations WHERE ts < ?", [cutoff]).fetchall()[0][0])
+            rolled = int(conn.execute("SELECT count(*) FROM samples WHERE ts < ?", [cutoff]).fetchall()[0][0])
             deleted = 0
             if rolled:
                 conn.execute(_ROLL_UP, [cutoff]).fetchall()
-                deleted += int(conn.execute("DELETE FROM observations WHERE ts < ?", [cutoff]).fetchall()[0][0])
+                deleted += int(conn.execute("DELETE FROM samples WHERE ts < ?", [cutoff]).fetchall()[0][0])
             deleted += int(conn.execute("DELETE FROM rollup_1m WHERE minute < ?",
                                         [now_ms - self.retention.rollup_ms]).fetchall()[0][0])
             old_events = now_ms - self.retention.events_ms
@@ -807,7 +855,7 @@ class DuckDbStore:
         """Row counts and the bytes of the file with its WAL."""
         with self._reading("stats") as cursor:
             observations, events, quarantined = cursor.execute(
-                "SELECT (SELECT count(*) FROM observations), (SELECT count(*) FROM events), "
+                "SELECT (SELECT count(*) FROM samples), (SELECT count(*) FROM events), "
                 "(SELECT count(*) FROM quarantine)"
             ).fetchall()[0]
         size = 0

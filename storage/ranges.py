@@ -12,7 +12,7 @@ index never holds a key that is not in the database.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 import numpy as np
@@ -112,9 +112,18 @@ class KeyIndex:
             for lo, hi in runs.runs():
                 yield device, stream, lo, hi
 
-    def filter(self, device: np.ndarray, stream: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray | None, list[Piece]]:
+    @staticmethod
+    def stream_ids(device: Iterable[str], stream: Iterable[str]) -> tuple[np.ndarray, list[StreamKey]]:
+        """Each row's ``(device, stream)`` as an index into the returned keys: :meth:`filter`'s first two arguments."""
+        ids: dict[StreamKey, int] = {}
+        index = [ids.setdefault(key, len(ids)) for key in zip(device, stream, strict=True)]
+        return np.array(index, dtype=np.int64), list(ids)
+
+    def filter(self, stream: np.ndarray, keys: Sequence[StreamKey],
+               seq: np.ndarray) -> tuple[np.ndarray | None, list[Piece]]:
         """Which rows of a batch (columns in batch order) to store, and the pieces they add.
 
+        ``stream`` holds each row's stream as an index into ``keys`` (its ``(device, stream)``).
         Returns ``(keep, pieces)``: ``keep`` is None when every row is new and unique, otherwise a
         boolean mask that drops each key already stored and every repeat of a key after its first
         row in the batch. Nothing is recorded until :meth:`apply`.
@@ -123,7 +132,7 @@ class KeyIndex:
         if n == 0:
             return None, _NO_PIECES
         # Cut the batch into pieces: one stream, each seq one more than the one before.
-        joined = (device[1:] == device[:-1]) & (stream[1:] == stream[:-1]) & (seq[1:] == seq[:-1] + 1)
+        joined = (stream[1:] == stream[:-1]) & (seq[1:] == seq[:-1] + 1)
         starts = np.flatnonzero(~joined) + 1
         firsts = np.concatenate(([0], starts))
         lasts = np.concatenate((starts, [n])) - 1
@@ -131,9 +140,8 @@ class KeyIndex:
         streams = self._streams
         pieces: list[Piece] = []
         slow: set[StreamKey] = set()
-        for dev, stm, lo, hi in zip(device[firsts].tolist(), stream[firsts].tolist(), seq[firsts].tolist(),
-                                    seq[lasts].tolist(), strict=True):
-            key = (dev, stm)
+        for index, lo, hi in zip(stream[firsts].tolist(), seq[firsts].tolist(), seq[lasts].tolist(), strict=True):
+            key = keys[index]
             if key in slow:
                 continue
             top = tops.get(key)
@@ -147,16 +155,16 @@ class KeyIndex:
             pieces.append((key, lo, hi))
         if not slow:
             return None, pieces
-        return self._filter_slowly(device, stream, seq, firsts, lasts, slow, pieces)
+        return self._filter_slowly(stream, keys, seq, firsts, lasts, slow, pieces)
 
-    def _filter_slowly(self, device: np.ndarray, stream: np.ndarray, seq: np.ndarray, firsts: np.ndarray,
+    def _filter_slowly(self, stream: np.ndarray, keys: Sequence[StreamKey], seq: np.ndarray, firsts: np.ndarray,
                        lasts: np.ndarray, slow: set[StreamKey], fast: list[Piece]) -> tuple[np.ndarray, list[Piece]]:
         """Check the rows of the ``slow`` streams one at a time (first of a key in the batch wins)."""
         keep = np.ones(len(seq), dtype=bool)
         pieces = [piece for piece in fast if piece[0] not in slow]
         seen: dict[StreamKey, set[int]] = {key: set() for key in slow}
         for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
-            key = (device[first], stream[first])
+            key = keys[stream[first]]
             batch_seen = seen.get(key)
             if batch_seen is None:
                 continue

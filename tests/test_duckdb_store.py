@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import duckdb
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 
 from devices.contract import DeviceEvent, DeviceInfo, Observation, TagRead
 from storage import DuckDbStore, MemoryStore
-from storage.base import DAY_MS, Placement, Record, Retention, encode_event, event_kind, item_bed
-from storage.duckdb import SCHEMA_VERSION
+from storage.base import DAY_MS, Placement, Record, Retention, StoreError, encode_event, event_kind, item_bed
+from storage.duckdb import SCHEMA_VERSION, insert_rows
 from storage.ranges import KeyIndex, SeqRuns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +68,8 @@ def test_seq_runs_hold_exactly_what_was_added(adds: list[tuple[int, int]]) -> No
 def test_key_index_filter_keeps_the_first_of_each_new_key(batches: list[list[tuple[str, str, int]]]) -> None:
     index, model = KeyIndex(), set()
     for batch in batches:
-        keep, pieces = index.filter(np.array([k[0] for k in batch], dtype=object),
-                                    np.array([k[1] for k in batch], dtype=object),
-                                    np.array([k[2] for k in batch], dtype=np.int64))
+        streams, keys = KeyIndex.stream_ids([k[0] for k in batch], [k[1] for k in batch])
+        keep, pieces = index.filter(streams, keys, np.array([k[2] for k in batch], dtype=np.int64))
         expected = []
         for key in batch:
             expected.append(key not in model)
@@ -240,8 +240,10 @@ def test_rows_written_past_the_store_are_adopted_at_open(tmp_path: Path) -> None
     path = tmp_path / "bulk.duckdb"
     DuckDbStore(path).close()
     conn = duckdb.connect(str(path))  # as storage.bench's bulk load does: no batch number, latest not rebuilt
-    conn.execute("INSERT INTO observations (device, stream, seq, ts, metric, code, value, unit, bed, flags) "
-                 "SELECT 'm0', 's', i, 1000 + i, 'HR', 0, i, '/min', 'b0', 0 FROM range(100) t(i)")
+    conn.execute("CREATE TEMP VIEW bulk AS SELECT 'm0' AS device, 's' AS stream, i AS seq, 1000 + i AS ts, "
+                 "'HR' AS metric, 0 AS code, i::DOUBLE AS value, '/min' AS unit, 'b0' AS bed, NULL::BIGINT AS "
+                 "device_ts, 0 AS flags, NULL::VARCHAR AS containment FROM range(100) t(i)")
+    insert_rows(conn, "bulk")
     conn.close()
     store = DuckDbStore(path)
     assert store.latest(bed="b0")[0].value == 99.0
@@ -527,5 +529,77 @@ def test_a_schema_2_file_with_events_is_upgraded_at_open(tmp_path: Path) -> None
     again = DuckDbStore(path)  # from the snapshot: no row read back
     try:
         assert again.write([*new, *events]).duplicates == len(events) + 2
+    finally:
+        again.close()
+
+
+SCHEMA_3_ROWS = (  # two series of one stream, one with no bed and a containment, one row past the snapshot
+    ("m0", "s", 0, 1000, "HR", 7, 60.0, "/min", "b0", None, 0, None, 1),
+    ("m0", "s", 1, 1000, "SPO2", 8, 97.0, "%", "b0", 990, 0, None, 1),
+    ("m0", "s", 2, 2000, "HR", 7, 61.0, "/min", "b0", None, 4, None, 2),
+    ("m1", "n", 5, 1500, "RR", 9, 12.0, "/min", None, None, 0, "1.2.1.3", 2),
+)
+
+
+def test_a_schema_3_file_is_upgraded_to_series_and_samples(tmp_path: Path) -> None:
+    path = tmp_path / "v3.duckdb"
+    conn = duckdb.connect(str(path))
+    for statement in SCHEMA_2[:4]:  # meta, observations with every text column per row, latest, seq_ranges
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', 3), ('snapshot_wb', 1)")
+    conn.execute("CREATE TABLE event_ranges (device VARCHAR NOT NULL, stream VARCHAR NOT NULL, lo BIGINT NOT NULL, "
+                 "hi BIGINT NOT NULL)")
+    conn.execute("CREATE TABLE events (device VARCHAR NOT NULL, stream VARCHAR NOT NULL, seq BIGINT NOT NULL, "
+                 "kind VARCHAR NOT NULL, ts BIGINT NOT NULL, bed VARCHAR, body BLOB NOT NULL, wb BIGINT)")
+    for statement in SCHEMA_2[6:]:
+        if statement.startswith("CREATE"):  # rollup_1m, quarantine: not schema 2's rows
+            conn.execute(statement)
+    conn.executemany("INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SCHEMA_3_ROWS)
+    conn.execute("INSERT INTO seq_ranges VALUES ('m0', 's', 0, 1)")
+    conn.execute("INSERT INTO latest VALUES ('m0', 'HR', 'b:b0', 'b0', 's', 0, 1000, 7, 60, '/min', 0), "
+                 "('m0', 'SPO2', 'b:b0', 'b0', 's', 1, 1000, 8, 97, '%', 0)")
+    conn.close()
+    store = DuckDbStore(path)
+    try:
+        assert store.stats().observations == 4
+        assert [(x.metric, x.value) for x in store.latest(bed="b0")] == [("HR", 61.0), ("SPO2", 97.0)]
+        assert [(x.metric, x.value) for x in store.latest(device="m1")] == [("RR", 12.0)]
+        assert store.write([ob("m0", q, 1000) for q in range(3)]).duplicates == 3  # every key kept
+        again = msgspec.structs.replace(ob("m0", 3, 3000, 62.0), code=7)
+        assert store.write([again]).stored == 1  # a new row of a series the upgrade numbered
+    finally:
+        store.close()
+    conn = duckdb.connect(str(path))
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [(SCHEMA_VERSION,)]
+        rows = conn.execute("SELECT * FROM observations WHERE seq < 3 OR device = 'm1' ORDER BY ALL").fetchall()
+        series = conn.execute("SELECT sid, device, metric, code FROM series ORDER BY sid").fetchall()
+    finally:
+        conn.close()
+    assert rows == sorted(SCHEMA_3_ROWS)  # every column of every row as it was, batch numbers too
+    # Each series once: the upgrade's three, then the replay's (its code 0 makes it a series of its own).
+    assert sorted(s[1:] for s in series[:3]) == [("m0", "HR", 7), ("m0", "SPO2", 8), ("m1", "RR", 9)]
+    assert series[3:] == [(3, "m0", "HR", 0)]
+
+
+def test_series_codes_follow_commits(tmp_path: Path) -> None:
+    """A batch that fails leaves no code behind in memory: the next one, and a reopen, agree with the file."""
+    path = tmp_path / "codes.duckdb"
+    store = DuckDbStore(path)
+    try:
+        store.write([ob("m0", 0, T0)])
+        bad = msgspec.structs.replace(ob("m9", 0, T0), code=2**40)  # past INTEGER: the series insert fails
+        with pytest.raises(StoreError):
+            store.write([ob("m1", 0, T0), bad])
+        assert len(store._codes) == 1
+        assert store.write([ob("m1", 0, T0, 70.0), ob("m2", 0, T0)]).stored == 2
+        assert store.history(device="m1", metric="HR", start_ms=0, end_ms=2 * T0)[0].value == 70.0
+    finally:
+        store.close()
+    again = DuckDbStore(path)
+    try:
+        assert len(again._codes) == 3
+        assert again.write([ob("m2", 1, T0 + 1)]).stored == 1
+        assert [p.value for p in again.history(device="m2", metric="HR", start_ms=0, end_ms=2 * T0)] == [1.0, 1.0]
     finally:
         again.close()
