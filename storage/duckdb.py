@@ -4,13 +4,13 @@ Layout (schema 4): each series' text (device, stream, metric, code, unit, bed, c
 ``series`` under a number, and observations are appended as numbers to ``samples`` in arrival order, so
 DuckDB's per-row-group min/max of ``ts`` prunes every time-range scan, columns compress and a batch is
 written without converting a Python string (:mod:`storage.duckdb_codes`); the ``observations`` view joins
-them, so every query reads observations as it did. Neither observations nor events have a primary
-key (DuckDB keeps a key's ART index in memory outside its buffer pool, 8-12 bytes per row inserted, until
-the file is reopened; ``rollup_1m`` keeps its key for its upsert): writes are made idempotent in Python by two
-:class:`~storage.ranges.KeyIndex` (the stored seqs of every stream as runs), one for observations and
-one for events (each a key space of its own, as in every store), which drop every key already stored
-before the insert. The newest observation per (device, metric, bed) is kept in memory
-(:class:`~storage.latest_cache.LatestCache`), so ``latest()`` never scans.
+them, so every query reads observations as it did. No table has a primary key (DuckDB keeps a key's
+ART index in memory outside its buffer pool, 8-12 bytes per row inserted, until the file is reopened;
+``rollup_1m`` gets a partial row for a minute rolled up again, which reads sum). Writes are made
+idempotent in Python by two :class:`~storage.ranges.KeyIndex` (the stored seqs of every stream as
+runs), one for observations and one for events (each a key space of its own, as in every store),
+which drop every key already stored before the insert. The newest observation per (device, metric,
+bed) is kept in memory (:class:`~storage.latest_cache.LatestCache`), so ``latest()`` never scans.
 
 All three are derived state with a snapshot: every observation and event row carries ``wb``, the number
 of the write batch that stored it; the ``seq_ranges``, ``event_ranges`` and ``latest`` tables hold the
@@ -110,6 +110,20 @@ _OBSERVATIONS_V3: Final = """CREATE TABLE IF NOT EXISTS {name} (
         flags INTEGER NOT NULL,
         containment VARCHAR,
         wb BIGINT)"""
+# 1-minute rollups of observations past raw retention (storage.base explains the rules). No key (DuckDB would keep
+# its index in memory, about 10 bytes a row: 14 million rows a day at 10,000 series): a minute that receives rows
+# after it was rolled up gets a second, partial row, and every read sums a minute's rows (as it sums a bucket's).
+_ROLLUPS: Final = """CREATE TABLE IF NOT EXISTS rollup_1m (
+        device VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        bed_key VARCHAR NOT NULL,
+        bed VARCHAR,
+        minute BIGINT NOT NULL,
+        v_sum DOUBLE NOT NULL,
+        v_min DOUBLE NOT NULL,
+        v_max DOUBLE NOT NULL,
+        n BIGINT NOT NULL)"""
+
 # Schema 4: the text of each series once, numbered (storage.duckdb_codes), and the samples by series number;
 # the view puts them back together, so every query reads "observations" as before.
 _SERIES: Final = """CREATE TABLE IF NOT EXISTS series (
@@ -200,18 +214,7 @@ SCHEMA: Final = (
     # The stored keys of the events, likewise (events are a key space of their own, as in every store).
     _RANGES.format(name="event_ranges"),
     _EVENTS.format(name="events"),
-    # 1-minute rollups of observations past raw retention (storage.base explains the rules).
-    """CREATE TABLE IF NOT EXISTS rollup_1m (
-        device VARCHAR NOT NULL,
-        metric VARCHAR NOT NULL,
-        bed_key VARCHAR NOT NULL,
-        bed VARCHAR,
-        minute BIGINT NOT NULL,
-        v_sum DOUBLE NOT NULL,
-        v_min DOUBLE NOT NULL,
-        v_max DOUBLE NOT NULL,
-        n BIGINT NOT NULL,
-        PRIMARY KEY (device, metric, bed_key, minute))""",
+    _ROLLUPS,
     "CREATE SEQUENCE IF NOT EXISTS quarantine_id",
     """CREATE TABLE IF NOT EXISTS quarantine (
         id BIGINT NOT NULL DEFAULT nextval('quarantine_id'),
@@ -252,6 +255,13 @@ _MIGRATE_FROM_3: Final = (
     _ADD_SAMPLES.format(rows="observations_v3", wb="i.wb"),
     "DROP TABLE observations_v3",
 )
+# And rollups without their key (files of schema 1 may have no rollups yet).
+_UNKEY_ROLLUPS: Final = (
+    "ALTER TABLE rollup_1m RENAME TO rollup_1m_v3",
+    _ROLLUPS,
+    "INSERT INTO rollup_1m SELECT * FROM rollup_1m_v3",
+    "DROP TABLE rollup_1m_v3",
+)
 
 _LATEST_COLUMNS: Final = (
     "device",
@@ -286,15 +296,12 @@ _INSERT_EVT: Final = (
     f"INSERT INTO events ({', '.join(_EVT_COLUMNS)}, wb) SELECT {', '.join(_EVT_COLUMNS)}, $wb FROM incoming_evt"
 )
 
-# Add raw observations before the cutoff to their minutes' rollups (a minute may already hold late rows).
+# Roll raw observations before the cutoff up into minutes (a minute rolled up before gets a partial row more).
 _ROLL_UP: Final = (
     "INSERT INTO rollup_1m (device, metric, bed_key, bed, minute, v_sum, v_min, v_max, n) "
     "SELECT device, metric, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END AS bed_key, any_value(bed), "
     "ts - ts % 60000 AS minute, sum(value), min(value), max(value), count(*) "
-    "FROM observations WHERE ts < ? GROUP BY device, metric, bed_key, minute "
-    "ON CONFLICT (device, metric, bed_key, minute) DO UPDATE SET v_sum = rollup_1m.v_sum + excluded.v_sum, "
-    "v_min = least(rollup_1m.v_min, excluded.v_min), v_max = greatest(rollup_1m.v_max, excluded.v_max), "
-    "n = rollup_1m.n + excluded.n"
+    "FROM observations WHERE ts < ? GROUP BY device, metric, bed_key, minute"
 )
 
 _QUIET: Final = "SET enable_progress_bar = false"  # a service prints no progress bars of long queries
@@ -447,6 +454,9 @@ class DuckDbStore:
                         conn.execute(statement)
                 for statement in _MIGRATE_FROM_3:
                     conn.execute(statement)
+                if conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_1m'").fetchall()[0][0]:
+                    for statement in _UNKEY_ROLLUPS:
+                        conn.execute(statement)
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [SCHEMA_VERSION])
                 log.warning("store %s: upgraded from schema %d to %d (series numbered, no primary keys; the key "
                             "indexes and latest are rebuilt from the rows)", self.path, rows[0][0], SCHEMA_VERSION)

@@ -556,6 +556,7 @@ def test_a_schema_3_file_is_upgraded_to_series_and_samples(tmp_path: Path) -> No
             conn.execute(statement)
     conn.executemany("INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", SCHEMA_3_ROWS)
     conn.execute("INSERT INTO seq_ranges VALUES ('m0', 's', 0, 1)")
+    conn.execute("INSERT INTO rollup_1m VALUES ('m0', 'HR', 'b:b0', 'b0', 0, 120, 59, 61, 2)")
     conn.execute("INSERT INTO latest VALUES ('m0', 'HR', 'b:b0', 'b0', 's', 0, 1000, 7, 60, '/min', 0), "
                  "('m0', 'SPO2', 'b:b0', 'b0', 's', 1, 1000, 8, 97, '%', 0)")
     conn.close()
@@ -574,6 +575,9 @@ def test_a_schema_3_file_is_upgraded_to_series_and_samples(tmp_path: Path) -> No
         assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [(SCHEMA_VERSION,)]
         rows = conn.execute("SELECT * FROM observations WHERE seq < 3 OR device = 'm1' ORDER BY ALL").fetchall()
         series = conn.execute("SELECT sid, device, metric, code FROM series ORDER BY sid").fetchall()
+        assert conn.execute("SELECT * FROM rollup_1m").fetchall() == [("m0", "HR", "b:b0", "b0", 0, 120, 59, 61, 2)]
+        assert conn.execute("SELECT constraint_type FROM duckdb_constraints() WHERE constraint_type <> 'NOT NULL'"
+                            ).fetchall() == [("PRIMARY KEY",)]  # meta's, and no other: nothing indexed per row
     finally:
         conn.close()
     assert rows == sorted(SCHEMA_3_ROWS)  # every column of every row as it was, batch numbers too
