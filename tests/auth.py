@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,6 @@ from devices.site import Site
 from facilities.sitemap import SiteMap
 from state.db import State
 from storage.base import TimeSeriesStore
-from tests.conftest import free_port
 
 KEY = b"a test key that is 32 bytes long"
 TOKENS = LocalTokens(KEY)
@@ -78,12 +78,20 @@ def parts(site: Site, store: TimeSeriesStore, view: LiveView, state: State, *,
 
 
 @asynccontextmanager
-async def served(app: Any, **config: Any) -> AsyncIterator[str]:
-    """``app`` on a real uvicorn on a free loopback port, in this event loop: yields ``host:port``."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           **config))
-    task = asyncio.create_task(server.serve())
+async def served(app: Any, *, send_buffer: int | None = None, **config: Any) -> AsyncIterator[str]:
+    """``app`` on a real uvicorn on a free loopback port, in this event loop: yields ``host:port``.
+
+    ``send_buffer``: the kernel's send buffer of every accepted connection, in bytes (small: a client that does
+    not read stops the server's writes soon, instead of after megabytes)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited too: no Nagle delay per answer
+    if send_buffer is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
+    listener.bind(("127.0.0.1", 0))
+    port = int(listener.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:  # uvicorn offers a flag, not an event
         assert not task.done(), "uvicorn did not start"
         await asyncio.sleep(0.02)
@@ -92,3 +100,4 @@ async def served(app: Any, **config: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+        listener.close()

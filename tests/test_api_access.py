@@ -372,7 +372,7 @@ async def refusal(world: World, path: str, query: str = "") -> int | None:
 
 
 def test_every_websocket_route_has_a_rule(world: World) -> None:
-    paths = {route.path for route in iter_route_contexts(world.app.routes)
+    paths = {str(route.path) for route in iter_route_contexts(world.app.routes)
              if isinstance(route.original_route, WebSocketRoute)}
     assert sorted(paths - set(WS_POLICY)) == [], "a new WebSocket endpoint needs its rule in WS_POLICY"
     assert sorted(set(WS_POLICY) - paths) == [], "a rule for a WebSocket endpoint that no longer exists"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,12 +20,15 @@ from fastapi import FastAPI, Request, WebSocket
 from api.app import create_app
 from api.limits import Limits, LimitSettings, VerifiedTokens
 from api.security import LocalTokens
-from api.view import LiveView
+from api.view import CLIENT_QUEUE, LiveView
+from devices import topics
 from devices.bus import BrokerAddress
 from devices.clock import now_ms
+from devices.contract import Alert, encode
 from state.db import open_state
 from storage.memory import MemoryStore
 from tests.auth import bearer, parts, served, staff
+from tests.test_api_access import World
 from wardlink.config import load
 
 SETTINGS = LimitSettings(max_body=1000, rate_per_s=5, burst=10, ws_max_frame=4096)
@@ -142,3 +149,60 @@ async def test_the_api_gives_verified_tokens_their_own_bucket_and_forgeries_thei
             assert mine.count(429) >= 4  # and that bucket is limited in its turn, whatever token she shows
     finally:
         state.close()
+
+
+async def test_a_client_that_does_not_read_is_closed_1013_while_another_keeps_receiving(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    padding = "x" * 8000  # large frames: the socket buffers between the two ends fill after hundreds, not thousands
+    try:
+        async with served(world.app, send_buffer=16384) as host, \
+                httpx.AsyncClient(base_url=f"http://{host}") as client:
+
+            async def connect(staff_id: str, **options: Any) -> Any:
+                ticket = (await client.post("/api/v1/auth/ws-ticket", headers=bearer(staff_id))).json()["ticket"]
+                return await websockets.connect(f"ws://{host}/api/v1/alerts/stream?ticket={ticket}", **options)
+
+            stalled_socket = socket.create_connection(tuple(host.split(":")))  # type: ignore[arg-type]
+            stalled_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled = await connect("n-icu", sock=stalled_socket, max_queue=1)  # reads nothing after the snapshot
+            reader = await connect("c-icu")
+            for ws in (stalled, reader):  # the snapshot: each stream is subscribed
+                assert json.loads(await ws.recv())["type"] == "snapshot"
+            received: list[str] = []
+
+            async def read() -> None:
+                async for raw in reader:
+                    frame = json.loads(raw)
+                    if frame["type"] == "alert":
+                        received.append(frame["alert"]["id"])
+
+            reading = asyncio.create_task(read())
+            sent = 0
+            deadline = time.monotonic() + 30
+            while world.view.dropped_clients == 0:
+                assert time.monotonic() < deadline, f"{sent} alerts and the stalled client was never cut off"
+                for _ in range(CLIENT_QUEUE // 2):  # half a queue: a client that keeps up never overflows
+                    sent += 1
+                    alert = Alert(id=f"al-{sent}", type="spo2_low", source="ICU-01", alarm_kind="physiological",
+                                  priority="high", state="active", onset=now_ms(), updated=now_ms(),
+                                  message=padding, bed="ICU-01", unit="ICU")
+                    world.view.apply(topics.alert_topic(world.site.id, alert.id), encode(alert))
+                while len(received) < sent:  # the reading client keeps up: it has every alert before the next batch
+                    assert time.monotonic() < deadline, f"{len(received)} of {sent} alerts reached the reader"
+                    await asyncio.sleep(0.005)
+            assert sent > CLIENT_QUEUE  # the stalled client's queue filled: not one burst too many for anyone
+            assert world.view.dropped_clients == 1  # the stalled client only
+            assert received == [f"al-{n}" for n in range(1, sent + 1)]  # every alert, in order
+            assert not reading.done()
+            async def drain() -> None:  # what the socket buffers still held for it, then the close
+                while True:
+                    await asyncio.wait_for(stalled.recv(), 10)
+
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                await drain()
+            assert stalled.close_code == 1013
+            await reader.close()
+            await asyncio.gather(reading, return_exceptions=True)
+            await stalled.close()
+    finally:
+        world.state.close()
