@@ -298,3 +298,44 @@ def test_write_bodies_are_gzip_at_the_fast_level() -> None:
     assert isinstance(packed, bytes)
     assert gzip.decompress(packed) == body
     assert _fast_gzip("/api/v2/query", "q") == "q"  # only write bodies are touched
+
+
+def test_a_large_write_goes_out_as_posts_side_by_side(victoria: VictoriaMetrics, tmp_path: Path) -> None:  # noqa: F811
+    s = VictoriaStore(victoria.url, tmp_path / "side.db", batch_lines=100, post_threads=3)
+    try:
+        items = [Observation(device="big", stream="numerics", seq=i, ts=T0 + i, metric="HR", value=float(i),
+                             unit="/min") for i in range(450)]  # five posts, three at a time
+        assert s.write(items).stored == 450
+        s.flush()
+        [series] = [e for e in export(victoria.url, '{__name__="obs_value",device="big"}', T0, T0 + 1000)]
+        assert series["values"] == [float(i) for i in range(450)]
+    finally:
+        s.close()
+
+
+def test_a_refused_post_outranks_a_retryable_one(tmp_path: Path) -> None:
+    posts: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = gzip.decompress(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            posts.append(body)
+            self.send_response(400 if b"device=bad" in body else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    s = VictoriaStore(f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "side.db", batch_lines=1)
+    try:
+        with pytest.raises(StoreError) as info:
+            s.write([Observation(device=d, stream="s", seq=1, ts=now_ms(), metric="HR", value=1.0, unit="u")
+                     for d in ("a", "bad", "c", "d")])
+        assert info.value.retryable is False  # the caller stores item by item rather than retrying for ever
+        assert len(posts) == 4  # every post had ended when the write raised
+    finally:
+        s.close()
+        server.shutdown()
+        server.server_close()
