@@ -36,7 +36,8 @@ from msgspec.structs import astuple
 from devices.contract import Item, Observation
 
 from .base import HistoryPoint, StoreError, TimeSeriesStore
-from .duckdb import OBS_COLUMNS, REBUILD_LATEST, DuckDbStore, insert_rows
+from .duckdb import DuckDbStore
+from .duckdb_schema import OBS_COLUMNS, REBUILD_LATEST, insert_rows
 from .sqlite import SqliteStore
 
 log = logging.getLogger(__name__)

@@ -83,226 +83,24 @@ from .base import (
 )
 from .duckdb_codes import INSERT as INSERT_OBS
 from .duckdb_codes import SeriesCodes, SeriesKey, numeric_columns
+from .duckdb_schema import (
+    EVT_COLUMNS,
+    INSERT_EVT,
+    ISLANDS,
+    LATEST_COLUMNS,
+    MIGRATE_FROM_1,
+    MIGRATE_FROM_2,
+    MIGRATE_FROM_3,
+    NEWEST,
+    ROLL_UP,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UNKEY_ROLLUPS,
+)
 from .latest_cache import LatestCache
 from .ranges import KeyIndex, Piece, StreamKey
 
 log = logging.getLogger(__name__)
-
-# 1: primary keys on observations and latest, latest upserted in every write; 2: a primary key on events;
-# 3: observations as one table of text and numbers.
-SCHEMA_VERSION: Final = 4
-
-# Observation columns in the contract's field order.
-OBS_COLUMNS: Final = Observation.__struct_fields__
-
-# Observations as schemas 2 and 3 kept them (every text column in every row); the upgrades pass through it.
-_OBSERVATIONS_V3: Final = """CREATE TABLE IF NOT EXISTS {name} (
-        device VARCHAR NOT NULL,
-        stream VARCHAR NOT NULL,
-        seq BIGINT NOT NULL,
-        ts BIGINT NOT NULL,
-        metric VARCHAR NOT NULL,
-        code INTEGER NOT NULL,
-        value DOUBLE NOT NULL,
-        unit VARCHAR NOT NULL,
-        bed VARCHAR,
-        device_ts BIGINT,
-        flags INTEGER NOT NULL,
-        containment VARCHAR,
-        wb BIGINT)"""
-# 1-minute rollups of observations past raw retention (storage.base explains the rules). No key (DuckDB would keep
-# its index in memory, about 10 bytes a row: 14 million rows a day at 10,000 series): a minute that receives rows
-# after it was rolled up gets a second, partial row, and every read sums a minute's rows (as it sums a bucket's).
-_ROLLUPS: Final = """CREATE TABLE IF NOT EXISTS rollup_1m (
-        device VARCHAR NOT NULL,
-        metric VARCHAR NOT NULL,
-        bed_key VARCHAR NOT NULL,
-        bed VARCHAR,
-        minute BIGINT NOT NULL,
-        v_sum DOUBLE NOT NULL,
-        v_min DOUBLE NOT NULL,
-        v_max DOUBLE NOT NULL,
-        n BIGINT NOT NULL)"""
-
-# Schema 4: the text of each series once, numbered (storage.duckdb_codes), and the samples by series number;
-# the view puts them back together, so every query reads "observations" as before.
-_SERIES: Final = """CREATE TABLE IF NOT EXISTS series (
-        sid BIGINT NOT NULL,
-        device VARCHAR NOT NULL,
-        stream VARCHAR NOT NULL,
-        metric VARCHAR NOT NULL,
-        code INTEGER NOT NULL,
-        unit VARCHAR NOT NULL,
-        bed VARCHAR,
-        containment VARCHAR)"""
-_SAMPLES: Final = """CREATE TABLE IF NOT EXISTS samples (
-        sid BIGINT NOT NULL,
-        seq BIGINT NOT NULL,
-        ts BIGINT NOT NULL,
-        value DOUBLE NOT NULL,
-        device_ts BIGINT,
-        flags INTEGER NOT NULL,
-        wb BIGINT)"""
-_OBSERVATIONS_VIEW: Final = (
-    "CREATE VIEW IF NOT EXISTS observations AS SELECT s.device, s.stream, o.seq, o.ts, s.metric, s.code, o.value, "
-    "s.unit, s.bed, o.device_ts, o.flags, s.containment, o.wb FROM samples o JOIN series s ON o.sid = s.sid"
-)
-# Rows of the full observation layout (a view or table ``{rows}``: bulk loads, upgrades) into series and samples:
-# first a number for each series not yet in ``series``, then the samples, ``wb`` from ``{wb}``.
-_ADD_SERIES: Final = (
-    "INSERT INTO series SELECT (SELECT coalesce(max(sid), -1) FROM series) + row_number() OVER (), * FROM ("
-    "SELECT DISTINCT device, stream, metric, code, unit, bed, containment FROM {rows} "
-    "EXCEPT SELECT device, stream, metric, code, unit, bed, containment FROM series)"
-)
-_ADD_SAMPLES: Final = (
-    "INSERT INTO samples SELECT s.sid, i.seq, i.ts, i.value, i.device_ts, i.flags, {wb} FROM {rows} i JOIN series s "
-    "ON i.device = s.device AND i.stream = s.stream AND i.metric = s.metric AND i.code = s.code "
-    "AND i.unit = s.unit AND i.bed IS NOT DISTINCT FROM s.bed AND i.containment IS NOT DISTINCT FROM s.containment"
-)
-
-
-def insert_rows(conn: duckdb.DuckDBPyConnection, rows: str, wb: str = "NULL") -> None:
-    """Insert observation rows of the full layout (the table or view ``rows``), as a bulk load does.
-
-    ``wb`` is the SQL for each row's batch number: NULL (the default) for rows written past the store,
-    which the next open adopts (see the module's docstring).
-    """
-    conn.execute(_ADD_SERIES.format(rows=rows)).fetchall()
-    conn.execute(_ADD_SAMPLES.format(rows=rows, wb=wb)).fetchall()
-
-
-# The newest observation per (device, metric, bed) as of batch snapshot_wb; bed_key is '' for no bed and
-# 'b:' + bed otherwise (schema 1 had it as a key column, which cannot be NULL).
-_LATEST: Final = """CREATE TABLE IF NOT EXISTS {name} (
-        device VARCHAR NOT NULL,
-        metric VARCHAR NOT NULL,
-        bed_key VARCHAR NOT NULL,
-        bed VARCHAR,
-        stream VARCHAR NOT NULL,
-        seq BIGINT NOT NULL,
-        ts BIGINT NOT NULL,
-        code INTEGER NOT NULL,
-        value DOUBLE NOT NULL,
-        unit VARCHAR NOT NULL,
-        flags INTEGER NOT NULL)"""
-# The stored seqs of each stream as of batch snapshot_wb, one row per run [lo, hi].
-_RANGES: Final = """CREATE TABLE IF NOT EXISTS {name} (
-        device VARCHAR NOT NULL,
-        stream VARCHAR NOT NULL,
-        lo BIGINT NOT NULL,
-        hi BIGINT NOT NULL)"""
-# Every item that is not an observation, as its contract JSON; no primary key (DuckDB would keep its index
-# in memory outside the buffer pool, 8-12 bytes per event stored, until the file is reopened): the event key
-# index de-duplicates, as for observations.
-_EVENTS: Final = """CREATE TABLE IF NOT EXISTS {name} (
-        device VARCHAR NOT NULL,
-        stream VARCHAR NOT NULL,
-        seq BIGINT NOT NULL,
-        kind VARCHAR NOT NULL,
-        ts BIGINT NOT NULL,
-        bed VARCHAR,
-        body BLOB NOT NULL,
-        wb BIGINT)"""
-_EVT_COLUMNS: Final = ("device", "stream", "seq", "kind", "ts", "bed", "body")
-SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)",
-    _SERIES,
-    _SAMPLES,
-    _OBSERVATIONS_VIEW,
-    _LATEST.format(name="latest"),
-    _RANGES.format(name="seq_ranges"),
-    # The stored keys of the events, likewise (events are a key space of their own, as in every store).
-    _RANGES.format(name="event_ranges"),
-    _EVENTS.format(name="events"),
-    _ROLLUPS,
-    "CREATE SEQUENCE IF NOT EXISTS quarantine_id",
-    """CREATE TABLE IF NOT EXISTS quarantine (
-        id BIGINT NOT NULL DEFAULT nextval('quarantine_id'),
-        ts BIGINT NOT NULL,
-        source VARCHAR NOT NULL,
-        reason VARCHAR NOT NULL,
-        raw BLOB NOT NULL)""",
-)
-
-# Schema 1 -> 2, one way, in the opening transaction: observations and latest are copied into tables
-# without primary keys (DuckDB cannot drop one), observations with wb NULL so that opening adopts them.
-_MIGRATE_FROM_1: Final = (
-    "ALTER TABLE observations ADD COLUMN IF NOT EXISTS containment VARCHAR",  # files older than that column
-    _OBSERVATIONS_V3.format(name="observations_v2"),
-    f"INSERT INTO observations_v2 ({', '.join(OBS_COLUMNS)}) SELECT {', '.join(OBS_COLUMNS)} FROM observations",
-    "DROP TABLE observations",
-    "ALTER TABLE observations_v2 RENAME TO observations",
-    _LATEST.format(name="latest_v2"),
-    "INSERT INTO latest_v2 SELECT device, metric, bed_key, bed, stream, seq, ts, code, value, unit, flags FROM latest",
-    "DROP TABLE latest",
-    "ALTER TABLE latest_v2 RENAME TO latest",
-)
-
-# Schema 2 -> 3, likewise: events are copied into a table without a primary key, with wb NULL (adopted).
-_MIGRATE_FROM_2: Final = (
-    _EVENTS.format(name="events_v3"),
-    f"INSERT INTO events_v3 ({', '.join(_EVT_COLUMNS)}) SELECT {', '.join(_EVT_COLUMNS)} FROM events",
-    "DROP TABLE events",
-    "ALTER TABLE events_v3 RENAME TO events",
-)
-
-# Schema 3 -> 4: observations become series and samples (their batch numbers kept) behind a view of the old name.
-_MIGRATE_FROM_3: Final = (
-    "ALTER TABLE observations RENAME TO observations_v3",
-    _SERIES,
-    _SAMPLES,
-    _ADD_SERIES.format(rows="observations_v3"),
-    _ADD_SAMPLES.format(rows="observations_v3", wb="i.wb"),
-    "DROP TABLE observations_v3",
-)
-# And rollups without their key (files of schema 1 may have no rollups yet).
-_UNKEY_ROLLUPS: Final = (
-    "ALTER TABLE rollup_1m RENAME TO rollup_1m_v3",
-    _ROLLUPS,
-    "INSERT INTO rollup_1m SELECT * FROM rollup_1m_v3",
-    "DROP TABLE rollup_1m_v3",
-)
-
-_LATEST_COLUMNS: Final = (
-    "device",
-    "metric",
-    "bed_key",
-    "bed",
-    "stream",
-    "seq",
-    "ts",
-    "code",
-    "value",
-    "unit",
-    "flags",
-)
-_NEWEST: Final = (
-    f"SELECT {', '.join(_LATEST_COLUMNS)} FROM (SELECT *, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END "
-    "AS bed_key FROM observations{where}) "
-    "QUALIFY row_number() OVER "
-    "(PARTITION BY device, metric, bed_key ORDER BY ts DESC, stream DESC, seq DESC) = 1"
-)
-# Recompute the latest table from the observations (after a bulk load past the store).
-REBUILD_LATEST: Final = (
-    f"DELETE FROM latest; INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) " + _NEWEST.format(where="")
-)
-# Runs of consecutive seqs per stream ("gaps and islands"): seq - row_number() is constant along a run.
-_ISLANDS: Final = (
-    "SELECT device, stream, min(seq), max(seq) FROM (SELECT device, stream, seq, "
-    "seq - row_number() OVER (PARTITION BY device, stream ORDER BY seq) AS island FROM {table}{where}) "
-    "GROUP BY device, stream, island"
-)
-_INSERT_EVT: Final = (
-    f"INSERT INTO events ({', '.join(_EVT_COLUMNS)}, wb) SELECT {', '.join(_EVT_COLUMNS)}, $wb FROM incoming_evt"
-)
-
-# Roll raw observations before the cutoff up into minutes (a minute rolled up before gets a partial row more).
-_ROLL_UP: Final = (
-    "INSERT INTO rollup_1m (device, metric, bed_key, bed, minute, v_sum, v_min, v_max, n) "
-    "SELECT device, metric, CASE WHEN bed IS NULL THEN '' ELSE 'b:' || bed END AS bed_key, any_value(bed), "
-    "ts - ts % 60000 AS minute, sum(value), min(value), max(value), count(*) "
-    "FROM observations WHERE ts < ? GROUP BY device, metric, bed_key, minute"
-)
 
 _QUIET: Final = "SET enable_progress_bar = false"  # a service prints no progress bars of long queries
 
@@ -337,7 +135,7 @@ def _event_columns(rows: Sequence[tuple[object, ...]]) -> dict[str, np.ndarray]:
     try:
         return {
             name: np.array(values, dtype=np.int64 if name in ("seq", "ts") else object)
-            for name, values in zip(_EVT_COLUMNS, zip(*rows, strict=True), strict=True)
+            for name, values in zip(EVT_COLUMNS, zip(*rows, strict=True), strict=True)
         }
     except (TypeError, ValueError, OverflowError) as exc:
         raise StoreError(f"a batch of {len(rows)} events cannot be stored: {exc}", retryable=False) from exc
@@ -355,7 +153,7 @@ def _latest_columns(newest: Sequence[Observation]) -> dict[str, np.ndarray]:
 
 
 def _observation(row: tuple[Any, ...]) -> Observation:
-    """An observation standing for a row of the latest table (``_LATEST_COLUMNS`` order)."""
+    """An observation standing for a row of the latest table (``LATEST_COLUMNS`` order)."""
     device, metric, _, bed, stream, seq, ts, code, value, unit, flags = row
     return Observation(device=device, stream=stream, seq=seq, ts=ts, metric=metric, value=value, unit=unit,
                        code=code, bed=bed, flags=flags)
@@ -447,15 +245,15 @@ class DuckDbStore:
             rows = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall()
             if rows and rows[0][0] in (1, 2, 3):
                 if rows[0][0] == 1:
-                    for statement in _MIGRATE_FROM_1:
+                    for statement in MIGRATE_FROM_1:
                         conn.execute(statement)
                 if rows[0][0] <= 2:
-                    for statement in _MIGRATE_FROM_2:
+                    for statement in MIGRATE_FROM_2:
                         conn.execute(statement)
-                for statement in _MIGRATE_FROM_3:
+                for statement in MIGRATE_FROM_3:
                     conn.execute(statement)
                 if conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_1m'").fetchall()[0][0]:
-                    for statement in _UNKEY_ROLLUPS:
+                    for statement in UNKEY_ROLLUPS:
                         conn.execute(statement)
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", [SCHEMA_VERSION])
                 log.warning("store %s: upgraded from schema %d to %d (series numbered, no primary keys; the key "
@@ -493,13 +291,13 @@ class DuckDbStore:
                 for device, stream, lo, hi in conn.execute(f"SELECT device, stream, lo, hi FROM {ranges}").fetchall():
                     index.add(device, stream, lo, hi)
             latest.update(map(_observation, conn.execute(
-                f"SELECT {', '.join(_LATEST_COLUMNS)} FROM latest ORDER BY device").fetchall()))
+                f"SELECT {', '.join(LATEST_COLUMNS)} FROM latest ORDER BY device").fetchall()))
             tail = " WHERE wb > ?"
             for index, table in ((keys, "observations"), (event_keys, "events")):
-                for device, stream, lo, hi in conn.execute(_ISLANDS.format(table=table, where=tail),
+                for device, stream, lo, hi in conn.execute(ISLANDS.format(table=table, where=tail),
                                                            [snapshot_wb]).fetchall():
                     index.add(device, stream, lo, hi)
-            latest.update(map(_observation, conn.execute(_NEWEST.format(where=tail), [snapshot_wb]).fetchall()))
+            latest.update(map(_observation, conn.execute(NEWEST.format(where=tail), [snapshot_wb]).fetchall()))
             [(top,)] = conn.execute("SELECT max(wb) FROM (SELECT wb FROM samples WHERE wb > $wb UNION ALL "
                                     "SELECT wb FROM events WHERE wb > $wb)", {"wb": snapshot_wb}).fetchall()
             self._next_wb = (top if top is not None else snapshot_wb) + 1
@@ -510,10 +308,10 @@ class DuckDbStore:
                 [(unnumbered,)] = conn.execute(f"SELECT count(*) FROM {rows_table}{adopt}").fetchall()
                 if not unnumbered:
                     continue
-                for device, stream, lo, hi in conn.execute(_ISLANDS.format(table=table, where=adopt)).fetchall():
+                for device, stream, lo, hi in conn.execute(ISLANDS.format(table=table, where=adopt)).fetchall():
                     index.add(device, stream, lo, hi)
                 if table == "observations":
-                    latest.update(map(_observation, conn.execute(_NEWEST.format(where=adopt)).fetchall()))
+                    latest.update(map(_observation, conn.execute(NEWEST.format(where=adopt)).fetchall()))
                 conn.execute(f"UPDATE {rows_table} SET wb = 0{adopt}").fetchall()
                 log.info("store %s: adopted %d %s without a batch number", self.path, unnumbered, table)
                 adopted += unnumbered
@@ -564,7 +362,7 @@ class DuckDbStore:
         if newest:
             conn.register("snapshot_latest", _latest_columns(newest))
             try:
-                conn.execute(f"INSERT INTO latest ({', '.join(_LATEST_COLUMNS)}) SELECT {', '.join(_LATEST_COLUMNS)} "
+                conn.execute(f"INSERT INTO latest ({', '.join(LATEST_COLUMNS)}) SELECT {', '.join(LATEST_COLUMNS)} "
                              "FROM snapshot_latest").fetchall()
             finally:
                 conn.unregister("snapshot_latest")
@@ -702,7 +500,7 @@ class DuckDbStore:
             if evt_cols is not None:  # already one row per key, the first in the batch
                 evt_streams, evt_keys = KeyIndex.stream_ids(evt_cols["device"].tolist(), evt_cols["stream"].tolist())
                 _, evt_pieces, n_evt = self._append(conn, self._event_keys, evt_cols, evt_streams, evt_keys,
-                                                    "incoming_evt", _INSERT_EVT)
+                                                    "incoming_evt", INSERT_EVT)
             stored = len(obs) + n_evt
             if new_series:  # their codes are in the file once this commits, whether or not a row was stored
                 self._on_commit.append(partial(self._codes.remember, new_series))
@@ -797,7 +595,7 @@ class DuckDbStore:
             rolled = int(conn.execute("SELECT count(*) FROM samples WHERE ts < ?", [cutoff]).fetchall()[0][0])
             deleted = 0
             if rolled:
-                conn.execute(_ROLL_UP, [cutoff]).fetchall()
+                conn.execute(ROLL_UP, [cutoff]).fetchall()
                 deleted += int(conn.execute("DELETE FROM samples WHERE ts < ?", [cutoff]).fetchall()[0][0])
             deleted += int(conn.execute("DELETE FROM rollup_1m WHERE minute < ?",
                                         [now_ms - self.retention.rollup_ms]).fetchall()[0][0])

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from devices.contract import DeviceEvent, DeviceInfo, Observation, TagRead
 from storage import DuckDbStore, MemoryStore
 from storage.base import DAY_MS, Placement, Record, Retention, StoreError, encode_event, event_kind, item_bed
-from storage.duckdb import SCHEMA_VERSION, insert_rows
+from storage.duckdb_schema import SCHEMA_VERSION, insert_rows
 from storage.ranges import KeyIndex, SeqRuns
 
 ROOT = Path(__file__).resolve().parents[1]
