@@ -286,18 +286,40 @@ async def test_assignments_are_data_the_api_changes(harness: Harness) -> None:
 
 async def test_a_flooding_client_is_disconnected_while_the_nurses_alarm_arrives(harness: Harness) -> None:
     h = harness
-    ana, flooder = await h.stream("n-ana"), await h.stream("n-dev")
+    ana = await h.stream("n-ana")
     await wait_service_online(h)
     garbage = json.dumps({"type": "status", "delivery": 1, "status": "read"})
-    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
-        for _ in range(500):  # far past the 10 a second (burst 30) a nurse's answers need
-            await flooder.ws.send(garbage)
-    assert flooder.task is not None
-    done, _ = await asyncio.wait({flooder.task}, timeout=10)  # the server closed the flooder's stream
-    assert flooder.task in done
-    assert isinstance(flooder.task.exception(), websockets.exceptions.ConnectionClosedError)
-    assert flooder.ws.close_code == 1008
-    assert h.view.dropped_clients >= 1
-    await h.reading(85)
-    ((_, first),) = await ana.wait_for(1, 20)  # the other nurse's alarm still arrives
-    assert first["alert"]["type"] == "spo2_low"
+    sent_at: list[float] = []  # when each flood message went out (monotonic)
+
+    async def flood() -> None:
+        """Dev's client: sign in to the stream, send far past 10 a second (burst 30), and when cut off, again."""
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{h.port}", headers=bearer("n-dev")) as client:
+            while True:
+                ticket = (await client.post("/api/v1/auth/ws-ticket")).json()["ticket"]
+                with contextlib.suppress(websockets.exceptions.WebSocketException, OSError):
+                    async with websockets.connect(f"ws://127.0.0.1:{h.port}/api/v1/staff/stream?ticket={ticket}",
+                                                  close_timeout=0.5) as ws:
+                        while True:
+                            await ws.send(garbage)
+                            sent_at.append(time.monotonic())
+                            await asyncio.sleep(0)
+
+    flooding = asyncio.create_task(flood())
+    try:
+        deadline = time.monotonic() + 20
+        while len(sent_at) < 20:  # the flood is under way (not yet past the burst of 30 it is cut off at)
+            assert time.monotonic() < deadline, "the flood did not start"
+            await asyncio.sleep(0.001)
+        published, published_ms = time.monotonic(), now_ms()
+        await h.reading(85)
+        ((arrived_ms, first),) = await ana.wait_for(1, 20)  # the other nurse's alarm arrives ...
+        arrived = time.monotonic()
+        assert first["alert"]["type"] == "spo2_low"
+        assert arrived_ms - published_ms <= 2000  # ... within 2 s of the reading while the flood went on
+        assert [t for t in sent_at if published <= t <= arrived], "the flood was not under way meanwhile"
+        while h.view.dropped_clients < 1:  # and the flooder is cut off
+            assert time.monotonic() < deadline, "the flooding client was never cut off"
+            await asyncio.sleep(0.02)
+    finally:
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
