@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from devices.gcwatch import GcWatch, settle
+from devices.gcwatch import WATCH, GcWatch, settle
 
 
 class _Node:
@@ -35,6 +35,7 @@ def test_settle_freezes_what_is_alive_out_of_later_collections() -> None:
         frozen = settle()
         assert frozen >= 1000
         assert gc.get_freeze_count() == frozen
+        assert WATCH.counters()["g_gc_frozen_objects"] == frozen  # kept from settle(), not walked per heartbeat
         walked = {id(o) for generation in range(3) for o in gc.get_objects(generation=generation)}
         assert not any(id(n) in walked for n in kept)  # in no generation a collection walks
     finally:
