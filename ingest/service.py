@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import groupby
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Final
 
@@ -96,7 +96,10 @@ class _Pending:
 
 
 _device_stream = attrgetter("device", "stream")
+_device = attrgetter("device")
 _seq = attrgetter("seq")
+_first = itemgetter(0)
+_second = itemgetter(1)
 _ts = attrgetter("ts")
 _NUMBER: dict[type, attrgetter[float]] = {Observation: attrgetter("value"), TagRead: attrgetter("rssi")}
 _NO_NUMBER = frozenset({DeviceEvent, DeviceInfo})
@@ -371,9 +374,20 @@ class Ingest:
                 commit[(broken.device, broken.stream)].append(broken.seq)
         devices = self.devices
         accepted = pending.items
-        # A batch holds runs of one stream (a monitor frame, an outbox row): each run is checked at once, in C
-        # where it can be; a run that does not pass whole goes item by item, where each item gets its reason.
-        for key, run in groupby(batch.items, _device_stream):
+        items = batch.items
+        # The usual batch passes whole: every seq >= 0, every number finite, every device this gateway's; its
+        # items are accepted at once, and only their seqs are grouped by stream for the commit.
+        if items:
+            seqs = list(map(_seq, items))
+            if min(seqs) >= 0 and _finite(items) and all(
+                    getattr(devices.get(device), "gateway", None) == gateway for device in set(map(_device, items))):
+                accepted += items
+                for key, keyed in groupby(zip(map(_device_stream, items), seqs, strict=True), _first):
+                    commit[key] += map(_second, keyed)
+                return
+        # Otherwise run by run: a batch holds runs of one stream (a monitor frame, an outbox row), each checked at
+        # once, in C where it can be; a run that does not pass whole goes item by item, each item with its reason.
+        for key, run in groupby(items, _device_stream):
             items = list(run)
             seqs = list(map(_seq, items))
             spec = devices.get(key[0])
