@@ -18,7 +18,7 @@ it) when it sees the collision in one batch or against the newest sample it wrot
 real fix is a gateway stamping ``ts`` strictly increasing per stream (see docs/storage.md).
 
 Time guards: VictoriaMetrics answers 204 and silently drops samples more than 2 days ahead of its clock
-or older than its retention, so the store refuses (non-retryably, before writing anything) a batch with
+or older than its retention, so the store refuses (non-retryably) a batch with
 an observation whose ``ts`` is more than ``future_ms`` (1 day) ahead of the store's clock or older than
 ``retention_ms``. ``device_ts`` is only a field and is never checked.
 
@@ -43,7 +43,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, cast
 from urllib.parse import urlencode
 
@@ -254,22 +254,6 @@ class VictoriaStore:
             raise StoreError(f"{path} on {self.url} failed: {answer.get('error')}", retryable=False)
         return answer["data"]
 
-    def _post_lines(self, lines: list[str]) -> None:
-        """Send lines in posts of ``batch_lines``, side by side; raise a refusal before a retryable error.
-
-        Every post has ended when this returns or raises. A failed write may have stored some posts: the
-        caller writes it again, and VictoriaMetrics collapses a repeated sample onto the one it holds.
-        """
-        n = self.batch_lines
-        if len(lines) <= n:
-            self._post("\n".join(lines))
-            return
-        posts = [self._posters.submit(self._post, "\n".join(lines[start:start + n]))
-                 for start in range(0, len(lines), n)]
-        errors = [error for error in (post.exception() for post in posts) if error is not None]
-        if errors:
-            raise min(errors, key=lambda e: isinstance(e, StoreError) and e.retryable)  # a refusal first
-
     def _post(self, body: str) -> None:
         """One post through influxdb-client; its errors as StoreErrors."""
         try:
@@ -303,64 +287,83 @@ class VictoriaStore:
             )
 
     def write(self, items: Sequence[Record], *, checked: bool = False) -> WriteResult:
-        """Store a batch (observations to VM, other items to SQLite); refuse it whole on a bad item.
+        """Store a batch (observations to VM, other items to SQLite); a bad item refuses the batch.
 
+        Every ``batch_lines`` lines go out as soon as they are built, so VictoriaMetrics parses one part
+        while the next is built; a refused batch may therefore have stored the parts posted before the bad
+        item was found, which the caller's retry (item by item) writes again onto the same samples.
         ``duplicates`` counts repeats of a key within the batch and events already stored; an
         observation replayed from an earlier batch is counted as stored (VM collapses it onto the
         stored sample; it cannot tell which samples it already had). ``checked=True``: the caller has
-        run ``check_record`` on every item.
+        run ``check_record`` on every item. Every post has ended when this returns or raises.
         """
         others: list[Record] = []
         lines: list[str] = []
+        posts: list[Future[None]] = []
+        posted = 0
         seen: set[tuple[str, str, int]] = set()
         slot: dict[tuple[tuple[str, str, str], int], int] = {}  # (series, ts) -> seq within this batch
         fresh: dict[tuple[str, str, str], tuple[int, int]] = {}  # the newest (ts, seq) per series in this batch
         repeats = 0
+        part = self.batch_lines
         with self._write_lock:
             self._check_open()
             now = self._clock()
             newest_allowed, oldest_allowed = now + self.future_ms, now - self.retention_ms
             prefixes, newest = self._prefixes, self._newest
-            for item in items:
-                if not checked:
-                    check_record(item)
-                if not isinstance(item, Observation):
-                    others.append(item)
-                    continue
-                key = (item.device, item.stream, item.seq)
-                if key in seen:
-                    repeats += 1  # the first write wins, as in the other stores
-                    continue
-                seen.add(key)
-                ts, seq = item.ts, item.seq
-                if not oldest_allowed <= ts <= newest_allowed:
-                    self._check_time(item, now)
-                tags = (item.device, item.stream, item.metric, item.bed, item.unit, item.containment)
-                cached = prefixes.get(tags)
-                if cached is None:
-                    cached = self._remember(tags)
-                prefix, series = cached
-                if slot.setdefault((series, ts), seq) != seq:
-                    raise self._collision(item, slot[(series, ts)])
-                stored = newest.get(series)
-                if stored is not None and stored[0] == ts and stored[1] != seq:
-                    raise self._collision(item, stored[1])
-                mine = fresh.get(series)
-                if mine is None or ts >= mine[0]:
-                    fresh[series] = (ts, seq)
-                # fields_of, inlined: a call per observation costs a tenth of the line
-                if item.device_ts is None:
-                    lines.append(f"{prefix}{item.value!r},seq={seq}i,flags={item.flags}i,code={item.code}i {ts}")
-                else:
-                    lines.append(fields_of(prefix, item))
-            side = self._side.write(others, checked=True) if others else WriteResult(stored=0, duplicates=0)
-            if lines:
-                self._post_lines(lines)
+            try:
+                for item in items:
+                    if not checked:
+                        check_record(item)
+                    if not isinstance(item, Observation):
+                        others.append(item)
+                        continue
+                    key = (item.device, item.stream, item.seq)
+                    if key in seen:
+                        repeats += 1  # the first write wins, as in the other stores
+                        continue
+                    seen.add(key)
+                    ts, seq = item.ts, item.seq
+                    if not oldest_allowed <= ts <= newest_allowed:
+                        self._check_time(item, now)
+                    tags = (item.device, item.stream, item.metric, item.bed, item.unit, item.containment)
+                    cached = prefixes.get(tags)
+                    if cached is None:
+                        cached = self._remember(tags)
+                    prefix, series = cached
+                    if slot.setdefault((series, ts), seq) != seq:
+                        raise self._collision(item, slot[(series, ts)])
+                    stored = newest.get(series)
+                    if stored is not None and stored[0] == ts and stored[1] != seq:
+                        raise self._collision(item, stored[1])
+                    mine = fresh.get(series)
+                    if mine is None or ts >= mine[0]:
+                        fresh[series] = (ts, seq)
+                    # fields_of, inlined: a call per observation costs a tenth of the line
+                    if item.device_ts is None:
+                        lines.append(f"{prefix}{item.value!r},seq={seq}i,flags={item.flags}i,code={item.code}i {ts}")
+                    else:
+                        lines.append(fields_of(prefix, item))
+                    if len(lines) == part:  # a part is ready: VictoriaMetrics takes it while the next is built
+                        posts.append(self._posters.submit(self._post, "\n".join(lines)))
+                        posted += part
+                        lines = []
+                side = self._side.write(others, checked=True) if others else WriteResult(stored=0, duplicates=0)
+                if lines:
+                    posted += len(lines)
+                    if posts:
+                        posts.append(self._posters.submit(self._post, "\n".join(lines)))
+                    else:
+                        self._post("\n".join(lines))  # one part: no thread needed
+            finally:
+                errors = [error for error in (post.exception() for post in posts) if error is not None]
+            if errors:
+                raise min(errors, key=lambda e: isinstance(e, StoreError) and e.retryable)  # a refusal first
             for series, (ts, seq) in fresh.items():
                 stored = newest.get(series)
                 if stored is None or ts >= stored[0]:
                     newest[series] = (ts, seq)
-        return WriteResult(stored=len(lines) + side.stored, duplicates=repeats + side.duplicates)
+        return WriteResult(stored=posted + side.stored, duplicates=repeats + side.duplicates)
 
     def _remember(self, tags: tuple[str, str, str, str | None, str, str | None]) -> tuple[str, tuple[str, str, str]]:
         """Build, check and cache the line prefix of a series (the cache is emptied when it is full)."""
