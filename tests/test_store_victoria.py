@@ -339,3 +339,23 @@ def test_a_refused_post_outranks_a_retryable_one(tmp_path: Path) -> None:
         s.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_batch_refused_after_a_part_was_posted_is_stored_once_by_the_retry(victoria: VictoriaMetrics,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
+    s = VictoriaStore(victoria.url, tmp_path / "side.db", batch_lines=2)
+    try:
+        good = [Observation(device="part", stream="s", seq=i, ts=T0 + i, metric="HR", value=float(i), unit="/min")
+                for i in range(3)]
+        clash = Observation(device="part", stream="s", seq=9, ts=T0 + 2, metric="HR", value=99.0, unit="/min")
+        with pytest.raises(StoreError) as refused:
+            s.write([*good, clash])  # the first part (two lines) is posted before the clash is found
+        assert refused.value.retryable is False
+        for item in good:  # what ingest does with a refused batch: item by item
+            assert s.write([item]).stored == 1
+        s.flush()
+        [series] = export(victoria.url, '{__name__="obs_value",device="part"}', T0, T0 + 10)
+        assert series["values"] == [0.0, 1.0, 2.0]  # each once, the clash nowhere
+        assert series["timestamps"] == [T0, T0 + 1, T0 + 2]
+    finally:
+        s.close()
