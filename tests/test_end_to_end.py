@@ -101,7 +101,8 @@ async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -
             async def next_alert() -> dict[str, Any]:
                 while True:
                     message = json.loads(await ws.recv())
-                    if message["type"] == "alert" and message["alert"]["bed"] == "ICU-03":
+                    # .get: a unit's alerts (waste handover, after 20:00 at the site) have no bed
+                    if message["type"] == "alert" and message["alert"].get("bed") == "ICU-03":
                         return dict(message["alert"])
 
             alert = await asyncio.wait_for(next_alert(), 45)
@@ -110,12 +111,12 @@ async def test_simulated_ward_end_to_end(mosquitto: Mosquitto, tmp_path: Path) -
             assert alert["onset"] <= alert["updated"] - 3000  # onset is the first low reading
 
         active = (await api.get("/api/v1/alerts", params={"state": "active"})).json()
-        assert [a["id"] for a in active if a["bed"] == "ICU-03"] == [alert["id"]]
+        assert [a["id"] for a in active if a.get("bed") == "ICU-03"] == [alert["id"]]
         # Give the artefact patient time for at least two dips (every 8 s) while ICU-03 stays low.
         await asyncio.sleep(10)
         active = (await api.get("/api/v1/alerts", params={"state": "active"})).json()
-        assert "ICU-03" in {a["bed"] for a in active}
-        assert "ICU-05" not in {a["bed"] for a in active}, "the 2-second artefact dips raised an alarm"
+        assert "ICU-03" in {a.get("bed") for a in active}
+        assert "ICU-05" not in {a.get("bed") for a in active}, "the 2-second artefact dips raised an alarm"
         # Every device is connected: no technical alarm but the alarm system's own about delivery (the demo's
         # nurses have no personal stream open in this test, so the ICU-03 alarm reached nobody: an alarm too).
         technical = {a["type"] for a in active if a["alarm_kind"] == "technical"}

@@ -101,7 +101,8 @@ async def test_readers_walk_a_pump_through_rooms_and_out_of_the_exit(mosquitto: 
         # pump-8 stood still, heard by its own reader and both neighbours, the whole time: never moved.
         assert placements(store, "pump-8", settled, 2**62) == []
         assert [p.room for p in placements(store, "pump-8", 0, 2**62)] == [ROOMS[1]]  # placed once, next door never
-        assert [a.id for a in state.alerts.open()] == ["fac.exit.pump-7"]
+        # Asset alerts only: after the waste check hour (20:00 at the site) the day's "no handover" is open too.
+        assert [a.id for a in state.alerts.open() if not a.type.startswith("waste.")] == ["fac.exit.pump-7"]
     finally:
         for task in tasks:
             task.cancel()
