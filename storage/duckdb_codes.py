@@ -80,38 +80,36 @@ class SeriesCodes:
         ids = self._ids
         try:
             sids = np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))
+            return sids, self._stream_of[sids], []
         except KeyError:
-            new = list(dict.fromkeys(k for k in keys if k not in ids))
-            pending = ids | {key: len(ids) + i for i, key in enumerate(new)}
-            self._insert(conn, new, len(ids))
-            sids = np.fromiter(map(pending.__getitem__, keys), dtype=np.int64, count=len(keys))
-            return sids, self._streams_of(sids, new), new
-        return sids, self._stream_of[sids], []
+            pass
+        new = list(dict.fromkeys(k for k in keys if k not in ids))
+        self._insert(conn, new, len(ids))
+        fresh = {key: len(ids) + i for i, key in enumerate(new)}
+        sids = np.fromiter((ids[k] if k in ids else fresh[k] for k in keys), dtype=np.int64, count=len(keys))
+        return sids, np.concatenate((self._stream_of, self._stream_ids(new)))[sids], new
 
     def remember(self, new: list[SeriesKey]) -> None:
         """The codes of ``new`` (from :meth:`encode`) are committed: keep them."""
-        if not new:
-            return
-        self._stream_of = self._streams_of(None, new)
+        self._stream_of = np.concatenate((self._stream_of, self._stream_ids(new)))
         for key in new:
             self._ids[key] = len(self._ids)
 
-    def _streams_of(self, sids: np.ndarray | None, new: list[SeriesKey]) -> np.ndarray:
-        """Stream ids of ``sids`` with ``new`` counted in (the whole code -> stream array when ``sids`` is None).
+    def _stream_ids(self, new: list[SeriesKey]) -> np.ndarray:
+        """The stream id of each of ``new``, numbering streams not seen before.
 
         Stream ids are Python-side only, so a stream first seen in a batch that fails keeps its id, unused.
         """
         streams = self._streams
-        added = []
+        out = []
         for key in new:
             stream = (key[0], key[1])
             index = streams.get(stream)
             if index is None:
                 index = streams[stream] = len(self.stream_keys)
                 self.stream_keys.append(stream)
-            added.append(index)
-        stream_of = np.concatenate((self._stream_of[:len(self._ids)], np.array(added, dtype=np.int64)))
-        return stream_of if sids is None else stream_of[sids]
+            out.append(index)
+        return np.array(out, dtype=np.int64)
 
     @staticmethod
     def _insert(conn: duckdb.DuckDBPyConnection, new: list[SeriesKey], base: int) -> None:
