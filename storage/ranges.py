@@ -177,7 +177,8 @@ class KeyIndex:
         streams = self._streams
         for index, first in zip(stream[heads].tolist(), lo[heads].tolist(), strict=True):
             runs = streams.get(keys[index])
-            if runs is not None and runs.hi and first <= runs.hi[-1]:
+            top = None if runs is None else runs.top
+            if top is not None and first <= top:
                 return None  # overlaps what the stream has stored
         # One piece per run of consecutive seqs of a stream (touching pieces merged).
         cut = np.flatnonzero(np.concatenate(([True], ~(same & (lo[1:] == hi[:-1] + 1)))))
