@@ -34,7 +34,9 @@ def test_settle_freezes_what_is_alive_out_of_later_collections() -> None:
     try:
         frozen = settle()
         assert frozen >= 1000
-        assert gc.get_freeze_count() == frozen
+        # At most that many now: a frozen object freed by reference counting meanwhile (another thread of the
+        # test process) leaves the permanent generation.
+        assert frozen - 1000 < gc.get_freeze_count() <= frozen
         assert WATCH.counters()["g_gc_frozen_objects"] == frozen  # kept from settle(), not walked per heartbeat
         walked = {id(o) for generation in range(3) for o in gc.get_objects(generation=generation)}
         assert not any(id(n) in walked for n in kept)  # in no generation a collection walks
